@@ -1,0 +1,1 @@
+"""Shared infrastructure of the three CLIs: config, checkpoints, devices, metrics, logging."""

@@ -1,0 +1,30 @@
+"""One exception type for mistakes a user can fix (bad path, bad key, bad config).
+
+Library code raises `UserError("path/file.mat: no key 'Y' (found: cube, bands)")`; the CLI entry
+points turn it into a one-line message and exit status 2 instead of a traceback.
+"""
+import functools
+import logging
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+def cli_main(func):
+    """Decorate a CLI `main()` so that UserError and Ctrl-C end with one line, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            logging.getLogger("hsisyn").debug("user error", exc_info=True)
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,34 @@
+"""Logging set-up shared by the CLIs: messages to the console and to a run's log file."""
+import logging
+import os
+import sys
+
+LOGGER_NAME = "hsisyn"
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Console handler once; a file handler per call with a new `log_file` (appending, for resumes)."""
+    logger = get_logger()
+    logger.setLevel(level)
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not any(getattr(h, "_hsisyn_console", False) for h in logger.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console._hsisyn_console = True
+        logger.addHandler(console)
+    if log_file:
+        log_file = os.path.abspath(log_file)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+                handler.close()
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        file_handler = logging.FileHandler(log_file, mode="a")
+        file_handler.setFormatter(fmt)
+        logger.addHandler(file_handler)
+    return logger

@@ -1,0 +1,101 @@
+"""HSI crop dataset for training the unmixing network: (3-band input, full cube target) pairs.
+
+Each file is min-max normalised to [0, 1] on its own (as the reference). The input is three bands of
+the file, by default rescaled together to [0, 1] (`input_norm="bands"`, what the `RGB` key of the
+authors' crops holds and what per-image min-max does to an RGB photo at inference time), or taken
+from the normalised cube as they are (`input_norm="cube"`). Random crops and the 8 flips/rotations
+are optional; their randomness comes from (seed, epoch, index), so a resumed run sees the same data.
+"""
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from core.errors import UserError
+from data.bands import resolve_bands, select_bands
+from data.matio import read_hsi
+from data.normalize import minmax
+
+
+def list_mat_files(folder: str) -> list[str]:
+    """Sorted .mat files under `folder` (recursive); a missing folder is a user error."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: folder not found")
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in files if f.lower().endswith(".mat") and not f.startswith(".")]
+    return sorted(found)
+
+
+def dihedral(array: np.ndarray, index: int) -> np.ndarray:
+    """One of the 8 flips/rotations of an (H, W, ...) array (index 0 is the identity)."""
+    out = np.rot90(array, k=index % 4, axes=(0, 1))
+    if index >= 4:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def prepare_pair(cube: np.ndarray, band_indices, input_norm: str = "bands") -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) raw cube -> (input (H, W, 3), target (H, W, C)), both float32 in [0, 1]."""
+    target = minmax(cube)
+    if input_norm == "bands":
+        model_input = minmax(select_bands(cube, band_indices))
+    elif input_norm == "cube":
+        model_input = select_bands(target, band_indices)
+    else:
+        raise UserError(f"data.input_norm must be 'bands' or 'cube', got '{input_norm}'")
+    return model_input, target
+
+
+class HSICropDataset(Dataset):
+    """Items are (input (3, h, w), target (C, h, w)) float tensors."""
+
+    def __init__(self, folder: str, bands=(53, 33, 14), key: str | None = None, crop_size: int | None = None,
+                 augment: bool = False, samples_per_epoch: int | None = None, input_norm: str = "bands",
+                 seed: int = 0):
+        self.folder = folder
+        self.files = list_mat_files(folder)
+        if not self.files:
+            raise UserError(f"{folder}: no .mat HSI crops found")
+        self.key, self.crop_size, self.augment = key, crop_size, augment
+        self.input_norm, self.seed, self.epoch = input_norm, seed, 0
+        self.samples_per_epoch = samples_per_epoch or len(self.files)
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        first, self.wavelengths = read_hsi(self.files[0], key)
+        self.n_bands = first.shape[2]
+        self.band_indices = resolve_bands(bands, self.n_bands, self.wavelengths)
+
+    def load(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised (input, target) of one file, cached."""
+        if path not in self._cache:
+            cube, _ = read_hsi(path, self.key)
+            if cube.shape[2] != self.n_bands:
+                raise UserError(f"{path}: {cube.shape[2]} bands, but {self.files[0]} has {self.n_bands}")
+            if self.crop_size and min(cube.shape[:2]) < self.crop_size:
+                raise UserError(f"{path}: {cube.shape[0]} x {cube.shape[1]} is smaller than crop_size {self.crop_size}")
+            self._cache[path] = prepare_pair(cube, self.band_indices, self.input_norm)
+        return self._cache[path]
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        model_input, target = self.load(self.files[index % len(self.files)])
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.crop_size:
+            height, width = target.shape[:2]
+            top = int(rng.integers(0, height - self.crop_size + 1))
+            left = int(rng.integers(0, width - self.crop_size + 1))
+            window = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
+            model_input, target = model_input[window], target[window]
+        if self.augment:
+            which = int(rng.integers(0, 8))
+            model_input, target = dihedral(model_input, which), dihedral(target, which)
+        return to_chw(model_input), to_chw(target)
+
+
+def to_chw(array: np.ndarray) -> torch.Tensor:
+    """(H, W, C) numpy -> (C, H, W) float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))

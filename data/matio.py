@@ -1,0 +1,191 @@
+"""The one `.mat` reader and writer of the project.
+
+MATLAB v5 files go through scipy, v7.3 (HDF5) files through h5py. h5py returns arrays with their
+axes reversed (HDF5 stores MATLAB's column-major arrays as row-major): `_from_hdf5` is the single
+place that turns them back, so every caller sees MATLAB's (H, W, C) order.
+"""
+import os
+import zipfile
+
+from scipy.io.matlab import MatReadError
+
+import h5py
+import numpy as np
+import scipy.io as sio
+
+from core.errors import UserError
+
+# Names the paper's datasets and common releases use for the hyperspectral cube, in priority order.
+HSI_KEYS = ("Y", "HSI", "hsi", "cube", "ref", "chikusei", "data", "img", "rad", "reflectance")
+RGB_KEYS = ("RGB", "rgb")
+ABUNDANCE_KEYS = ("Abu", "SR")
+WAVELENGTH_KEYS = ("wavelengths", "wavelength", "bands", "wl", "lambda")
+
+
+def is_v73(path: str) -> bool:
+    return h5py.is_hdf5(path)
+
+
+def _from_hdf5(dataset) -> np.ndarray:
+    """Read an h5py dataset and undo the axis reversal of MATLAB v7.3."""
+    array = np.asarray(dataset[()])
+    if array.dtype.names and {"real", "imag"} <= set(array.dtype.names):
+        array = array["real"] + 1j * array["imag"]
+    return array.transpose()
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+
+
+def mat_keys(path: str) -> list[str]:
+    """Names of the numeric variables in a .mat file (either version)."""
+    _check_exists(path)
+    try:
+        if is_v73(path):
+            with h5py.File(path, "r") as f:
+                return [k for k in f.keys() if isinstance(f[k], h5py.Dataset) and not k.startswith("#")]
+        return [name for name, _, _ in sio.whosmat(path) if not name.startswith("__")]
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, MatReadError) as err:
+        raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
+
+
+def read_mat(path: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """All (or the named) numeric variables of a .mat file, in MATLAB axis order."""
+    _check_exists(path)
+    try:
+        if is_v73(path):
+            out = {}
+            with h5py.File(path, "r") as f:
+                for name in (keys if keys is not None else f.keys()):
+                    if name in f and isinstance(f[name], h5py.Dataset) and not name.startswith("#"):
+                        out[name] = _from_hdf5(f[name])
+            return out
+        raw = sio.loadmat(path, variable_names=keys)
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, NotImplementedError, MatReadError) as err:
+        raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
+    return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+
+
+def find_key(path: str, available: list[str], candidates, key: str | None = None) -> str:
+    """Pick the variable to read: `key` if given, else the first candidate present."""
+    if key is not None:
+        if key not in available:
+            raise UserError(f"{path}: no key '{key}' (found: {', '.join(available) or 'nothing'})")
+        return key
+    for name in candidates:
+        if name in available:
+            return name
+    raise UserError(f"{path}: no key among {', '.join(candidates)} (found: {', '.join(available) or 'nothing'}); "
+                    "name the variable with --key")
+
+
+def read_array(path: str, candidates=HSI_KEYS, key: str | None = None) -> tuple[str, np.ndarray]:
+    """(key, array) of the first matching variable; the error lists the keys the file has."""
+    name = find_key(path, mat_keys(path), candidates, key)
+    return name, read_mat(path, [name])[name]
+
+
+def _benchmark_to_hwc(path: str, y: np.ndarray, contents: dict) -> np.ndarray:
+    """Unmixing-benchmark layout: `Y` is bands x pixels, pixels in column-major order."""
+    lines = int(np.asarray(contents["lines"]).ravel()[0])
+    cols = int(np.asarray(contents["cols"]).ravel()[0])
+    if y.shape[1] != lines * cols:
+        if y.shape[0] == lines * cols:
+            y = y.T
+        else:
+            raise UserError(f"{path}: Y is {y.shape[0]} x {y.shape[1]} but lines x cols = {lines} x {cols}")
+    bands = y.shape[0]
+    return y.T.reshape(cols, lines, bands).transpose(1, 0, 2)
+
+
+def read_wavelengths(contents: dict, n_bands: int) -> np.ndarray | None:
+    """Wavelengths (nm) if the file stores a vector of one per band."""
+    for name in WAVELENGTH_KEYS:
+        if name in contents:
+            values = np.asarray(contents[name], dtype=np.float64).ravel()
+            if values.size == n_bands and np.all(np.isfinite(values)):
+                if values.max() < 30:  # stored in micrometres
+                    values = values * 1000.0
+                return values
+    return None
+
+
+def read_hsi(path: str, key: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A hyperspectral cube as float32 (H, W, C) and its wavelengths (C,) or None.
+
+    Recognises the unmixing-benchmark layout (`Y` bands x pixels with `lines`/`cols`). NaN or Inf
+    values are an error naming the file.
+    """
+    contents = read_mat(path)
+    name = find_key(path, list(contents), HSI_KEYS, key)
+    cube = np.asarray(contents[name])
+    if not np.issubdtype(cube.dtype, np.number) or np.iscomplexobj(cube):
+        raise UserError(f"{path}: variable '{name}' is not a real numeric array")
+    if cube.ndim == 2 and "lines" in contents and "cols" in contents:
+        cube = _benchmark_to_hwc(path, cube, contents)
+    if cube.ndim != 3:
+        raise UserError(f"{path}: variable '{name}' has shape {cube.shape}, expected H x W x C")
+    cube = cube.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(cube)):
+        bad = int(np.size(cube) - np.count_nonzero(np.isfinite(cube)))
+        raise UserError(f"{path}: variable '{name}' contains {bad} NaN/Inf values")
+    return cube, read_wavelengths(contents, cube.shape[2])
+
+
+class LazyMatArray:
+    """One variable of a .mat file, sliced in MATLAB (H, W, ...) order without loading it all.
+
+    v7.3 files are read window by window through h5py; v5 files cannot be streamed and are loaded once.
+    """
+
+    def __init__(self, path: str, key: str | None = None, candidates=HSI_KEYS):
+        self.path = path
+        self.key = find_key(path, mat_keys(path), candidates, key)
+        self._v73 = is_v73(path)
+        if self._v73:
+            self._file = h5py.File(path, "r")
+            self._dataset = self._file[self.key]
+            self.shape = tuple(reversed(self._dataset.shape))
+            self.dtype = self._dataset.dtype
+        else:
+            self._file = None
+            self._array = read_mat(path, [self.key])[self.key]
+            self.shape = self._array.shape
+            self.dtype = self._array.dtype
+
+    def window(self, rows: slice, cols: slice) -> np.ndarray:
+        """The (h, w, ...) block at `rows`, `cols` in MATLAB order."""
+        if self._v73:
+            # HDF5 axes are reversed: (..., W, H)
+            block = self._dataset[..., cols, rows]
+            return np.asarray(block).transpose()
+        return self._array[rows, cols]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_mat(path: str, variables: dict, overwrite: bool = True) -> None:
+    """Write a MATLAB v5 file atomically; refuse to replace an existing file unless `overwrite`."""
+    if not overwrite and os.path.exists(path):
+        raise UserError(f"{path}: exists already (use --overwrite to replace it)")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        sio.savemat(tmp, variables, appendmat=False, do_compression=False)
+        os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(f"{path}: could not write ({err.strerror or err})") from None

@@ -1,0 +1,149 @@
+"""The RGB-to-abundance unmixing autoencoder of the paper (encoder -> softmax -> 1x1 decoder = endmembers).
+
+Encoder: conv3x3(in -> w0), then one SSPN stage per width step (w0 -> w1 -> ... -> K). An SSPN stage is
+`n_blocks` spatial-spectral blocks (a 3x3 residual block followed by a 1x1 residual block with channel
+attention, both scaled by `res_scale`), a global skip, and a final conv3x3 to the next width. With the
+paper's widths [32, 64, 128, 96, 48] and K = 5 this is the authors' network. The softmax over the K
+channels gives abundances that are non-negative and sum to one per pixel; the bias-free 1x1 decoder
+holds the endmembers as its weight (bands x K).
+
+`encoder="pixel_mlp"` is a documented departure: a per-pixel 3-64-64-K network (1x1 convolutions),
+which sees no spatial context but trains in seconds on a CPU.
+"""
+import torch
+import torch.nn as nn
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation: global average -> bottleneck -> sigmoid gate per channel."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class ResidualBlock(nn.Module):
+    """x + res_scale * body(x); body = conv-ReLU-conv (kernel k), optionally followed by channel attention."""
+
+    def __init__(self, channels: int, kernel_size: int, res_scale: float, attention: bool):
+        super().__init__()
+        pad = kernel_size // 2
+        layers = [nn.Conv2d(channels, channels, kernel_size, padding=pad), nn.ReLU(inplace=True),
+                  nn.Conv2d(channels, channels, kernel_size, padding=pad)]
+        if attention:
+            layers.append(ChannelAttention(channels))
+        self.body = nn.Sequential(*layers)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res_scale * self.body(x)
+
+
+class SpatialSpectralBlock(nn.Module):
+    """A 3x3 residual block (spatial) then a 1x1 residual block with channel attention (spectral)."""
+
+    def __init__(self, channels: int, res_scale: float):
+        super().__init__()
+        self.spatial = ResidualBlock(channels, 3, res_scale, attention=False)
+        self.spectral = ResidualBlock(channels, 1, res_scale, attention=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spectral(self.spatial(x))
+
+
+class SSPNStage(nn.Module):
+    """`n_blocks` spatial-spectral blocks with a global skip, then conv3x3 to `out_channels`."""
+
+    def __init__(self, channels: int, out_channels: int, n_blocks: int, res_scale: float):
+        super().__init__()
+        self.blocks = nn.Sequential(*[SpatialSpectralBlock(channels, res_scale) for _ in range(n_blocks)])
+        self.project = conv3x3(channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.blocks(x) + x)
+
+
+class SSPNEncoder(nn.Module):
+    """The paper's encoder: (N, in, H, W) -> (N, K, H, W) logits."""
+
+    def __init__(self, in_channels: int, widths: list[int], num_endmembers: int, n_blocks: int, res_scale: float):
+        super().__init__()
+        self.stem = conv3x3(in_channels, widths[0])
+        outs = list(widths[1:]) + [num_endmembers]
+        self.stages = nn.Sequential(*[SSPNStage(w, o, n_blocks, res_scale) for w, o in zip(widths, outs)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+class PixelMLPEncoder(nn.Module):
+    """Per-pixel encoder (1x1 convolutions): (N, in, H, W) -> (N, K, H, W) logits."""
+
+    def __init__(self, in_channels: int, hidden: int, num_endmembers: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, num_endmembers, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class UnmixingAutoencoder(nn.Module):
+    """3-band image -> abundances (softmax over K) -> HSI through the bias-free endmember decoder."""
+
+    def __init__(self, in_channels: int = 3, out_bands: int = 59, num_endmembers: int = 5,
+                 widths=(32, 64, 128, 96, 48), n_blocks: int = 3, res_scale: float = 0.1,
+                 encoder: str = "sspn", mlp_hidden: int = 64):
+        super().__init__()
+        if encoder == "sspn":
+            self.encoder = SSPNEncoder(in_channels, list(widths), num_endmembers, n_blocks, res_scale)
+        elif encoder == "pixel_mlp":
+            self.encoder = PixelMLPEncoder(in_channels, mlp_hidden, num_endmembers)
+        else:
+            raise ValueError(f"unknown encoder '{encoder}' (sspn or pixel_mlp)")
+        self.decoder = nn.Conv2d(num_endmembers, out_bands, kernel_size=1, bias=False)
+
+    @property
+    def num_endmembers(self) -> int:
+        return self.decoder.in_channels
+
+    @property
+    def out_bands(self) -> int:
+        return self.decoder.out_channels
+
+    def abundances(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, K, H, W), non-negative, summing to one over K."""
+        return torch.softmax(self.encoder(x), dim=1)
+
+    def decode(self, abundances: torch.Tensor) -> torch.Tensor:
+        """(N, K, H, W) -> (N, C, H, W): each pixel is End @ abundance."""
+        return self.decoder(abundances)
+
+    def endmembers(self) -> torch.Tensor:
+        """The decoder weight as a (C, K) endmember matrix."""
+        return self.decoder.weight[:, :, 0, 0]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        abundances = self.abundances(x)
+        return abundances, self.decode(abundances)
+
+
+def build_unmixing_model(model_cfg: dict, in_channels: int, out_bands: int) -> UnmixingAutoencoder:
+    """The autoencoder from the `model` section of an unmixing config."""
+    return UnmixingAutoencoder(
+        in_channels=in_channels, out_bands=out_bands, num_endmembers=model_cfg["num_endmembers"],
+        widths=model_cfg["widths"], n_blocks=model_cfg["n_blocks"], res_scale=model_cfg["res_scale"],
+        encoder=model_cfg["encoder"], mlp_hidden=model_cfg["mlp_hidden"])

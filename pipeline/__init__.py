@@ -1,0 +1,1 @@
+"""Stage logic behind the CLIs: training loops, inference, sampling, synthesis."""

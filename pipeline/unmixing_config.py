@@ -1,0 +1,51 @@
+"""Defaults of the unmixing stage (the paper's settings) and the flag-to-key map of `Unmixing.py train`."""
+import copy
+
+from core.config import load_config
+
+UNMIXING_DEFAULTS = {
+    "name": "Chikusei_unmixing",
+    "data": {
+        "train": "dataset/trains",      # the reference's folders
+        "val": "dataset/evals",
+        "test": "dataset/tests",
+        "key": None,                    # None: find Y / HSI / cube / ref / chikusei ...
+        "bands": [53, 33, 14],          # R, G, B band indices, a preset name, or {"wavelengths": [...]}
+        "input_norm": "bands",          # "bands": the 3 bands min-maxed together; "cube": as in the normalised cube
+        "crop_size": None,              # None: whole files (the reference)
+        "augment": False,
+        "samples_per_epoch": None,      # None: one item per file per epoch
+        "num_workers": 0,
+    },
+    "model": {
+        "num_endmembers": 5,
+        "encoder": "sspn",              # "sspn" (paper) or "pixel_mlp" (departure, see README)
+        "widths": [32, 64, 128, 96, 48],
+        "n_blocks": 3,
+        "res_scale": 0.1,
+        "mlp_hidden": 64,
+        "decoder_init": "random",       # "random" (paper) or "distant_pixels" (departure)
+    },
+    "loss": {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015, "spectral_tv": 0.0},
+    "train": {
+        "epochs": 40,
+        "batch_size": 16,
+        "lr": 2e-4,
+        "weight_decay": 0.0,
+        "lr_step_epochs": 30,           # lr * gamma ** ((epoch + 1) // step), as the reference
+        "lr_gamma": 0.1,
+        "seed": 3000,
+        "log_every": 50,
+        "max_steps_per_epoch": None,
+        "grad_clip": None,
+    },
+    "infer": {"tile": 256, "overlap": 32},
+}
+
+# Keys of the reference's argparse that a config may mention but this implementation does not need.
+KNOWN_UNUSED = ("cuda", "gpus", "model_title", "dataset_name", "n_feats")
+
+
+def load_unmixing_config(path: str | None, overrides: dict | None = None) -> dict:
+    return load_config(path, copy.deepcopy(UNMIXING_DEFAULTS), overrides, known_unused=KNOWN_UNUSED,
+                       free_form=("data.bands",))

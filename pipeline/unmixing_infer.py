@@ -1,0 +1,157 @@
+"""Run the trained encoder over external RGB (or HSI) collections and write abundance maps.
+
+Large images go through `tile_infer`: overlapping tiles whose outputs are blended with weights that
+fall linearly to the tile borders, so seams vanish and memory stays bounded by the tile size. The
+blend is a convex combination of softmax outputs, so blended abundances still sum to one.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.checkpoint import load_checkpoint
+from core.errors import UserError
+from core.logs import get_logger
+from core.previews import abundance_strip, save_png
+from data.bands import select_bands
+from data.hsi_dataset import list_mat_files, prepare_pair
+from data.images import list_images, read_rgb
+from data.matio import read_hsi, write_mat
+from data.normalize import minmax
+from models.unmixing import UnmixingAutoencoder, build_unmixing_model
+
+
+def load_unmixing_model(path: str, device: torch.device) -> tuple[UnmixingAutoencoder, dict]:
+    """The autoencoder of an unmixing checkpoint, in eval mode on `device`, and the checkpoint dict."""
+    state = load_checkpoint(path, "unmixing")
+    model = build_unmixing_model(state["config"]["model"], state.get("in_channels", 3), state["out_bands"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def blend_window(height: int, width: int, overlap: int) -> torch.Tensor:
+    """(height, width) weights rising linearly over `overlap` pixels from each border (never zero)."""
+    def ramp(n: int) -> torch.Tensor:
+        position = torch.arange(n, dtype=torch.float32)
+        edge = torch.minimum(position + 1, n - position)
+        return (edge / max(overlap, 1)).clamp(max=1.0)
+    return torch.outer(ramp(height), ramp(width))
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, size) with tiles of `tile` overlapping by at least `overlap`."""
+    if size <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+@torch.inference_mode()
+def tile_infer(model: UnmixingAutoencoder, image: torch.Tensor, device: torch.device, tile: int = 256,
+               overlap: int = 32) -> torch.Tensor:
+    """(3, H, W) input -> (K, H, W) abundances on the CPU, computed tile by tile."""
+    _, height, width = image.shape
+    if height <= tile and width <= tile:
+        return model.abundances(image[None].to(device))[0].float().cpu()
+    total = torch.zeros(model.num_endmembers, height, width)
+    weight_sum = torch.zeros(height, width)
+    for top in tile_starts(height, tile, overlap):
+        for left in tile_starts(width, tile, overlap):
+            patch = image[:, top:top + tile, left:left + tile]
+            abundances = model.abundances(patch[None].to(device))[0].float().cpu()
+            weights = blend_window(patch.shape[1], patch.shape[2], overlap)
+            total[:, top:top + tile, left:left + tile] += abundances * weights
+            weight_sum[top:top + tile, left:left + tile] += weights
+    return total / weight_sum
+
+
+def output_name(path: str, root: str) -> str:
+    """A flat, unique output stem: the path below `root` with separators turned into '__'."""
+    relative = os.path.splitext(os.path.relpath(path, root))[0]
+    return relative.replace(os.sep, "__")
+
+
+def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int):
+    """(model input (H, W, 3), ground truth to store) for one RGB image or HSI file."""
+    if kind == "rgb":
+        image = minmax(read_rgb(path))
+        return image, image
+    cube, _ = read_hsi(path, key)
+    if cube.shape[2] != n_bands:
+        raise UserError(f"{path}: {cube.shape[2]} bands, but this checkpoint was trained on {n_bands}")
+    model_input, target = prepare_pair(cube, band_indices)
+    return model_input, target
+
+
+def collect_inputs(rgb_dirs, hsi_dirs) -> list[tuple[str, str, str]]:
+    """(kind, path, root) for every image of every folder; an empty folder is an error."""
+    items = []
+    for kind, folders, lister in (("rgb", rgb_dirs, list_images), ("hsi", hsi_dirs, list_mat_files)):
+        for folder in folders or []:
+            found = lister(folder)
+            if not found:
+                raise UserError(f"{folder}: no {'images' if kind == 'rgb' else '.mat files'} found")
+            items += [(kind, path, folder) for path in found]
+    return items
+
+
+def read_manifest(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {entry["input"]: entry for entry in map(json.loads, filter(str.strip, f))}
+
+
+def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 256,
+                  overlap: int = 32, overwrite: bool = False, key: str | None = None,
+                  save_reconstruction: bool = True) -> dict:
+    """Write `<out>/<name>.mat` (Abu, GT, Y) and `<out>/previews/<name>.png` for every input.
+
+    Returns {"written": [...], "skipped": [...], "failed": [(path, message)]}. Unreadable inputs are
+    reported and skipped; the others go on. Finished inputs listed in the manifest are skipped unless
+    `overwrite`.
+    """
+    log = get_logger()
+    model, state = load_unmixing_model(ckpt, device)
+    items = collect_inputs(rgb_dirs, hsi_dirs)
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, "manifest.jsonl")
+    done = read_manifest(manifest_path)
+    endmembers = model.endmembers().detach().float().cpu()
+    result = {"written": [], "skipped": [], "failed": []}
+    log.info("inferring abundances of %d images with %s (K=%d, %d bands) into %s", len(items), ckpt,
+             model.num_endmembers, model.out_bands, out_dir)
+    for kind, path, root in tqdm(items, desc="infer", dynamic_ncols=True):
+        name = output_name(path, root)
+        mat_path = os.path.join(out_dir, name + ".mat")
+        absolute = os.path.abspath(path)
+        if not overwrite and absolute in done and os.path.isfile(mat_path):
+            result["skipped"].append(path)
+            continue
+        if not overwrite and os.path.exists(mat_path) and absolute not in done:
+            result["failed"].append((path, f"{mat_path} exists and is not from this manifest (use --overwrite)"))
+            continue
+        try:
+            model_input, ground_truth = load_input(path, kind, state["band_indices"], key, model.out_bands)
+            image = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
+            abundances = tile_infer(model, image, device, tile, overlap)
+            abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)
+            variables = {"Abu": abu, "GT": ground_truth.astype(np.float32)}
+            if save_reconstruction:
+                variables["Y"] = np.clip(abu @ endmembers.numpy().T, 0.0, 1.0).astype(np.float32)
+            write_mat(mat_path, variables)
+            save_png(abundance_strip(abu), os.path.join(out_dir, "previews", name + ".png"))
+        except UserError as err:
+            log.error("%s", err)
+            result["failed"].append((path, str(err)))
+            continue
+        entry = {"input": absolute, "output": os.path.abspath(mat_path), "kind": kind, "shape": list(abu.shape),
+                 "checkpoint": os.path.abspath(ckpt)}
+        with open(manifest_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        done[absolute] = entry
+        result["written"].append(mat_path)
+    return result

@@ -1,0 +1,94 @@
+"""Stage-1 training on the real Chikusei crops (skipped without ../shared/data)."""
+import json
+import os
+
+import pytest
+import torch
+
+from Unmixing import main as unmixing_main  # noqa: F401  (the CLI must import cleanly)
+from conftest import shared_path
+from core.checkpoint import load_checkpoint
+from core.errors import UserError
+from pipeline.unmixing_config import load_unmixing_config
+from pipeline.unmixing_train import evaluate, make_dataset, step_lr, train_unmixing
+from models.unmixing import build_unmixing_model
+
+TINY_MODEL = {"widths": [8, 8], "n_blocks": 1}
+
+
+def crop_folders(tmp_path):
+    """train/ holds crop 282, test/ holds crop 118 (symlinks to the shared real data)."""
+    folders = {}
+    for role, block in (("train", "block_282.mat"), ("test", "block_118.mat")):
+        folder = tmp_path / role
+        folder.mkdir()
+        os.symlink(shared_path("paper", "chikusei", block), folder / block)
+        folders[role] = str(folder)
+    return folders
+
+
+def tiny_config(folders, **train):
+    cfg = load_unmixing_config(None, {"data.train": folders["train"], "data.val": folders["test"],
+                                      "data.test": folders["test"], "data.crop_size": 32,
+                                      "data.samples_per_epoch": 8, "data.augment": True,
+                                      "train.batch_size": 4, "train.lr": 2e-3, "train.seed": 1})
+    cfg["model"].update(TINY_MODEL)
+    cfg["model"]["decoder_init"] = "distant_pixels"
+    cfg["train"].update(train)
+    return cfg
+
+
+def test_reference_lr_schedule():
+    assert [step_lr(1.0, e, 30, 0.1) for e in (0, 28, 29, 39)] == pytest.approx([1, 1, 0.1, 0.1])
+
+
+def test_short_training_lowers_loss_and_beats_untrained(tmp_path):
+    folders = crop_folders(tmp_path)
+    cfg = tiny_config(folders, epochs=6)
+    device = torch.device("cpu")
+    torch.manual_seed(1)
+    untrained = build_unmixing_model(cfg["model"], 3, 59)
+    before = evaluate(untrained, make_dataset(cfg, "test", training=False), device)
+    metrics = train_unmixing(cfg, str(tmp_path / "run"), device)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert metrics["PSNR"] > before["PSNR"] + 3 and metrics["SAM"] < before["SAM"]
+    saved = json.load(open(tmp_path / "run" / "checkpoint" / "test_metrics.json"))
+    assert saved["PSNR"] == pytest.approx(metrics["PSNR"])
+    state = load_checkpoint(str(tmp_path / "run" / "checkpoint" / "best.pth"), "unmixing")
+    assert state["band_indices"] == [53, 33, 14] and state["out_bands"] == 59
+    assert json.load(open(tmp_path / "run" / "config.json"))["model"]["widths"] == [8, 8]
+
+
+def test_resume_continues_exactly(tmp_path):
+    folders = crop_folders(tmp_path)
+    device = torch.device("cpu")
+    train_unmixing(tiny_config(folders, epochs=2), str(tmp_path / "straight"), device)
+    train_unmixing(tiny_config(folders, epochs=1), str(tmp_path / "split"), device)
+    train_unmixing(tiny_config(folders, epochs=2), str(tmp_path / "split"), device,
+                   resume=str(tmp_path / "split" / "checkpoint" / "latest.pth"))
+    straight = load_checkpoint(str(tmp_path / "straight" / "checkpoint" / "latest.pth"))
+    split = load_checkpoint(str(tmp_path / "split" / "checkpoint" / "latest.pth"))
+    assert straight["epoch"] == split["epoch"] == 1
+    for name, value in straight["model"].items():
+        assert torch.equal(value, split["model"][name]), name
+
+
+def test_missing_data_explains_how_to_get_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        unmixing_main(["train", "--train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "nowhere: no HSI crops" in message and "data.prepare" in message and "demo.py" in message
+
+
+def test_band_count_mismatch_on_resume(tmp_path):
+    folders = crop_folders(tmp_path)
+    cfg = tiny_config(folders, epochs=1)
+    train_unmixing(cfg, str(tmp_path / "run"), torch.device("cpu"))
+    state = load_checkpoint(str(tmp_path / "run" / "checkpoint" / "latest.pth"))
+    state["out_bands"] = 31
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="checkpoint has 31 bands, the training data .* has 59"):
+        train_unmixing(tiny_config(folders, epochs=2), str(tmp_path / "run2"), torch.device("cpu"),
+                       resume=str(tmp_path / "other.pth"))
