@@ -1,0 +1,271 @@
+"""Stage 3: sampled abundances x learned endmembers -> synthetic HSIs, RGB previews and figures.
+
+For every sampled abundance map `A` (H, W, K) and the unmixing decoder's endmember matrix `E` (C, K),
+the synthetic cube is `HSI[h, w] = E @ A[h, w]`. Two choices change the spectra:
+
+- endmembers: `raw` uses the decoder weights as trained (the scale of the min-max normalised training
+  cubes); `minmax` rescales the whole matrix to [0, 1] by its global minimum and maximum, as the
+  reference code does (stretches every spectrum by the same factor and shifts it).
+- simplex: by default each sampled pixel is projected onto the probability simplex (abundances >= 0,
+  summing to 1), so every synthetic spectrum is a convex mixture of the endmembers; `simplex=False`
+  keeps the sampler's values as they are (the reference's behaviour).
+
+Outputs under `out_dir`: `HSI/<name>.mat` (`HSI`, `Abu`, `End`, `wavelengths` when known),
+`RGB/<name>.png`, `contact_sheet.png`, `spectra.png` and `synthesis.json`.
+"""
+import glob
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.checkpoint import load_checkpoint
+from core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
+from core.errors import UserError
+from core.logs import get_logger
+from core.previews import grid, save_png, to_uint8
+from core.simplex import project_to_simplex
+from data.hsi_dataset import list_mat_files
+from data.matio import read_array, read_hsi, write_mat
+from data.normalize import minmax
+from pipeline.plots import plot_spectra
+
+DEFAULT_DDPM_ROOT = os.path.join("experiments", "ddpm")
+DEFAULT_UNMIXING_ROOT = os.path.join("experiments", "unmixing")
+DEFAULT_OUT = os.path.join("experiments", "Synthesis")
+MAX_CONTACT_IMAGES = 64
+
+
+@dataclass
+class SynthesisOptions:
+    endmembers: str = "raw"          # "raw" or "minmax"
+    simplex: bool = True             # project sampled abundances onto the simplex
+    rgb: str = "bands"               # "bands" or "cie"
+    rgb_bands: list | None = None    # three band indices (R, G, B); None: nearest 640/550/460 nm
+    real: str | None = None          # folder of real HSIs for the spectra figure; None: the checkpoint's data.train
+    overwrite: bool = False
+    max_real_pixels: int = 20000
+    seed: int = 0                    # which real pixels are drawn for the figure
+
+
+def _newest(paths: list[str]) -> str | None:
+    return max(paths, key=os.path.getmtime) if paths else None
+
+
+def newest_abundance_dir(root: str = DEFAULT_DDPM_ROOT) -> str:
+    """The most recently written `<root>/*/mat_results` folder that holds .mat files."""
+    candidates = [d for d in glob.glob(os.path.join(root, "*", "mat_results"))
+                  if os.path.isdir(d) and list_mat_files(d)]
+    found = _newest(candidates)
+    if found is None:
+        raise UserError(f"no sampled abundances under {os.path.join(root, '*', 'mat_results')}; "
+                        "run `python Diffusion.py -p val ...` first or pass --abundances DIR")
+    return found
+
+
+def newest_unmixing_checkpoint(root: str = DEFAULT_UNMIXING_ROOT) -> str:
+    """`checkpoint/best.pth` (else `latest.pth`) of the most recently updated run under `root`."""
+    runs = []
+    for run in glob.glob(os.path.join(root, "*")):
+        for name in ("best.pth", "latest.pth"):
+            path = os.path.join(run, "checkpoint", name)
+            if os.path.isfile(path):
+                runs.append(path)
+                break
+    found = _newest(runs)
+    if found is None:
+        raise UserError(f"no unmixing checkpoint under {os.path.join(root, '*', 'checkpoint')}; "
+                        "run `python Unmixing.py train ...` first or pass --ckpt FILE")
+    return found
+
+
+def load_endmembers(path: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(C, K) float32 decoder weight, wavelengths (C,) or None, and the checkpoint dict."""
+    state = load_checkpoint(path, "unmixing")
+    weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state["model"].items()}
+    if "decoder.weight" not in weights:
+        raise UserError(f"{path}: no 'decoder.weight' in the model (not an unmixing autoencoder?)")
+    weight = weights["decoder.weight"].detach().float().cpu()
+    if weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        raise UserError(f"{path}: decoder.weight has shape {tuple(weight.shape)}, expected (C, K, 1, 1)")
+    endmembers = weight[:, :, 0, 0].numpy().astype(np.float32)
+    wavelengths = state.get("wavelengths")
+    if wavelengths is not None:
+        wavelengths = np.asarray(wavelengths, dtype=np.float64).ravel()
+        if wavelengths.size != endmembers.shape[0]:
+            get_logger().warning("%s: %d wavelengths for %d bands; ignoring them", path, wavelengths.size,
+                                 endmembers.shape[0])
+            wavelengths = None
+    return endmembers, wavelengths, state
+
+
+def prepare_endmembers(endmembers: np.ndarray, mode: str) -> np.ndarray:
+    """`raw`: as trained; `minmax`: (E - min E) / (max E - min E) over the whole matrix (the reference's)."""
+    if mode == "raw":
+        return endmembers.astype(np.float32)
+    if mode == "minmax":
+        return minmax(endmembers)
+    raise UserError(f"--endmembers {mode}: expected raw or minmax")
+
+
+def read_sampled_abundances(path: str) -> np.ndarray:
+    """(H, W, K) float32 abundances: the sampler's raw `SR` mapped from [-1, 1] to [0, 1], else `Abu`.
+
+    `SR` comes first because it is what the sampler produced: the stored `Abu` may already be
+    projected, and `--no-simplex` must be able to show the unprojected values.
+    """
+    key, array = read_array(path, ("SR", "Abu"))
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise UserError(f"{path}: '{key}' has shape {array.shape}, expected H x W x K")
+    if not np.all(np.isfinite(array)):
+        raise UserError(f"{path}: '{key}' contains NaN/Inf values")
+    return (array + 1.0) / 2.0 if key == "SR" else array
+
+
+def synthesize(abundances: np.ndarray, endmembers: np.ndarray, simplex: bool,
+               device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, K) abundances, (C, K) endmembers -> (abundances used (H, W, K), HSI (H, W, C)), float32."""
+    a = torch.from_numpy(np.ascontiguousarray(abundances, dtype=np.float32)).to(device)
+    e = torch.from_numpy(np.ascontiguousarray(endmembers, dtype=np.float32)).to(device)
+    if simplex:
+        a = project_to_simplex(a, dim=-1)
+    hsi = a @ e.T
+    return a.cpu().numpy(), hsi.cpu().numpy()
+
+
+def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: int, seed: int):
+    """(N, C) pixels of real HSI files, each file min-max normalised as unmixing training does; None if unusable."""
+    log = get_logger()
+    if not folder or not os.path.isdir(folder):
+        log.warning("real training spectra not shown: folder %s not found (pass --real DIR)", folder)
+        return None
+    files = list_mat_files(folder)[:50]
+    rng = np.random.default_rng(seed)
+    per_file = max(1, max_pixels // max(1, len(files)))
+    pixels = []
+    for path in files:
+        cube, _ = read_hsi(path, key)
+        if cube.shape[2] != n_bands:
+            log.warning("%s: %d bands, the endmembers have %d; left out of the spectra figure",
+                        path, cube.shape[2], n_bands)
+            continue
+        flat = minmax(cube).reshape(-1, n_bands)
+        pixels.append(flat[rng.choice(len(flat), size=min(per_file, len(flat)), replace=False)])
+    return np.concatenate(pixels) if pixels else None
+
+
+def output_stem(path: str, root: str) -> str:
+    """A flat, unique name: the path below `root` without extension, separators turned into '__'."""
+    relative = os.path.splitext(os.path.relpath(path, root))[0]
+    return relative.replace(os.sep, "__").replace("/", "__")
+
+
+def _check_targets(paths: list[str], overwrite: bool) -> None:
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]}: exists already ({len(existing)} output files would be replaced); "
+                        "use --overwrite or another --out")
+
+
+def contact_sheet(previews: list[np.ndarray], min_size: int = 128) -> np.ndarray:
+    """Tile (H, W, 3) uint8 previews, padded to a common size and enlarged (nearest) to >= min_size px."""
+    height = max(p.shape[0] for p in previews)
+    width = max(p.shape[1] for p in previews)
+    factor = max(1, -(-min_size // max(height, width)))
+    tiles = []
+    for image in previews:
+        padded = np.full((height, width, 3), 255, dtype=np.uint8)
+        padded[:image.shape[0], :image.shape[1]] = image
+        tiles.append(padded.repeat(factor, axis=0).repeat(factor, axis=1))
+    columns = min(8, int(np.ceil(np.sqrt(len(tiles)))))
+    return grid(tiles, columns, gap=2 * factor)
+
+
+def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DEFAULT_OUT,
+                  device: torch.device = torch.device("cpu"), options: SynthesisOptions | None = None) -> dict:
+    """Synthesize one HSI per sampled abundance file; returns a summary (also written to synthesis.json)."""
+    options = options or SynthesisOptions()
+    log = get_logger()
+    if options.rgb not in ("bands", "cie"):
+        raise UserError(f"--rgb {options.rgb}: expected bands or cie")
+    abundance_dir = abundance_dir or newest_abundance_dir()
+    ckpt = ckpt or newest_unmixing_checkpoint()
+    log.info("sampled abundances: %s", abundance_dir)
+    log.info("unmixing checkpoint: %s", ckpt)
+    if not os.path.isdir(abundance_dir):
+        raise UserError(f"{abundance_dir}: abundance folder not found")
+    files = list_mat_files(abundance_dir)
+    if not files:
+        raise UserError(f"{abundance_dir}: no .mat abundance files found")
+
+    raw_endmembers, wavelengths, state = load_endmembers(ckpt)
+    endmembers = prepare_endmembers(raw_endmembers, options.endmembers)
+    n_bands, k = endmembers.shape
+    rgb_bands = (check_rgb_bands(options.rgb_bands, n_bands) if options.rgb_bands is not None
+                 else default_rgb_bands(n_bands, wavelengths))
+    if options.rgb == "cie":
+        if wavelengths is None:
+            raise UserError(f"--rgb cie: {ckpt} records no wavelengths; use --rgb bands")
+        value_range = (min(0.0, float(endmembers.min())), float(endmembers.max()))
+        hsi_to_rgb(np.zeros((1, 1, n_bands)), wavelengths, "cie")  # coverage check before any work
+    else:
+        # on the simplex every band value lies between the endmembers' extremes in that band
+        value_range = (float(endmembers[rgb_bands].min()), float(endmembers[rgb_bands].max()))
+
+    stems = [output_stem(p, abundance_dir) for p in files]
+    hsi_dir, rgb_dir = os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")
+    summary_path = os.path.join(out_dir, "synthesis.json")
+    contact_path, spectra_path = os.path.join(out_dir, "contact_sheet.png"), os.path.join(out_dir, "spectra.png")
+    targets = [os.path.join(hsi_dir, s + ".mat") for s in stems] + [os.path.join(rgb_dir, s + ".png") for s in stems]
+    _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
+
+    total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
+    for path, stem in zip(tqdm(files, desc="synthesis", unit="file"), stems):
+        abundances = read_sampled_abundances(path)
+        if abundances.shape[2] != k:
+            raise UserError(f"{path}: abundances have K = {abundances.shape[2]} endmembers, but {ckpt} "
+                            f"has K = {k}")
+        abundances, hsi = synthesize(abundances, endmembers, options.simplex, device)
+        variables = {"HSI": hsi, "Abu": abundances, "End": endmembers}
+        if wavelengths is not None:
+            variables["wavelengths"] = wavelengths
+        write_mat(os.path.join(hsi_dir, stem + ".mat"), variables, overwrite=options.overwrite)
+        rgb = to_uint8(hsi_to_rgb(hsi, wavelengths, options.rgb, rgb_bands, value_range))
+        save_png(rgb, os.path.join(rgb_dir, stem + ".png"))
+        if len(previews) < MAX_CONTACT_IMAGES:
+            previews.append(rgb)
+        flat = hsi.reshape(-1, n_bands).astype(np.float64)
+        total, total_sq, count = total + flat.sum(0), total_sq + (flat ** 2).sum(0), count + len(flat)
+
+    save_png(contact_sheet(previews), contact_path)
+
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    real_folder = options.real or state.get("config", {}).get("data", {}).get("train")
+    real_key = None if options.real else state.get("config", {}).get("data", {}).get("key")
+    real = real_pixel_spectra(real_folder, n_bands, real_key, options.max_real_pixels, options.seed)
+    plot_spectra(spectra_path, endmembers, mean, std, wavelengths,
+                 None if real is None else real.mean(0), None if real is None else real.std(0),
+                 title=f"{len(files)} synthetic HSIs, endmembers {options.endmembers}, "
+                       f"{'simplex' if options.simplex else 'no simplex'}")
+
+    summary = {
+        "abundances": os.path.abspath(abundance_dir), "checkpoint": os.path.abspath(ckpt),
+        "out": os.path.abspath(out_dir), "files": len(files), "bands": n_bands, "endmembers": k,
+        "wavelengths_known": wavelengths is not None, "rgb_bands": rgb_bands if options.rgb == "bands" else None,
+        "real_spectra": None if real is None else os.path.abspath(real_folder),
+        "options": asdict(options), "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
+        "contact_sheet": os.path.abspath(contact_path), "spectra": os.path.abspath(spectra_path),
+    }
+    with open(summary_path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    log.info("wrote %d synthetic HSIs to %s, previews to %s", len(files), hsi_dir, rgb_dir)
+    log.info("contact sheet: %s; spectra: %s", contact_path, spectra_path)
+    return summary
