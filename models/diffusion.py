@@ -1,0 +1,233 @@
+"""Gaussian diffusion with SR3's continuous noise-level conditioning: schedules, loss, samplers.
+
+`NoiseSchedule` computes every coefficient once from the betas (in float64); the training loss, the
+ancestral sampler and DDIM all read them from there. `GaussianDiffusion` wraps a noise-predicting
+network `denoise_fn(x (N, C, H, W), noise_level (N,)) -> eps` and never owns parameters of its own,
+so its state is the network's.
+
+Conditioning follows SR3 / WaveGrad: the network sees `gamma = sqrt(alpha_bar)` instead of a step
+index. Training draws a step t in 1..T and then gamma uniformly between sqrt(alpha_bar_{t-1}) and
+sqrt(alpha_bar_t) (alpha_bar_0 = 1); sampling at step t (0-based index into the betas) passes
+sqrt(alpha_bar_t).
+"""
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50", "const", "jsd")
+LOSS_TYPES = ("l1", "l2", "l1_mean", "l2_mean")
+SAMPLERS = ("ancestral", "ddim")
+
+
+def make_beta_schedule(schedule: str, n_timestep: int, linear_start: float = 1e-4, linear_end: float = 2e-2,
+                       cosine_s: float = 8e-3) -> np.ndarray:
+    """Betas (T,) float64 for the schedule names of the SR3 configs.
+
+    linear: evenly spaced; quad: evenly spaced square roots, squared; warmup10/50: linear over the
+    first 10 %/50 % of the steps, then `linear_end`; const: `linear_end`; jsd: 1/T, 1/(T-1), ..., 1;
+    cosine: Nichol & Dhariwal's alpha_bar = cos^2(((t/T + s) / (1 + s)) pi / 2), betas clipped at 0.999.
+    """
+    if n_timestep < 1:
+        raise ValueError("n_timestep must be at least 1")
+    if schedule == "linear":
+        return np.linspace(linear_start, linear_end, n_timestep, dtype=np.float64)
+    if schedule == "quad":
+        return np.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep, dtype=np.float64) ** 2
+    if schedule in ("warmup10", "warmup50"):
+        betas = np.full(n_timestep, linear_end, dtype=np.float64)
+        warm = int(n_timestep * (0.1 if schedule == "warmup10" else 0.5))
+        betas[:warm] = np.linspace(linear_start, linear_end, warm, dtype=np.float64)
+        return betas
+    if schedule == "const":
+        return np.full(n_timestep, linear_end, dtype=np.float64)
+    if schedule == "jsd":
+        return 1.0 / np.linspace(n_timestep, 1, n_timestep, dtype=np.float64)
+    if schedule == "cosine":
+        steps = np.arange(n_timestep + 1, dtype=np.float64) / n_timestep
+        alpha_bar = np.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
+        alpha_bar = alpha_bar / alpha_bar[0]
+        return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
+    raise ValueError(f"unknown beta schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
+
+
+class NoiseSchedule:
+    """All coefficients of one beta schedule, computed once, as float64 tensors of length T
+    (`noise_levels` has T + 1 entries: sqrt(alpha_bar) with alpha_bar_0 = 1 prepended)."""
+
+    def __init__(self, betas):
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or np.any(betas <= 0) or np.any(betas >= 1):
+            raise ValueError("betas must be a 1-D array with values in (0, 1)")
+        alphas = 1.0 - betas
+        alphas_cumprod = np.cumprod(alphas)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        arrays = {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
+            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
+            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
+            "posterior_variance": posterior_variance,
+            # the posterior variance is 0 at t = 0; the log is clipped there
+            "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
+            "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+            "noise_levels": np.sqrt(np.append(1.0, alphas_cumprod)),
+        }
+        self.num_timesteps = len(betas)
+        for name, value in arrays.items():
+            setattr(self, name, torch.from_numpy(value))
+
+    @classmethod
+    def from_config(cls, opt: dict) -> "NoiseSchedule":
+        """From a config's `beta_schedule.train` / `.val` section."""
+        return cls(make_beta_schedule(opt["schedule"], int(opt["n_timestep"]), opt.get("linear_start", 1e-4),
+                                      opt.get("linear_end", 2e-2), opt.get("cosine_s", 8e-3)))
+
+    def value(self, name: str, t: int) -> float:
+        """One coefficient at step t as a Python float (sampling uses one t per batch)."""
+        return float(getattr(self, name)[t])
+
+    def predict_start_from_noise(self, x_t: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """x_0 = x_t / sqrt(alpha_bar_t) - sqrt(1 / alpha_bar_t - 1) eps."""
+        return self.value("sqrt_recip_alphas_cumprod", t) * x_t - self.value("sqrt_recipm1_alphas_cumprod", t) * noise
+
+    def predict_noise_from_start(self, x_t: torch.Tensor, t: int, x_start: torch.Tensor) -> torch.Tensor:
+        """The inverse of `predict_start_from_noise`: eps implied by x_t and an estimate of x_0."""
+        return (self.value("sqrt_recip_alphas_cumprod", t) * x_t - x_start) / self.value("sqrt_recipm1_alphas_cumprod", t)
+
+    def q_posterior_mean(self, x_start: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """Mean of q(x_{t-1} | x_t, x_0)."""
+        return self.value("posterior_mean_coef1", t) * x_start + self.value("posterior_mean_coef2", t) * x_t
+
+
+def q_sample(x_start: torch.Tensor, noise_level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_noisy = gamma x_0 + sqrt(1 - gamma^2) eps, gamma (N,) broadcast over (N, C, H, W)."""
+    gamma = noise_level.reshape(-1, *([1] * (x_start.ndim - 1))).to(x_start.dtype)
+    return gamma * x_start + (1.0 - gamma ** 2).sqrt() * noise
+
+
+class GaussianDiffusion(nn.Module):
+    """Training loss and samplers around a noise-predicting network and one NoiseSchedule.
+
+    `t_per_sample=False` is the reference: one step t per batch (each sample still gets its own
+    gamma in that step's interval); True draws t per sample. Loss types: 'l1' / 'l2' summed over
+    all elements as the reference, 'l1_mean' / 'l2_mean' averaged.
+    """
+
+    def __init__(self, denoise_fn: nn.Module, image_size: int, channels: int, schedule: NoiseSchedule,
+                 loss_type: str = "l1", t_per_sample: bool = False, clip_denoised: bool = True):
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss type {loss_type!r} (expected one of {', '.join(LOSS_TYPES)})")
+        self.denoise_fn = denoise_fn
+        self.image_size = image_size
+        self.channels = channels
+        self.schedule = schedule
+        self.loss_type = loss_type
+        self.t_per_sample = t_per_sample
+        self.clip_denoised = clip_denoised
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    def draw_noise_levels(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(batch,) float32 gammas: t uniform in 1..T, gamma uniform in [gamma_{t-1}, gamma_t]."""
+        levels = self.schedule.noise_levels.to(device)
+        count = batch if self.t_per_sample else 1
+        t = torch.randint(1, self.num_timesteps + 1, (count,), generator=generator, device=device)
+        lo, hi = levels[t - 1], levels[t]
+        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        return (hi + (lo - hi) * u).float()
+
+    def training_loss(self, x_start: torch.Tensor, generator: torch.Generator | None = None,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss between the true noise and the network's prediction for a batch x_0 (N, C, H, W)."""
+        gamma = self.draw_noise_levels(x_start.shape[0], x_start.device, generator)
+        if noise is None:
+            noise = torch.randn(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
+        prediction = self.denoise_fn(q_sample(x_start, gamma, noise), gamma)
+        error = prediction.float() - noise.float()
+        per_element = error.abs() if self.loss_type.startswith("l1") else error ** 2
+        return per_element.mean() if self.loss_type.endswith("_mean") else per_element.sum()
+
+    def forward(self, x_start: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.training_loss(x_start, generator)
+
+    # sampling ---------------------------------------------------------------------------------
+
+    def _predict(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x_0) estimated at step t; x_0 clipped to [-1, 1] (and eps made consistent) if asked."""
+        gamma = torch.full((x.shape[0],), self.schedule.value("sqrt_alphas_cumprod", t), device=x.device)
+        eps = self.denoise_fn(x, gamma).to(x.dtype)
+        x_start = self.schedule.predict_start_from_noise(x, t, eps)
+        if self.clip_denoised:
+            x_start = x_start.clamp(-1.0, 1.0)
+            eps = self.schedule.predict_noise_from_start(x, t, x_start)
+        return eps, x_start
+
+    def _initial_noise(self, shape, device, generator, noise):
+        if noise is not None:
+            return noise.to(device)
+        return torch.randn(shape, generator=generator, device=device)
+
+    @torch.no_grad()
+    def ancestral_sample(self, shape, device, generator: torch.Generator | None = None,
+                         noise: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+        """The reference sampler: all T steps of p(x_{t-1} | x_t). Returns x_0 (N, C, H, W)."""
+        x = self._initial_noise(shape, device, generator, noise)
+        for t in tqdm(reversed(range(self.num_timesteps)), total=self.num_timesteps, desc="ancestral",
+                      disable=not progress, leave=False):
+            _, x_start = self._predict(x, t)
+            mean = self.schedule.q_posterior_mean(x_start, x, t)
+            if t > 0:
+                std = math.exp(0.5 * self.schedule.value("posterior_log_variance_clipped", t))
+                mean = mean + std * torch.randn(x.shape, generator=generator, device=device)
+            x = mean
+        return x
+
+    def ddim_timesteps(self, steps: int) -> list[int]:
+        """`steps` distinct indices into the schedule, evenly spaced from T-1 down to 0 (descending)."""
+        if not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"DDIM steps must be between 1 and {self.num_timesteps}, got {steps}")
+        spaced = np.linspace(self.num_timesteps - 1, 0, steps)
+        return sorted({int(round(v)) for v in spaced}, reverse=True)
+
+    @torch.no_grad()
+    def ddim_sample(self, shape, device, steps: int = 50, eta: float = 0.0,
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                    progress: bool = False) -> torch.Tensor:
+        """DDIM (Song et al. 2021) over a subsequence of the steps; eta = 0 is deterministic given the
+        initial noise, eta = 1 with all T steps is the ancestral sampler. Returns x_0 (N, C, H, W)."""
+        x = self._initial_noise(shape, device, generator, noise)
+        timesteps = self.ddim_timesteps(steps)
+        for i, t in enumerate(tqdm(timesteps, desc="ddim", disable=not progress, leave=False)):
+            eps, x_start = self._predict(x, t)
+            if i + 1 == len(timesteps):
+                x = x_start
+                break
+            abar = self.schedule.value("alphas_cumprod", t)
+            abar_next = self.schedule.value("alphas_cumprod", timesteps[i + 1])
+            sigma = eta * math.sqrt((1 - abar_next) / (1 - abar) * (1 - abar / abar_next))
+            x = math.sqrt(abar_next) * x_start + math.sqrt(max(1 - abar_next - sigma ** 2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=generator, device=device)
+        return x
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, device, sampler: str = "ancestral", steps: int = 50, eta: float = 0.0,
+               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """(batch_size, channels, image_size, image_size) samples in about [-1, 1]."""
+        shape = (batch_size, self.channels, self.image_size, self.image_size)
+        if sampler == "ancestral":
+            return self.ancestral_sample(shape, device, generator, progress=progress)
+        if sampler == "ddim":
+            return self.ddim_sample(shape, device, steps, eta, generator, progress=progress)
+        raise ValueError(f"unknown sampler {sampler!r} (expected one of {', '.join(SAMPLERS)})")

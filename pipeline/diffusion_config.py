@@ -1,0 +1,164 @@
+"""Defaults of the diffusion stage in the reference's JSON layout, and the keys it may carry unused.
+
+The reference's configs (SR3 format: name, phase, gpu_ids, path, datasets, model, train, wandb)
+load unchanged. Keys the reference hard-coded in its scripts are added here with the reference's
+values: `datasets.train.dataroot`, `batch_size`, `num_workers`; the sampler settings live in a
+`sample` section (the reference only had the ancestral sampler).
+"""
+import copy
+
+from core.config import load_config
+from core.errors import UserError
+from core.logs import get_logger
+from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES
+
+_SCHEDULE = {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 1e-2}
+
+DIFFUSION_DEFAULTS = {
+    "name": "Chikusei-256",
+    "phase": "train",
+    "seed": 0,
+    "path": {                           # sub-folders of <out>/<name>_<timestamp>/
+        "log": "logs",
+        "results": "results",           # PNG previews
+        "mat_results": "mat_results",   # sampled abundances (.mat)
+        "checkpoint": "checkpoint",
+        "resume_state": None,           # a checkpoint to resume (train) or sample from (val); --resume wins
+    },
+    "datasets": {
+        "train": {
+            "dataroot": "dataset/inferred_abu/",  # the reference's hard-coded folder; --data overrides
+            "data_len": -1,             # -1: every file; N: the first N files
+            "batch_size": 8,
+            "num_workers": 4,
+            "flip": "none",             # "none" (reference), "horizontal" or "both"
+        },
+        "val": {
+            "data_len": 50,             # how many samples `-p val` draws (--num-samples overrides)
+        },
+    },
+    "model": {
+        "init": "orthogonal",           # the reference's init of conv/linear weights; "default": PyTorch's
+        "unet": {
+            "in_channel": 5,
+            "out_channel": 5,
+            "inner_channel": 64,
+            "norm_groups": 32,
+            "channel_multiplier": [1, 2, 4, 8, 8],
+            "attn_res": [16],
+            "res_blocks": 2,
+            "dropout": 0.2,
+            "with_noise_level_emb": True,
+        },
+        "beta_schedule": {"train": dict(_SCHEDULE), "val": dict(_SCHEDULE)},
+        "diffusion": {
+            "image_size": 256,
+            "channels": 5,
+            "conditional": False,       # only unconditional generation is implemented
+            "loss_type": "l1",          # l1 / l2 summed (reference) or l1_mean / l2_mean
+            "t_per_sample": False,      # False: one t per batch as the reference
+            "clip_denoised": True,
+        },
+    },
+    "train": {
+        "n_iter": 1000000,
+        "val_freq": 10000,              # preview samples every val_freq steps
+        "save_checkpoint_freq": 10000,
+        "print_freq": 200,
+        "keep_checkpoints": 0,          # 0: keep all; N: keep the newest N of a run
+        "optimizer": {"type": "adam", "lr": 1e-4, "weight_decay": 0.0},
+        "ema_scheduler": {
+            "step_start_ema": 5000,     # before this step the EMA copies the weights
+            "update_ema_every": 1,
+            "ema_decay": 0.9999,
+        },
+        "use_ema": True,                # the reference's EMA block was "not used now"; here it is
+        "grad_clip": 0.0,               # max gradient norm; 0 disables
+        "amp": False,                   # mixed precision, CUDA only
+        "preview_samples": 4,
+    },
+    "sample": {
+        "sampler": "ancestral",         # "ancestral" (reference, all T steps) or "ddim"
+        "steps": 50,                    # DDIM steps
+        "eta": 0.0,                     # DDIM stochasticity; 0 is deterministic
+        "batch_size": 4,
+        "use_ema": True,
+        "project_simplex": True,        # Abu projected onto the simplex; False: (SR + 1) / 2 as sampled
+    },
+}
+
+# Keys of the reference configs that are accepted and ignored (with a note in the log).
+KNOWN_UNUSED = (
+    "gpu_ids", "distributed", "wandb", "enable_wandb", "log_wandb_ckpt",
+    "path.tb_logger", "path.experiments_root",
+    "model.which_model_G", "model.finetune_norm",
+    "datasets.train.name", "datasets.train.mode", "datasets.train.use_shuffle",
+    "datasets.val.name", "datasets.val.mode", "datasets.val.batch_size",
+)
+
+
+def _positive_int(cfg: dict, dotted: str, source: str, minimum: int = 1) -> None:
+    section, _, key = dotted.rpartition(".")
+    node = cfg
+    for part in section.split("."):
+        node = node[part]
+    value = node[key]
+    # the reference writes frequencies as 1e4
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UserError(f"{source}: '{dotted}' must be an integer >= {minimum}, got {node[key]!r}")
+    node[key] = value
+
+
+def validate(cfg: dict, source: str) -> dict:
+    """Check values a typo would break, and turn 1e4-style numbers into integers."""
+    for dotted in ("train.n_iter", "train.val_freq", "train.save_checkpoint_freq", "train.print_freq",
+                   "datasets.train.batch_size", "model.diffusion.image_size", "model.diffusion.channels",
+                   "sample.batch_size", "sample.steps", "train.preview_samples",
+                   "model.beta_schedule.train.n_timestep", "model.beta_schedule.val.n_timestep"):
+        _positive_int(cfg, dotted, source, minimum=0 if dotted == "train.preview_samples" else 1)
+    for dotted in ("datasets.train.num_workers", "train.keep_checkpoints", "datasets.val.data_len"):
+        _positive_int(cfg, dotted, source, minimum=0)
+    model = cfg["model"]
+    if model["diffusion"]["conditional"]:
+        raise UserError(f"{source}: 'model.diffusion.conditional' is true, but only unconditional "
+                        "generation is implemented")
+    channels = model["diffusion"]["channels"]
+    unet = model["unet"]
+    if unet["in_channel"] != channels or unet["out_channel"] != channels:
+        raise UserError(f"{source}: model.unet in_channel/out_channel ({unet['in_channel']}/{unet['out_channel']}) "
+                        f"must equal model.diffusion.channels ({channels}) for unconditional generation")
+    for phase in ("train", "val"):
+        if model["beta_schedule"][phase]["schedule"] not in SCHEDULES:
+            raise UserError(f"{source}: 'model.beta_schedule.{phase}.schedule' must be one of {', '.join(SCHEDULES)}")
+    checks = (
+        ("model.diffusion.loss_type", model["diffusion"]["loss_type"], LOSS_TYPES),
+        ("sample.sampler", cfg["sample"]["sampler"], SAMPLERS),
+        ("train.optimizer.type", str(cfg["train"]["optimizer"]["type"]).lower(), ("adam", "adamw")),
+        ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),
+        ("model.init", model["init"], ("orthogonal", "default")),
+    )
+    for dotted, value, allowed in checks:
+        if value not in allowed:
+            raise UserError(f"{source}: '{dotted}' is {value!r}, expected one of {', '.join(allowed)}")
+    if cfg["sample"]["steps"] > model["beta_schedule"]["val"]["n_timestep"]:
+        raise UserError(f"{source}: sample.steps ({cfg['sample']['steps']}) exceeds "
+                        f"model.beta_schedule.val.n_timestep ({model['beta_schedule']['val']['n_timestep']})")
+    factor = 2 ** (len(unet["channel_multiplier"]) - 1)
+    if model["diffusion"]["image_size"] % factor:
+        raise UserError(f"{source}: model.diffusion.image_size must be divisible by {factor} "
+                        f"(2 ** (number of channel multipliers - 1))")
+    widths = [unet["inner_channel"] * m for m in unet["channel_multiplier"]] + [unet["inner_channel"]]
+    if any(w % unet["norm_groups"] for w in widths):
+        raise UserError(f"{source}: model.unet.norm_groups ({unet['norm_groups']}) must divide every "
+                        f"channel width {sorted(set(widths))}")
+    return cfg
+
+
+def load_diffusion_config(path: str | None, overrides: dict | None = None) -> dict:
+    """Defaults <- JSON file <- flags, validated."""
+    cfg = load_config(path, copy.deepcopy(DIFFUSION_DEFAULTS), overrides, known_unused=KNOWN_UNUSED)
+    if cfg.get("gpu_ids"):
+        get_logger().info("%s: gpu_ids %s is not used; pick the device with --device", path, cfg["gpu_ids"])
+    return validate(cfg, path or "config")
