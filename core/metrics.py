@@ -111,6 +111,15 @@ def ssim(gt, pred, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
     return float(ssim_map.mean(dim=(1, 2, 3)).mean())
 
 
+def mrae(gt, pred, floor: float = 0.01) -> float:
+    """Mean relative absolute error |pred - gt| / max(gt, floor), the spectral-reconstruction metric.
+
+    The floor keeps entries near zero (min-max normalised data has exact zeros) from dominating.
+    """
+    gt, pred = _pair(gt, pred)
+    return float(((pred - gt).abs() / gt.clamp_min(floor)).mean())
+
+
 def quality_assessment(gt, pred, data_range: float = 1.0, ratio: float = 4.0) -> dict[str, float]:
     """All metrics at once, keyed as the reference's report: PSNR, SSIM, SAM, ERGAS, RMSE, CC."""
     return {
@@ -131,4 +140,4 @@ def average_metrics(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 __all__ = ["psnr", "ssim", "sam", "ergas", "rmse", "cc", "quality_assessment", "spectral_angles",
-           "average_metrics", "band_mse"]
+           "average_metrics", "band_mse", "mrae"]

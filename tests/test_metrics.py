@@ -78,3 +78,11 @@ def test_quality_assessment_moves_the_right_way_with_noise():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape mismatch"):
         psnr(np.zeros((2, 2, 3)), np.zeros((2, 2, 4)))
+
+
+def test_mrae_hand_value_and_floor():
+    from core.metrics import mrae
+    gt = np.array([[[0.5, 0.0]]])
+    pred = np.array([[[0.6, 0.001]]])
+    # (0.1 / 0.5 + 0.001 / 0.01) / 2
+    assert mrae(gt, pred) == pytest.approx((0.2 + 0.1) / 2)

@@ -1,0 +1,133 @@
+"""Evaluation CLI: how good are the unmixing network and the synthetic HSIs? Writes report.json,
+summary.md and PNG plots into --out.
+
+    python Evaluate.py reconstruction --ckpt CKPT --hsi DIR --out DIR
+    python Evaluate.py generation --real DIR --synthetic DIR --out DIR [--pixel-cap N] [--seed S]
+    python Evaluate.py downstream --real DIR --synthetic DIR --out DIR [--seeds 0 1 2] [--steps N]
+
+See docs/evaluation.md for what every metric and report key means.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from core.device import resolve_device
+from core.errors import UserError, cli_main
+from core.logs import setup_logging
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="report folder (report.json, summary.md, plots/)")
+    parser.add_argument("--key", help="variable name of the cube in the .mat files (default: Y, HSI, ...)")
+    parser.add_argument("--device", "--gpus", dest="device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate the unmixing network and synthetic HSIs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs")
+    rec.add_argument("--ckpt", required=True, help="unmixing checkpoint (best.pth)")
+    rec.add_argument("--hsi", required=True, help="folder of held-out HSI .mat files")
+    rec.add_argument("--tile", type=int, default=256, help="inference tile size (default 256)")
+    rec.add_argument("--overlap", type=int, default=32, help="tile overlap (default 32)")
+    _common(rec)
+
+    gen = sub.add_parser("generation", help="synthetic vs real HSIs: F_p, D_b, precision/recall, FD/KID, plots")
+    gen.add_argument("--real", required=True, help="folder of real HSI .mat files (min-max normalised per file)")
+    gen.add_argument("--synthetic", required=True, help="folder of synthetic HSI .mat files (taken as they are)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of every sub-sample and of the feature network")
+    gen.add_argument("--pixel-cap", type=int, default=20000, help="spectra sampled per set (default 20000)")
+    gen.add_argument("--prdc-cap", type=int, default=10000, help="spectra used for precision/recall (default 10000)")
+    gen.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds (default 3)")
+    gen.add_argument("--patch-cap", type=int, default=4000, help="feature patches per set (default 4000)")
+    gen.add_argument("--patch-size", type=int, default=8, help="feature patch side (default 8)")
+    gen.add_argument("--block-cap", type=int, default=64, help="synthetic blocks for D_b (default 64)")
+    gen.add_argument("--block-size", type=int, default=16, help="D_b block side (default 16)")
+    gen.add_argument("--image-cap", type=int, default=32, help="real images searched by D_b (default 32)")
+    gen.add_argument("--feature-steps", type=int, default=300, help="training steps of the feature network")
+    gen.add_argument("--feature-cache", default=os.path.join("experiments", "evaluation", "feature_cache"),
+                     help="folder caching the feature network per real set ('none' to disable)")
+    gen.add_argument("--endmembers", help="End for the Dirichlet baseline: .mat with End or an unmixing checkpoint "
+                     "(default: End of the synthetic files, else farthest real pixels)")
+    gen.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    _common(gen)
+
+    down = sub.add_parser("downstream", help="RGB-to-HSI reconstruction trained on real vs real+synthetic")
+    down.add_argument("--real", required=True, help="folder of real HSI .mat files (train and held-out test)")
+    down.add_argument("--synthetic", required=True, help="folder of synthetic HSI .mat files")
+    down.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    down.add_argument("--steps", type=int, default=1000, help="training steps per model (default 1000)")
+    down.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
+    down.add_argument("--crop", type=int, default=32, help="training crop side (default 32)")
+    down.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=2e-3)
+    down.add_argument("--synthetic-fraction", type=float, default=0.5,
+                      help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
+    down.add_argument("--test-fraction", type=float, default=0.5, help="share of real files held out (default 0.5)")
+    down.add_argument("--synthetic-cap", type=int, default=256, help="synthetic files loaded at most (default 256)")
+    down.add_argument("--rgb-bands", type=int, nargs=3, metavar=("R", "G", "B"),
+                      help="input band indices (default: Chikusei RGB bands for 59 bands, else evenly spread)")
+    _common(down)
+    return parser
+
+
+def run_generation_command(args, device) -> None:
+    from evaluation.features import FeatureSettings
+    from evaluation.generation import GenerationSettings, run_generation
+    from evaluation.sampling import Caps
+    for name in ("pixel_cap", "prdc_cap", "patch_cap", "patch_size", "block_size", "feature_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.k < 1 or args.prdc_cap <= args.k:
+        raise UserError(f"--k {args.k} needs 1 <= k < --prdc-cap")
+    caps = Caps(pixel_cap=args.pixel_cap, patch_cap=args.patch_cap, patch_size=args.patch_size,
+                block_cap=args.block_cap, block_size=args.block_size, image_cap=args.image_cap, seed=args.seed)
+    settings = GenerationSettings(
+        caps=caps, features=FeatureSettings(steps=args.feature_steps, seed=args.seed), k=args.k,
+        prdc_cap=args.prdc_cap, baselines=not args.no_baselines, endmembers=args.endmembers,
+        feature_cache=None if args.feature_cache.lower() == "none" else args.feature_cache, key=args.key)
+    run_generation(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress)
+
+
+def run_downstream_command(args, device) -> None:
+    from evaluation.downstream import DownstreamSettings, run_downstream
+    if not 0 <= args.synthetic_fraction <= 1:
+        raise UserError(f"--synthetic-fraction {args.synthetic_fraction} must be in [0, 1]")
+    if not 0 < args.test_fraction < 1:
+        raise UserError(f"--test-fraction {args.test_fraction} must be in (0, 1)")
+    settings = DownstreamSettings(
+        seeds=args.seeds, steps=args.steps, batch=args.batch_size, crop=args.crop, lr=args.lr,
+        synthetic_fraction=args.synthetic_fraction, test_fraction=args.test_fraction,
+        synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key)
+    run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress)
+
+
+def run_reconstruction_command(args, device) -> None:
+    from evaluation.reconstruction import run_reconstruction
+    if args.overlap >= args.tile:
+        raise UserError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
+    run_reconstruction(args.ckpt, args.hsi, args.out, device, args.overwrite, args.key, args.tile, args.overlap,
+                       progress=not args.no_progress)
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(os.path.join(args.out, "evaluate.log"))
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
+    {"generation": run_generation_command, "downstream": run_downstream_command,
+     "reconstruction": run_reconstruction_command}[args.command](args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
