@@ -1,6 +1,7 @@
 """Stage 1 CLI: train the RGB-to-abundance unmixing network, or infer abundances of image folders.
 
     python Unmixing.py train [-c config/Chikusei_unmixing.json] [--train DIR] [--val DIR] [--test DIR] [--out DIR]
+    torchrun --nproc_per_node N Unmixing.py train ...   (DDP: train.batch_size is the global batch)
     python Unmixing.py infer [--ckpt CKPT] [--rgb DIR ...] [--hsi DIR ...] [--out DIR] [--tile N] [--overlap M]
 """
 import argparse
@@ -58,11 +59,16 @@ def run_train(args) -> None:
         "data.key": args.key, "data.bands": args.bands, "train.epochs": args.epochs,
         "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed})
     out_dir = args.out or os.path.join("experiments", "unmixing", cfg["name"])
-    latest = os.path.join(out_dir, "checkpoint", "latest.pth")
-    if not args.resume and os.path.exists(latest):
-        raise UserError(f"{latest}: a run exists in {out_dir}; resume it with --resume {latest} or choose another --out")
+    found = [path for path in (os.path.join(out_dir, "checkpoint", name) for name in ("interrupted.pth", "latest.pth"))
+             if os.path.exists(path)]
+    if not args.resume and found:
+        newest = max(found, key=os.path.getmtime)
+        raise UserError(f"{newest}: a run exists in {out_dir}; resume it with --resume {newest} or choose another --out")
+    from core.distributed import distributed_session
     from pipeline.unmixing_train import train_unmixing
-    train_unmixing(cfg, out_dir, resolve_device(args.device or "auto"), resume=args.resume)
+    # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
+    with distributed_session(resolve_device(args.device or "auto")) as device:
+        train_unmixing(cfg, out_dir, device, resume=args.resume)
 
 
 def newest_checkpoint(root: str = "experiments/unmixing") -> str:

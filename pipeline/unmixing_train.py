@@ -1,7 +1,19 @@
-"""Training loop of the unmixing autoencoder: epochs, validation, checkpoints, test metrics."""
+"""Training loop of the unmixing autoencoder: epochs, validation, checkpoints, test metrics.
+
+Runs in one process or in several under `torchrun` (DDP, see core/distributed.py). `train.batch_size`
+is the global batch, split evenly over the processes, and every process draws from the same seeded
+permutation, so N processes take the same steps as one. Rank 0 alone writes the log, metrics.jsonl and
+the checkpoints. Ctrl-C (or SIGTERM from a scheduler or torchrun) stops after the current step and
+writes `checkpoint/interrupted.pth`; `--resume` from it continues mid-epoch exactly where it stopped,
+while `latest.pth` stays the last finished epoch. A NaN/Inf loss stops before it touches the weights.
+"""
 import json
+import logging
 import math
 import os
+import signal
+import tempfile
+import threading
 import time
 
 import numpy as np
@@ -12,6 +24,8 @@ from tqdm import tqdm
 from core.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
                              seed_everything)
 from core.config import save_config
+from core.distributed import (all_reduce_mean, barrier, distributed_sampler, is_main_process, per_process_batch,
+                              strip_module_prefix, world_size, wrap_model)
 from core.errors import UserError
 from core.logs import get_logger, setup_logging
 from core.metrics import average_metrics, quality_assessment
@@ -84,7 +98,69 @@ def evaluate(model, dataset: HSICropDataset, device: torch.device) -> dict[str, 
     return average_metrics(results)
 
 
+class StopRequest:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request honoured after the current step.
+
+    Stopping between steps, never inside `optimizer.step()`, keeps weights, optimizer state and step
+    count consistent. A second signal aborts at once (the checkpoints already on disk stay intact),
+    unless it comes within `REPEAT_GRACE_S` of the first: torchrun passes the terminal's Ctrl-C on to
+    its workers, which therefore see it twice. Signal handlers can only be set from the main thread;
+    elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_GRACE_S = 2.0
+
+    def __init__(self):
+        self.requested = False
+        self._first = 0.0
+        self.loader_died = False  # a DataLoader worker ended by the same Ctrl-C
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            if time.monotonic() - self._first < self.REPEAT_GRACE_S:
+                return  # the same Ctrl-C, passed on by the launcher
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested, self._first = True, time.monotonic()
+        get_logger().warning("%s received: finishing the current step, then writing a checkpoint "
+                             "(press Ctrl-C again to abort at once)", signal.Signals(signum).name)
+
+
+def ensure_writable(folder: str) -> None:
+    """Fail at the start, in one line, when the run folder cannot be created or written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test"):
+            pass
+    except OSError as err:
+        raise UserError(f"{folder}: the run folder is not writable ({err.strerror or err})") from None
+
+
+def append_record(path: str, record: dict) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:
+        raise UserError(f"{path}: could not write ({err.strerror or err}); the checkpoints are saved") from None
+
+
 def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices) -> dict:
+    """Checkpoint dict of a finished `epoch` (0-based); `model` is the plain module (no DDP prefix)."""
     return {
         "stage": "unmixing", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": {"type": "step", "last_epoch": epoch, "step_epochs": cfg["train"]["lr_step_epochs"],
@@ -95,90 +171,172 @@ def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices) -
     }
 
 
+def batches(loader: DataLoader, stop: StopRequest):
+    """Iterate `loader`; a worker killed by the same Ctrl-C ends the epoch quietly instead of raising."""
+    iterator = iter(loader)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if stop.requested:
+                stop.loader_died = True
+                return
+            raise
+
+
 def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | None = None) -> dict:
-    """Train, validate every epoch, keep `latest`/`best` checkpoints, test at the end; returns test metrics."""
-    log = setup_logging(os.path.join(out_dir, "train.log"))
+    """Train, validate every epoch, keep `latest`/`best` checkpoints, test at the end; returns test metrics.
+
+    In several processes (torchrun) only rank 0 writes and tests; the other ranks return {}.
+    """
+    main = is_main_process()
+    if main:
+        ensure_writable(out_dir)
+    log = setup_logging(os.path.join(out_dir, "train.log") if main else None,
+                        level=logging.INFO if main else logging.WARNING)
     check_data_folders(cfg)
     seed_everything(cfg["train"]["seed"])
+    tc = cfg["train"]
+    batch_size = per_process_batch(tc["batch_size"])
     train_set = make_dataset(cfg, "train", training=True)
-    val_set = make_dataset(cfg, "val", training=False) if cfg["data"]["val"] else None
-    model = build_unmixing_model(cfg["model"], 3, train_set.n_bands)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"])
+    val_set = make_dataset(cfg, "val", training=False) if cfg["data"]["val"] and main else None
+    net = build_unmixing_model(cfg["model"], 3, train_set.n_bands)
+    optimizer = torch.optim.Adam(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     ckpt_dir = os.path.join(out_dir, "checkpoint")
+    interrupted_path = os.path.join(ckpt_dir, "interrupted.pth")
     start_epoch, best = 0, {"PSNR": -math.inf, "epoch": None}
+    progress = {"steps": 0, "losses": [], "seen": 0, "seconds": 0.0}  # of the current epoch
     if resume:
         state = load_checkpoint(resume, "unmixing")
         if state["out_bands"] != train_set.n_bands:
             raise UserError(f"{resume}: checkpoint has {state['out_bands']} bands, the training data "
                             f"({train_set.files[0]}) has {train_set.n_bands}")
-        model.load_state_dict(state["model"])
+        net.load_state_dict(strip_module_prefix(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"] + 1, state["best"]
+        if state.get("partial"):  # an interrupted epoch: continue after its last finished step
+            progress = {key: state["partial"][key] for key in progress}
         restore_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d", resume, start_epoch + 1)
+        log.info("resumed from %s at epoch %d, step %d", resume, start_epoch + 1, progress["steps"] + 1)
+        if (main and os.path.isfile(interrupted_path) and os.path.abspath(resume) != os.path.abspath(interrupted_path)
+                and os.path.getmtime(interrupted_path) > os.path.getmtime(resume)):
+            log.warning("%s is newer than %s; resume from it to keep the interrupted steps", interrupted_path, resume)
     elif cfg["model"]["decoder_init"] == "distant_pixels":
-        endmembers = farthest_pixels(train_set, model.num_endmembers, seed=cfg["train"]["seed"])
+        endmembers = farthest_pixels(train_set, net.num_endmembers, seed=tc["seed"])
         with torch.no_grad():
-            model.decoder.weight.copy_(torch.from_numpy(endmembers).float()[:, :, None, None])
-        log.info("decoder initialised from %d mutually distant training pixels", model.num_endmembers)
+            net.decoder.weight.copy_(torch.from_numpy(endmembers).float()[:, :, None, None])
+        log.info("decoder initialised from %d mutually distant training pixels", net.num_endmembers)
     elif cfg["model"]["decoder_init"] != "random":
         raise UserError(f"model.decoder_init must be 'random' or 'distant_pixels', got '{cfg['model']['decoder_init']}'")
-    model.to(device).train()
+    net.to(device).train()
     optimizer_to(optimizer, device)
-    save_config(cfg, os.path.join(out_dir, "config.json"))
-    log.info("training on %d files (%d bands, input bands %s), %d parameters, device %s", len(train_set.files),
-             train_set.n_bands, train_set.band_indices, sum(p.numel() for p in model.parameters()), device)
+    model = wrap_model(net, device)
+    sampler = distributed_sampler(train_set, seed=tc["seed"])
+    if main:
+        save_config(cfg, os.path.join(out_dir, "config.json"))
+    if len(train_set) % world_size():
+        log.warning("%d samples per epoch do not split evenly over %d processes: a few repeat each epoch",
+                    len(train_set), world_size())
+    log.info("training on %d files (%d bands, input bands %s), %d parameters, device %s, %d process(es) x batch %d",
+             len(train_set.files), train_set.n_bands, train_set.band_indices, sum(p.numel() for p in net.parameters()),
+             device, world_size(), batch_size)
 
-    epochs, tc = cfg["train"]["epochs"], cfg["train"]
-    for epoch in range(start_epoch, epochs):
-        lr = step_lr(tc["lr"], epoch, tc["lr_step_epochs"], tc["lr_gamma"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_set.epoch = epoch
-        loader = DataLoader(train_set, batch_size=tc["batch_size"], shuffle=True, drop_last=False,
-                            num_workers=cfg["data"]["num_workers"],
-                            generator=torch.Generator().manual_seed(tc["seed"] * 1000 + epoch))
-        losses, started, seen = [], time.perf_counter(), 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-        for step, (x, y) in enumerate(bar):
-            if tc["max_steps_per_epoch"] and step >= tc["max_steps_per_epoch"]:
-                break
-            x, y = x.to(device), y.to(device)
-            _, recon = model(x)
-            loss, terms = unmixing_loss(recon, y, model.decoder.weight, cfg["loss"])
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; the last good "
-                                f"checkpoint is {os.path.join(ckpt_dir, 'latest.pth')} (try a lower --lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
-            optimizer.step()
-            losses.append(loss.item())
-            seen += x.shape[0]
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if (step + 1) % tc["log_every"] == 0:
-                log.info("epoch %d step %d loss %.5f %s", epoch + 1, step + 1, losses[-1],
-                         " ".join(f"{k} {v:.5f}" for k, v in terms.items()))
-        seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else None,
-                  "patches_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
-        if val_set is not None:
-            record.update({f"val_{k}": v for k, v in evaluate(model, val_set, device).items()})
-        is_best = val_set is not None and record["val_PSNR"] > best["PSNR"]
-        if is_best:
-            best = {"PSNR": record["val_PSNR"], "epoch": epoch + 1}
-        state = build_state(cfg, model, optimizer, epoch, best, train_set.wavelengths, train_set.band_indices)
-        save_checkpoint(state, os.path.join(ckpt_dir, "latest.pth"))
-        if is_best or val_set is None:
-            save_checkpoint(state, os.path.join(ckpt_dir, "best.pth"))
-        with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log.info("epoch %d/%d: lr %.2e loss %.5f %s(%.1f patches/s)", epoch + 1, epochs, lr,
-                 record["train_loss"] or float("nan"),
-                 f"val PSNR {record['val_PSNR']:.2f} dB SAM {record['val_SAM']:.2f} deg " if val_set else "",
-                 record["patches_per_s"])
+    epochs = tc["epochs"]
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, epochs):
+            lr = step_lr(tc["lr"], epoch, tc["lr_step_epochs"], tc["lr_gamma"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            train_set.epoch = epoch
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_size=batch_size, sampler=list(sampler)[progress["steps"] * batch_size:],
+                                drop_last=False, num_workers=cfg["data"]["num_workers"],
+                                pin_memory=device.type == "cuda")
+            started = time.perf_counter() - progress["seconds"]
+            bar = tqdm(batches(loader, stop), desc=f"epoch {epoch + 1}/{epochs}", total=len(loader), leave=False,
+                       dynamic_ncols=True, disable=not main)
+            stopping = False
+            for step, (x, y) in enumerate(bar, start=progress["steps"]):
+                if tc["max_steps_per_epoch"] and step >= tc["max_steps_per_epoch"]:
+                    break
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                _, recon = model(x)
+                loss, terms = unmixing_loss(recon, y, net.decoder.weight, cfg["loss"])
+                # one all-reduce carries the loss and the stop flag, so every process stops at the same step
+                shared = all_reduce_mean(torch.stack([loss.detach().float(),
+                                                      torch.tensor(float(stop.requested), device=loss.device)]))
+                global_loss, stopping = float(shared[0]), float(shared[1]) > 0
+                if stopping:
+                    break
+                if not math.isfinite(global_loss):
+                    raise UserError(f"loss became {global_loss} at epoch {epoch + 1}, step {step + 1}; the last good "
+                                    f"checkpoint is {os.path.join(ckpt_dir, 'latest.pth')} (try a lower --lr)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), tc["grad_clip"])
+                optimizer.step()
+                progress["steps"] = step + 1
+                progress["losses"].append(global_loss)
+                progress["seen"] += x.shape[0] * world_size()
+                bar.set_postfix(loss=f"{global_loss:.4f}")
+                if (step + 1) % tc["log_every"] == 0:
+                    log.info("epoch %d step %d loss %.5f %s", epoch + 1, step + 1, global_loss,
+                             " ".join(f"{k} {v:.5f}" for k, v in terms.items()))
+            bar.close()
+            if stopping or stop.loader_died:
+                progress["seconds"] = time.perf_counter() - started
+                save_interrupted(cfg, net, optimizer, epoch, best, train_set, progress, interrupted_path, resume)
+                raise KeyboardInterrupt
+            seconds = time.perf_counter() - started
+            losses = progress["losses"]
+            record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else None,
+                      "patches_per_s": progress["seen"] / max(seconds, 1e-9), "seconds": seconds}
+            progress = {"steps": 0, "losses": [], "seen": 0, "seconds": 0.0}
+            if not main:
+                continue
+            if val_set is not None:
+                record.update({f"val_{k}": v for k, v in evaluate(net, val_set, device).items()})
+            is_best = val_set is not None and record["val_PSNR"] > best["PSNR"]
+            if is_best:
+                best = {"PSNR": record["val_PSNR"], "epoch": epoch + 1}
+            state = build_state(cfg, net, optimizer, epoch, best, train_set.wavelengths, train_set.band_indices)
+            save_checkpoint(state, os.path.join(ckpt_dir, "latest.pth"))
+            if is_best or val_set is None:
+                save_checkpoint(state, os.path.join(ckpt_dir, "best.pth"))
+            if os.path.isfile(interrupted_path):  # superseded by a later finished epoch
+                os.remove(interrupted_path)
+            append_record(os.path.join(out_dir, "metrics.jsonl"), record)
+            log.info("epoch %d/%d: lr %.2e loss %.5f %s(%.1f patches/s)", epoch + 1, epochs, lr,
+                     record["train_loss"] or float("nan"),
+                     f"val PSNR {record['val_PSNR']:.2f} dB SAM {record['val_SAM']:.2f} deg " if val_set else "",
+                     record["patches_per_s"])
+    barrier()
+    if not main:
+        return {}
     return test_unmixing(cfg, out_dir, device)
+
+
+def save_interrupted(cfg, net, optimizer, epoch, best, train_set, progress, path, resume) -> None:
+    """Rank 0 writes the state after the last finished step of `epoch`, and says how to resume."""
+    if not is_main_process():
+        return
+    state = build_state(cfg, net, optimizer, epoch - 1, best, train_set.wavelengths, train_set.band_indices)
+    state["partial"] = dict(progress, epoch=epoch)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in StopRequest.SIGNALS} \
+        if threading.current_thread() is threading.main_thread() else {}
+    try:
+        save_checkpoint(state, path)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    out_dir = os.path.dirname(os.path.dirname(path))
+    launcher = f"torchrun --nproc_per_node {world_size()}" if world_size() > 1 else "python"
+    get_logger().warning("interrupted at epoch %d, step %d: wrote %s (latest.pth keeps epoch %d); continue with "
+                         "`%s Unmixing.py train ... --out %s --resume %s`", epoch + 1, progress["steps"], path,
+                         epoch, launcher, out_dir, path)
 
 
 def test_unmixing(cfg: dict, out_dir: str, device: torch.device) -> dict:
@@ -192,12 +350,15 @@ def test_unmixing(cfg: dict, out_dir: str, device: torch.device) -> dict:
     if test_set.n_bands != state["out_bands"]:
         raise UserError(f"{test_set.files[0]}: {test_set.n_bands} bands, the model was trained on {state['out_bands']}")
     model = build_unmixing_model(cfg["model"], 3, state["out_bands"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(strip_module_prefix(state["model"]))
     model.to(device)
     metrics = evaluate(model, test_set, device)
     metrics.update({"checkpoint": best_path, "epoch": state["epoch"] + 1, "test_files": len(test_set.files)})
-    with open(os.path.join(out_dir, "checkpoint", "test_metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    try:
+        with open(os.path.join(out_dir, "checkpoint", "test_metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    except OSError as err:
+        raise UserError(f"{out_dir}: could not write test_metrics.json ({err.strerror or err})") from None
     log.info("test (%d files, best epoch %d): PSNR %.2f dB, SSIM %.4f, SAM %.2f deg, ERGAS %.3f",
              len(test_set.files), metrics["epoch"], metrics["PSNR"], metrics["SSIM"], metrics["SAM"], metrics["ERGAS"])
     return metrics
