@@ -5,7 +5,6 @@
     python Unmixing.py infer [--ckpt CKPT] [--rgb DIR ...] [--hsi DIR ...] [--out DIR] [--tile N] [--overlap M]
 """
 import argparse
-import glob
 import os
 import sys
 
@@ -46,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tile", type=int, default=None, help="tile size for large images (default 256)")
     infer.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 32)")
     infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
+    infer.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (speed option, default 1)")
+    infer.add_argument("--channels-last", action="store_true", help="channels-last memory format (speed option)")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
     infer.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
@@ -71,20 +72,13 @@ def run_train(args) -> None:
         train_unmixing(cfg, out_dir, device, resume=args.resume)
 
 
-def newest_checkpoint(root: str = "experiments/unmixing") -> str:
-    found = glob.glob(os.path.join(root, "**", "checkpoint", "best.pth"), recursive=True)
-    found = found or glob.glob(os.path.join(root, "**", "checkpoint", "latest.pth"), recursive=True)
-    if not found:
-        raise UserError(f"{root}: no unmixing checkpoint found; train one with `python Unmixing.py train` or pass --ckpt")
-    return max(found, key=os.path.getmtime)
-
-
 def run_infer(args) -> int:
-    from pipeline.unmixing_infer import infer_folders
+    from pipeline.unmixing_infer import infer_folders, newest_unmixing_checkpoint
     log = setup_logging()
-    ckpt = args.ckpt or newest_checkpoint()
+    ckpt = args.ckpt or newest_unmixing_checkpoint()
     if os.path.isdir(ckpt):
-        ckpt = newest_checkpoint(ckpt)
+        ckpt = newest_unmixing_checkpoint(ckpt)
+    log.info("unmixing checkpoint: %s", ckpt)
     rgb = args.rgb if args.rgb or args.hsi else ["dataset/RGB"]
     tile = args.tile or UNMIXING_DEFAULTS["infer"]["tile"]
     overlap = args.overlap if args.overlap is not None else UNMIXING_DEFAULTS["infer"]["overlap"]
@@ -92,7 +86,8 @@ def run_infer(args) -> int:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
-                           save_reconstruction=not args.no_recon)
+                           save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,
+                           channels_last=args.channels_last)
     log.info("wrote %d abundance files to %s (%d already done, %d failed)", len(result["written"]), args.out,
              len(result["skipped"]), len(result["failed"]))
     for path, message in result["failed"]:

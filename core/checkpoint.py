@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.fs import ensure_folder
 
 
 def save_checkpoint(state: dict, path: str) -> None:
     """Write `state` to `path` atomically (temp file + fsync + rename)."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    ensure_folder(folder)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

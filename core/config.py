@@ -12,6 +12,7 @@ import os
 from typing import Any, Iterable
 
 from core.errors import UserError
+from core.fs import ensure_folder
 from core.logs import get_logger
 
 
@@ -141,7 +142,7 @@ def load_config(path: str | None, defaults: dict, overrides: dict[str, Any] | No
 
 def save_config(cfg: dict, path: str) -> None:
     """Write the resolved config beside a run's outputs (atomically)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ensure_folder(os.path.dirname(os.path.abspath(path)))
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2, sort_keys=False, default=str)

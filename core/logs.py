@@ -6,6 +6,21 @@ import sys
 LOGGER_NAME = "hsisyn"
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (pytest and notebooks swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
@@ -17,7 +32,7 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     if not any(getattr(h, "_hsisyn_console", False) for h in logger.handlers):
-        console = logging.StreamHandler(sys.stderr)
+        console = _CurrentStderrHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console._hsisyn_console = True
         logger.addHandler(console)

@@ -8,6 +8,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from core.fs import ensure_folder
+
 
 def to_uint8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     """Clip to [lo, hi] and scale to 0..255."""
@@ -43,7 +45,7 @@ def grid(images: list[np.ndarray], columns: int, gap: int = 2, fill: int = 255) 
 def save_png(image: np.ndarray, path: str) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array as PNG, creating the folder, atomically."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    ensure_folder(folder)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}.png")
     Image.fromarray(np.ascontiguousarray(image)).save(tmp)
     os.replace(tmp, path)

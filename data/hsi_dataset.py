@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core.errors import UserError
-from data.bands import resolve_bands, select_bands
+from data.bands import chikusei_wavelengths, resolve_bands, select_bands
 from data.matio import read_hsi
 from data.normalize import minmax
 
@@ -54,7 +54,7 @@ class HSICropDataset(Dataset):
 
     def __init__(self, folder: str, bands=(53, 33, 14), key: str | None = None, crop_size: int | None = None,
                  augment: bool = False, samples_per_epoch: int | None = None, input_norm: str = "bands",
-                 seed: int = 0):
+                 seed: int = 0, wavelengths=None):
         self.folder = folder
         self.files = list_mat_files(folder)
         if not self.files:
@@ -65,6 +65,8 @@ class HSICropDataset(Dataset):
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         first, self.wavelengths = read_hsi(self.files[0], key)
         self.n_bands = first.shape[2]
+        if self.wavelengths is None and wavelengths is not None:
+            self.wavelengths = resolve_wavelengths(wavelengths, self.n_bands, self.files[0])
         self.band_indices = resolve_bands(bands, self.n_bands, self.wavelengths)
 
     def load(self, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +96,20 @@ class HSICropDataset(Dataset):
             which = int(rng.integers(0, 8))
             model_input, target = dihedral(model_input, which), dihedral(target, which)
         return to_chw(model_input), to_chw(target)
+
+
+def resolve_wavelengths(spec, n_bands: int, where: str) -> np.ndarray:
+    """Wavelengths (nm) for files that store none: a list, or a preset name ("chikusei-59", "chikusei-128")."""
+    if isinstance(spec, str):
+        presets = {"chikusei-59": chikusei_wavelengths(), "chikusei-128": chikusei_wavelengths(all_bands=True)}
+        if spec not in presets:
+            raise UserError(f"data.wavelengths: unknown preset '{spec}' (known: {', '.join(presets)})")
+        values = presets[spec]
+    else:
+        values = np.asarray(spec, dtype=np.float64).ravel()
+    if values.size != n_bands:
+        raise UserError(f"data.wavelengths gives {values.size} wavelengths, but {where} has {n_bands} bands")
+    return values
 
 
 def to_chw(array: np.ndarray) -> torch.Tensor:

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.io as sio
 
 from core.errors import UserError
+from core.fs import ensure_folder
 
 # Names the paper's datasets and common releases use for the hyperspectral cube, in priority order.
 HSI_KEYS = ("Y", "HSI", "hsi", "cube", "ref", "chikusei", "data", "img", "rad", "reflectance")
@@ -180,7 +181,7 @@ def write_mat(path: str, variables: dict, overwrite: bool = True) -> None:
     if not overwrite and os.path.exists(path):
         raise UserError(f"{path}: exists already (use --overwrite to replace it)")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    ensure_folder(folder)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         sio.savemat(tmp, variables, appendmat=False, do_compression=False)

@@ -32,9 +32,9 @@ from data.hsi_dataset import list_mat_files
 from data.matio import read_array, read_hsi, write_mat
 from data.normalize import minmax
 from pipeline.plots import plot_spectra
+from pipeline.unmixing_infer import newest_unmixing_checkpoint
 
 DEFAULT_DDPM_ROOT = os.path.join("experiments", "ddpm")
-DEFAULT_UNMIXING_ROOT = os.path.join("experiments", "unmixing")
 DEFAULT_OUT = os.path.join("experiments", "Synthesis")
 MAX_CONTACT_IMAGES = 64
 
@@ -63,22 +63,6 @@ def newest_abundance_dir(root: str = DEFAULT_DDPM_ROOT) -> str:
     if found is None:
         raise UserError(f"no sampled abundances under {os.path.join(root, '*', 'mat_results')}; "
                         "run `python Diffusion.py -p val ...` first or pass --abundances DIR")
-    return found
-
-
-def newest_unmixing_checkpoint(root: str = DEFAULT_UNMIXING_ROOT) -> str:
-    """`checkpoint/best.pth` (else `latest.pth`) of the most recently updated run under `root`."""
-    runs = []
-    for run in glob.glob(os.path.join(root, "*")):
-        for name in ("best.pth", "latest.pth"):
-            path = os.path.join(run, "checkpoint", name)
-            if os.path.isfile(path):
-                runs.append(path)
-                break
-    found = _newest(runs)
-    if found is None:
-        raise UserError(f"no unmixing checkpoint under {os.path.join(root, '*', 'checkpoint')}; "
-                        "run `python Unmixing.py train ...` first or pass --ckpt FILE")
     return found
 
 

@@ -11,6 +11,7 @@ UNMIXING_DEFAULTS = {
         "test": "dataset/tests",
         "key": None,                    # None: find Y / HSI / cube / ref / chikusei ...
         "bands": [53, 33, 14],          # R, G, B band indices, a preset name, or {"wavelengths": [...]}
+        "wavelengths": None,            # for files without `wavelengths`: a list (nm) or "chikusei-59" / "chikusei-128"
         "input_norm": "bands",          # "bands": the 3 bands min-maxed together; "cube": as in the normalised cube
         "crop_size": None,              # None: whole files (the reference)
         "augment": False,
@@ -48,4 +49,4 @@ KNOWN_UNUSED = ("cuda", "gpus", "model_title", "dataset_name", "n_feats")
 
 def load_unmixing_config(path: str | None, overrides: dict | None = None) -> dict:
     return load_config(path, copy.deepcopy(UNMIXING_DEFAULTS), overrides, known_unused=KNOWN_UNUSED,
-                       free_form=("data.bands",))
+                       free_form=("data.bands", "data.wavelengths"))

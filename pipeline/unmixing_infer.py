@@ -4,6 +4,7 @@ Large images go through `tile_infer`: overlapping tiles whose outputs are blende
 fall linearly to the tile borders, so seams vanish and memory stays bounded by the tile size. The
 blend is a convex combination of softmax outputs, so blended abundances still sum to one.
 """
+import glob
 import json
 import os
 
@@ -13,9 +14,9 @@ from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.errors import UserError
+from core.fs import ensure_folder
 from core.logs import get_logger
 from core.previews import abundance_strip, save_png
-from data.bands import select_bands
 from data.hsi_dataset import list_mat_files, prepare_pair
 from data.images import list_images, read_rgb
 from data.matio import read_hsi, write_mat
@@ -51,21 +52,52 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
 
 @torch.inference_mode()
 def tile_infer(model: UnmixingAutoencoder, image: torch.Tensor, device: torch.device, tile: int = 256,
-               overlap: int = 32) -> torch.Tensor:
-    """(3, H, W) input -> (K, H, W) abundances on the CPU, computed tile by tile."""
+               overlap: int = 32, tile_batch: int = 1, channels_last: bool = False) -> torch.Tensor:
+    """(3, H, W) input -> (K, H, W) abundances on the CPU, computed tile by tile.
+
+    All tiles share one shape, so `tile_batch` of them can go through the network together;
+    `channels_last` switches the memory format. Both are speed options (docs/benchmarks.md): they pay
+    for narrow networks such as the demo's and not for the paper's.
+    """
     _, height, width = image.shape
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return model.abundances(batch).float().cpu()
+
     if height <= tile and width <= tile:
-        return model.abundances(image[None].to(device))[0].float().cpu()
+        return run(image[None])[0]
     total = torch.zeros(model.num_endmembers, height, width)
     weight_sum = torch.zeros(height, width)
-    for top in tile_starts(height, tile, overlap):
-        for left in tile_starts(width, tile, overlap):
-            patch = image[:, top:top + tile, left:left + tile]
-            abundances = model.abundances(patch[None].to(device))[0].float().cpu()
-            weights = blend_window(patch.shape[1], patch.shape[2], overlap)
+    corners = [(top, left) for top in tile_starts(height, tile, overlap) for left in tile_starts(width, tile, overlap)]
+    weights = blend_window(min(tile, height), min(tile, width), overlap)
+    for first in range(0, len(corners), max(1, tile_batch)):
+        group = corners[first:first + max(1, tile_batch)]
+        patches = torch.stack([image[:, top:top + tile, left:left + tile] for top, left in group])
+        for (top, left), abundances in zip(group, run(patches)):
             total[:, top:top + tile, left:left + tile] += abundances * weights
             weight_sum[top:top + tile, left:left + tile] += weights
     return total / weight_sum
+
+
+def newest_unmixing_checkpoint(root: str = "experiments/unmixing") -> str:
+    """`checkpoint/best.pth` (else `latest.pth`) of the most recently updated run under `root`."""
+    found = []
+    for run in glob.glob(os.path.join(root, "*")):
+        for name in ("best.pth", "latest.pth"):
+            path = os.path.join(run, "checkpoint", name)
+            if os.path.isfile(path):
+                found.append(path)
+                break
+    if os.path.isdir(os.path.join(root, "checkpoint")):  # `root` is itself a run folder
+        found += [os.path.join(root, "checkpoint", n) for n in ("best.pth", "latest.pth")
+                  if os.path.isfile(os.path.join(root, "checkpoint", n))][:1]
+    if not found:
+        raise UserError(f"no unmixing checkpoint under {os.path.join(root, '*', 'checkpoint')}; "
+                        "run `python Unmixing.py train ...` first or pass --ckpt FILE")
+    return max(found, key=os.path.getmtime)
 
 
 def output_name(path: str, root: str) -> str:
@@ -107,7 +139,7 @@ def read_manifest(path: str) -> dict:
 
 def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 256,
                   overlap: int = 32, overwrite: bool = False, key: str | None = None,
-                  save_reconstruction: bool = True) -> dict:
+                  save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = False) -> dict:
     """Write `<out>/<name>.mat` (Abu, GT, Y) and `<out>/previews/<name>.png` for every input.
 
     Returns {"written": [...], "skipped": [...], "failed": [(path, message)]}. Unreadable inputs are
@@ -116,8 +148,10 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     """
     log = get_logger()
     model, state = load_unmixing_model(ckpt, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     items = collect_inputs(rgb_dirs, hsi_dirs)
-    os.makedirs(out_dir, exist_ok=True)
+    ensure_folder(out_dir)
     manifest_path = os.path.join(out_dir, "manifest.jsonl")
     done = read_manifest(manifest_path)
     endmembers = model.endmembers().detach().float().cpu()
@@ -137,7 +171,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
         try:
             model_input, ground_truth = load_input(path, kind, state["band_indices"], key, model.out_bands)
             image = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
-            abundances = tile_infer(model, image, device, tile, overlap)
+            abundances = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
             abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)
             variables = {"Abu": abu, "GT": ground_truth.astype(np.float32)}
             if save_reconstruction:

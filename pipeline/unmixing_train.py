@@ -29,6 +29,7 @@ from core.distributed import (all_reduce_mean, barrier, distributed_sampler, is_
 from core.errors import UserError
 from core.logs import get_logger, setup_logging
 from core.metrics import average_metrics, quality_assessment
+from core.signals import StopRequest
 from data.hsi_dataset import HSICropDataset, list_mat_files
 from models.losses import unmixing_loss
 from models.unmixing import build_unmixing_model
@@ -78,7 +79,7 @@ def make_dataset(cfg: dict, role: str, training: bool) -> HSICropDataset:
     return HSICropDataset(
         data[role], bands=data["bands"], key=data["key"], input_norm=data["input_norm"], seed=cfg["train"]["seed"],
         crop_size=data["crop_size"] if training else None, augment=data["augment"] if training else False,
-        samples_per_epoch=data["samples_per_epoch"] if training else None)
+        samples_per_epoch=data["samples_per_epoch"] if training else None, wavelengths=data["wavelengths"])
 
 
 @torch.no_grad()
@@ -96,49 +97,6 @@ def evaluate(model, dataset: HSICropDataset, device: torch.device) -> dict[str, 
         results.append(metrics)
     model.train()
     return average_metrics(results)
-
-
-class StopRequest:
-    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request honoured after the current step.
-
-    Stopping between steps, never inside `optimizer.step()`, keeps weights, optimizer state and step
-    count consistent. A second signal aborts at once (the checkpoints already on disk stay intact),
-    unless it comes within `REPEAT_GRACE_S` of the first: torchrun passes the terminal's Ctrl-C on to
-    its workers, which therefore see it twice. Signal handlers can only be set from the main thread;
-    elsewhere this does nothing.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    REPEAT_GRACE_S = 2.0
-
-    def __init__(self):
-        self.requested = False
-        self._first = 0.0
-        self.loader_died = False  # a DataLoader worker ended by the same Ctrl-C
-        self._previous = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            if time.monotonic() - self._first < self.REPEAT_GRACE_S:
-                return  # the same Ctrl-C, passed on by the launcher
-            self._restore()
-            raise KeyboardInterrupt
-        self.requested, self._first = True, time.monotonic()
-        get_logger().warning("%s received: finishing the current step, then writing a checkpoint "
-                             "(press Ctrl-C again to abort at once)", signal.Signals(signum).name)
 
 
 def ensure_writable(folder: str) -> None:

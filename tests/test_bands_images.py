@@ -54,3 +54,14 @@ def test_image_modes(tmp_path):
     assert read_rgb(str(tmp_path / "sub" / "c.BMP")).shape == (5, 6, 3)
     with pytest.raises(UserError, match="bad.jpg: unreadable image"):
         read_rgb(str(tmp_path / "bad.jpg"))
+
+
+def test_wavelength_fallback_for_files_without_them(tmp_path):
+    import scipy.io as sio
+    from data.hsi_dataset import HSICropDataset
+    sio.savemat(tmp_path / "a.mat", {"Y": np.random.rand(8, 8, 59).astype(np.float32)})
+    assert HSICropDataset(str(tmp_path)).wavelengths is None
+    ds = HSICropDataset(str(tmp_path), wavelengths="chikusei-59")
+    np.testing.assert_allclose(ds.wavelengths, chikusei_wavelengths())
+    with pytest.raises(UserError, match="gives 31 wavelengths, but .*a.mat has 59 bands"):
+        HSICropDataset(str(tmp_path), wavelengths=list(range(400, 710, 10)))

@@ -118,3 +118,23 @@ def test_empty_folder_and_wrong_stage_checkpoint(tmp_path, capsys):
         unmixing_main(["infer", "--ckpt", str(tmp_path / "d.pth"), "--rgb", str(tmp_path / "empty")])
     assert "is a 'diffusion' checkpoint, expected a 'unmixing' checkpoint" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_batched_tiles_and_channels_last_give_the_same_abundances():
+    torch.manual_seed(0)
+    model = UnmixingAutoencoder(out_bands=6, widths=(8, 8), n_blocks=1).eval()
+    image = torch.rand(3, 70, 90)
+    one = tile_infer(model, image, torch.device("cpu"), tile=32, overlap=8)
+    batched = tile_infer(model.to(memory_format=torch.channels_last), image, torch.device("cpu"), tile=32,
+                         overlap=8, tile_batch=5, channels_last=True)
+    torch.testing.assert_close(batched, one, atol=1e-5, rtol=0)
+
+
+def test_output_folder_blocked_by_a_file(tmp_path, capsys):
+    ckpt = tmp_path / "u.pth"
+    tiny_checkpoint(ckpt)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        unmixing_main(["infer", "--ckpt", str(ckpt), "--rgb", shared_path("paper", "aid"),
+                       "--out", str(tmp_path / "file" / "abu")])
+    assert "cannot create the output folder" in capsys.readouterr().err
