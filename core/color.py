@@ -11,7 +11,7 @@ import numpy as np
 
 from core.errors import UserError
 from data import cie
-from data.bands import DEFAULT_RGB_NM, evenly_spread_bands, nearest_bands
+from data.bands import DEFAULT_RGB_NM, check_three_bands, evenly_spread_bands, nearest_bands
 
 # share of each colour-matching function's D65-weighted integral the bands must cover for `cie`
 MIN_CIE_COVERAGE = 0.95
@@ -26,13 +26,7 @@ def default_rgb_bands(n_bands: int, wavelengths=None) -> list[int]:
 
 def check_rgb_bands(rgb_bands, n_bands: int) -> list[int]:
     """Three band indices within a cube of `n_bands` bands (negative indices count from the end)."""
-    indices = [int(i) for i in rgb_bands]
-    if len(indices) != 3:
-        raise UserError(f"--rgb-bands needs three band indices (R G B), got {len(indices)}")
-    bad = [i for i in indices if not -n_bands <= i < n_bands]
-    if bad:
-        raise UserError(f"--rgb-bands {' '.join(map(str, indices))}: {bad} out of range for {n_bands} bands")
-    return [i % n_bands for i in indices]
+    return check_three_bands(rgb_bands, n_bands, "--rgb-bands")
 
 
 def _scale(values: np.ndarray, value_range) -> np.ndarray:

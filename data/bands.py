@@ -47,11 +47,17 @@ def resolve_bands(spec, n_bands: int, wavelengths=None) -> list[int]:
         indices = nearest_bands(wavelengths, spec["wavelengths"])
     else:
         indices = [int(i) for i in spec]
+    return check_three_bands(indices, n_bands, "band selection")
+
+
+def check_three_bands(indices, n_bands: int, what: str) -> list[int]:
+    """Three band indices valid for an `n_bands` cube (negative ones count from the end), made non-negative."""
+    indices = [int(i) for i in indices]
     if len(indices) != 3:
-        raise UserError(f"band selection needs 3 bands, got {len(indices)}: {indices}")
+        raise UserError(f"{what} needs 3 bands (R G B), got {len(indices)}: {indices}")
     bad = [i for i in indices if not -n_bands <= i < n_bands]
     if bad:
-        raise UserError(f"band indices {bad} out of range for a {n_bands}-band cube")
+        raise UserError(f"{what}: band indices {bad} out of range for a {n_bands}-band cube")
     return [i % n_bands for i in indices]
 
 

@@ -8,14 +8,6 @@ from models.diffusion import GaussianDiffusion, NoiseSchedule, make_beta_schedul
 from models.sr3_unet import SR3UNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids thread-synchronisation stalls on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # schedules ---------------------------------------------------------------------------------------
 

@@ -6,14 +6,6 @@ import torch
 from models.sr3_unet import NoiseLevelEncoding, SelfAttention, SR3UNet, count_parameters, init_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids thread-synchronisation stalls on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 PAPER = dict(in_channel=5, out_channel=5, inner_channel=64, norm_groups=32, channel_mults=(1, 2, 4, 8, 8),
              attn_res=(16,), res_blocks=2, dropout=0.2, with_noise_level_emb=True)
 
