@@ -1,19 +1,25 @@
 """Stage 2 CLI: train the abundance DDPM, or sample new abundance maps from it.
 
     python Diffusion.py -p train -c config/Chikusei_256_DDPM.json [--data DIR] [--out DIR] [--resume CKPT]
-                        [--device auto|cpu|cuda] [--seed S] [--n-iter N] [--batch-size B] [-d]
+                        [--device auto|cpu|cuda] [--seed S] [--n-iter N] [--batch-size B] [--amp fp16|bf16]
+                        [--compile] [-d]
     python Diffusion.py -p val -c CONFIG [--out DIR] [--resume CKPT] [--num-samples N]
                         [--sampler ancestral|ddim] [--steps N] [--eta X] [--batch-size B] [--raw] [--no-ema]
+
+Both phases run in several processes with `torchrun --nproc_per_node N Diffusion.py ...` (DDP; the
+training batch is the global batch, the samples are split over the processes).
 
 Outputs go to <out>/<name>_<timestamp>/{checkpoint,logs,results,mat_results} (see docs/diffusion.md).
 """
 import argparse
+import logging
 import os
 
 import torch
 
 from core.config import apply_overrides
 from core.device import resolve_device
+from core.distributed import distributed_session, launched_with_several_processes
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
 
@@ -37,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
                         help="training batch (train) or sampling batch (val)")
     parser.add_argument("--workers", type=int, help="DataLoader workers (datasets.train.num_workers)")
+    parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA (train.amp)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
     parser.add_argument("--num-samples", type=int, help="samples to draw (default datasets.val.data_len)")
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")
     parser.add_argument("--steps", type=int, help="DDIM steps")
@@ -69,14 +77,15 @@ def pick_device(args):
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = setup_logging()
+    other_rank = launched_with_several_processes() and os.environ.get("RANK", "0") != "0"
+    log = setup_logging(level=logging.WARNING if other_rank else logging.INFO)
     from pipeline.diffusion_config import load_diffusion_config, validate
 
     if not os.path.isfile(args.config):
         raise UserError(f"{args.config}: config file not found")
     cfg = load_diffusion_config(args.config, {
         "datasets.train.dataroot": args.data, "train.n_iter": args.n_iter, "seed": args.seed,
-        "datasets.train.num_workers": args.workers,
+        "datasets.train.num_workers": args.workers, "train.amp": args.amp, "train.compile": True if args.compile else None,
         "sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
         "sample.project_simplex": False if args.raw else None, "sample.use_ema": False if args.no_ema else None,
     })
@@ -94,15 +103,17 @@ def main(argv=None) -> int:
     device = pick_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if phase == "train":
-        from pipeline.diffusion_train import train_diffusion
-        checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir)
-        log.info("checkpoint: %s", checkpoint)
-    else:
-        from pipeline.diffusion_sample import sample_run
-        run_dir = sample_run(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
-                             num_samples=args.num_samples)
-        log.info("samples: %s", os.path.join(run_dir, cfg["path"]["mat_results"]))
+    # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
+    with distributed_session(device) as device:
+        if phase == "train":
+            from pipeline.diffusion_train import train_diffusion
+            checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir)
+            log.info("checkpoint: %s", checkpoint)
+        else:
+            from pipeline.diffusion_sample import sample_run
+            run_dir = sample_run(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
+                                 num_samples=args.num_samples)
+            log.info("samples: %s", os.path.join(run_dir, cfg["path"]["mat_results"]))
     return 0
 
 

@@ -90,15 +90,24 @@ class AbundanceStream(Sampler):
 
     Epoch e is a permutation of the files plus crop and flip draws, all from a generator seeded
     with (seed, e): sample number s is item s % n of epoch s // n, however the stream was started.
+
+    Several processes (torchrun) share one stream: with `global_batch` B split over `world` processes,
+    global batch j is samples [start + j B, start + (j + 1) B) and process `rank` takes the contiguous
+    slice [rank B / world, (rank + 1) B / world) of it, so the union of the processes' batch j is the
+    batch j of one process.
     """
 
-    def __init__(self, num_files: int, seed: int, start: int = 0, flip: str = "both"):
+    def __init__(self, num_files: int, seed: int, start: int = 0, flip: str = "both",
+                 global_batch: int | None = None, rank: int = 0, world: int = 1):
         if flip not in FLIPS:
             raise ValueError(f"flip must be one of {FLIPS}")
+        if world > 1 and (global_batch is None or global_batch % world or not 0 <= rank < world):
+            raise ValueError("global_batch must be divisible by world and 0 <= rank < world")
         self.num_files = num_files
         self.seed = int(seed)
         self.start = int(start)
         self.flip = flip
+        self.global_batch, self.rank, self.world = global_batch, int(rank), int(world)
 
     def epoch_items(self, epoch: int) -> list[tuple]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -111,6 +120,17 @@ class AbundanceStream(Sampler):
                 for i in range(n)]
 
     def __iter__(self):
+        items = self._all_items()
+        if self.world == 1:
+            yield from items
+            return
+        share = self.global_batch // self.world
+        first, last = self.rank * share, (self.rank + 1) * share
+        for offset, item in enumerate(items):
+            if first <= offset % self.global_batch < last:
+                yield item
+
+    def _all_items(self):
         epoch, position = divmod(self.start, self.num_files)
         while True:
             items = self.epoch_items(epoch)

@@ -74,7 +74,8 @@ DIFFUSION_DEFAULTS = {
         },
         "use_ema": True,                # the reference's EMA block was "not used now"; here it is
         "grad_clip": 0.0,               # max gradient norm; 0 disables
-        "amp": False,                   # mixed precision, CUDA only
+        "amp": False,                   # mixed precision, CUDA only: false, "fp16" (or true) or "bf16"
+        "compile": False,               # torch.compile the UNet for training (CUDA speed option)
         "preview_samples": 4,
     },
     "sample": {
@@ -139,6 +140,11 @@ def validate(cfg: dict, source: str) -> dict:
         ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),
         ("model.init", model["init"], ("orthogonal", "default")),
     )
+    amp = cfg["train"]["amp"]
+    if amp not in (False, True, "off", "fp16", "bf16"):
+        raise UserError(f"{source}: 'train.amp' is {amp!r}, expected false, true, \"fp16\" or \"bf16\"")
+    if not isinstance(cfg["train"]["compile"], bool):
+        raise UserError(f"{source}: 'train.compile' must be true or false, got {cfg['train']['compile']!r}")
     for dotted, value, allowed in checks:
         if value not in allowed:
             raise UserError(f"{source}: '{dotted}' is {value!r}, expected one of {', '.join(allowed)}")

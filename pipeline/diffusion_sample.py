@@ -7,9 +7,15 @@ section (`checkpoint`, `logs`, `results`, `mat_results`). Samples are written as
 `Abu` (H, W, K) in [0, 1]: projected onto the probability simplex by default, or `(SR + 1) / 2` as
 sampled (`project=False`, the faithful raw output). Numbering continues after the files already
 there, so nothing is overwritten; `mat_results/samples.jsonl` records how each file was made.
+
+Under `torchrun` the requested samples are split over the processes: rank 0 picks the checkpoint,
+the run folder and the first free number, process r draws its share with its own seed and writes
+its own consecutive numbers (no two processes write the same file), and rank 0 alone logs and draws
+the preview sheet once every process is done.
 """
 import glob
 import json
+import logging
 import os
 import re
 import time
@@ -18,18 +24,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import torch.distributed as dist
+
 from core.checkpoint import load_checkpoint
+from core.distributed import barrier, is_distributed, is_main_process, rank, strip_module_prefix, world_size
 from core.errors import UserError
+from core.fs import ensure_folder
 from core.logs import get_logger, setup_logging
 from core.previews import abundance_strip, grid, save_png
 from core.simplex import project_to_simplex
-from data.matio import write_mat
+from data.matio import read_mat, write_mat
 from models.diffusion import GaussianDiffusion, NoiseSchedule
 from models.sr3_unet import unet_from_config
 
 STAMP = re.compile(r"_\d{6}_\d{6}(_\d+)?$")
 SAMPLE_FILE = re.compile(r"^(\d+)_(\d+)_sample_abu\.mat$")
 CHECKPOINT_FILE = re.compile(r"^I(\d+)_E(\d+)\.pth$")
+MAX_SHEET = 64  # samples shown on the preview sheet of one `-p val` call
 
 
 # run folders ------------------------------------------------------------------------------------
@@ -38,14 +49,13 @@ def run_subdirs(run_dir: str, cfg: dict) -> dict:
     """{'checkpoint', 'log', 'results', 'mat_results'} -> folders of a run, created if needed."""
     paths = {}
     for key in ("checkpoint", "log", "results", "mat_results"):
-        paths[key] = os.path.join(run_dir, cfg["path"][key])
-        os.makedirs(paths[key], exist_ok=True)
+        paths[key] = ensure_folder(os.path.join(run_dir, cfg["path"][key]))
     return paths
 
 
 def new_run_dir(out_root: str, name: str) -> str:
     """Create `<out_root>/<name>_<yymmdd_hhmmss>` (suffixed _1, _2 ... if taken) and return it."""
-    os.makedirs(out_root, exist_ok=True)
+    ensure_folder(out_root)
     base = os.path.join(out_root, f"{name}_{time.strftime('%y%m%d_%H%M%S')}")
     for attempt in range(1000):
         path = base if attempt == 0 else f"{base}_{attempt}"
@@ -84,6 +94,46 @@ def find_newest_checkpoint(out_root: str, name: str, checkpoint_sub: str = "chec
         raise UserError(f"{out_root}: no checkpoint of '{name}' in {name}_<timestamp>/{checkpoint_sub}/ "
                         f"(train first with `python Diffusion.py -p train -c CONFIG`, or pass --resume CKPT)")
     return max(candidates)[2]
+
+
+def decided_by_main_process(decide):
+    """Run `decide()` on rank 0 alone and hand its (picklable) result to every process.
+
+    Choices that touch the file system (a new timestamped run folder, the first free sample number)
+    must be made once; a UserError raised there is raised in every process, so none waits forever.
+    In a single process this is just `decide()`.
+    """
+    if not is_distributed():
+        return decide()
+    box = [None, None]
+    if is_main_process():
+        try:
+            box[0] = decide()
+        except UserError as err:
+            box[1] = str(err)
+    dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise UserError(box[1])
+    return box[0]
+
+
+def process_seed(seed: int, process: int) -> int:
+    """The seed of process `process` (0: `seed` itself, so one process and rank 0 draw alike)."""
+    return seed if process == 0 else (seed * 1_000_003 + process) % (2 ** 63)
+
+
+def split_count(count: int, processes: int) -> list[int]:
+    """`count` samples split as evenly as possible over `processes` (the first ones take one more)."""
+    return [count // processes + (r < count % processes) for r in range(processes)]
+
+
+def plain_state_dict(state_dict: dict) -> dict:
+    """Weights saved through a DDP (`module.`) or torch.compile (`_orig_mod.`) wrapper, as plain keys."""
+    state_dict = strip_module_prefix(state_dict)
+    prefix = "_orig_mod."
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
+    return strip_module_prefix(state_dict)
 
 
 # models -----------------------------------------------------------------------------------------
@@ -137,7 +187,7 @@ def load_weights_for_sampling(path: str, cfg: dict, device: torch.device, use_em
             weights, which = state["model"], "raw weights"
     unet = unet_from_config(model_cfg)
     try:
-        unet.load_state_dict(weights)
+        unet.load_state_dict(plain_state_dict(weights))
     except RuntimeError as err:
         raise UserError(f"{path}: weights do not fit the model config ({str(err).splitlines()[0][:160]})") from None
     return unet.to(device).eval(), model_cfg, step, which
@@ -190,54 +240,81 @@ def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project:
             mat_path = os.path.join(paths["mat_results"], f"{stem}_sample_abu.mat")
             write_mat(mat_path, {"SR": sr_hwk[i], "Abu": abundance[i]}, overwrite=False)
             save_png(abundance_strip(abundance[i]), os.path.join(paths["results"], f"{stem}_sample_preview.png"))
+            # one line per write call: processes appending at the same time never split a line
             index.write(json.dumps({"file": os.path.basename(mat_path), **record}) + "\n")
+            index.flush()
             written.append(mat_path)
     return written
 
 
 def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume: str | None = None,
                run_dir: str | None = None, num_samples: int | None = None, progress: bool = True) -> str:
-    """`-p val`: draw samples from a checkpoint and write them into a run folder; returns the folder."""
-    log = get_logger()
-    path = resume or cfg["path"]["resume_state"]
-    if path:
-        log.info("sampling from %s", path)
-    else:
+    """`-p val`: draw samples from a checkpoint and write them into a run folder; returns the folder.
+
+    Under torchrun every process draws its share of the samples (see the module docstring).
+    """
+    main = is_main_process()
+    log = setup_logging(level=logging.INFO if main else logging.WARNING)
+    count = num_samples if num_samples is not None else cfg["datasets"]["val"]["data_len"]
+    if count < 1:
+        raise UserError("--num-samples must be at least 1")
+
+    def pick_checkpoint() -> str:
+        path = resume or cfg["path"]["resume_state"]
+        if path:
+            log.info("sampling from %s", path)
+            return path
         path = find_newest_checkpoint(out_root, cfg["name"], cfg["path"]["checkpoint"])
         log.info("no --resume given: sampling from the newest checkpoint of '%s': %s", cfg["name"], path)
+        return path
+
+    path = decided_by_main_process(pick_checkpoint)
     sample_cfg = cfg["sample"]
     unet, model_cfg, step, which = load_weights_for_sampling(path, cfg, device, sample_cfg["use_ema"])
     # the val schedule may be edited for faster sampling, as in the reference configs
     model_cfg = dict(model_cfg, beta_schedule=dict(model_cfg["beta_schedule"], val=cfg["model"]["beta_schedule"]["val"]))
     diffusion = build_diffusion(model_cfg, unet, "val")
 
-    run_dir = run_dir or run_dir_of_checkpoint(path, cfg) or new_run_dir(out_root, cfg["name"])
-    paths = run_subdirs(run_dir, cfg)
-    setup_logging(os.path.join(paths["log"], "val.log"))
-    count = num_samples if num_samples is not None else cfg["datasets"]["val"]["data_len"]
-    if count < 1:
-        raise UserError("--num-samples must be at least 1")
+    def pick_folder():
+        folder = run_dir or run_dir_of_checkpoint(path, cfg) or new_run_dir(out_root, cfg["name"])
+        folders = run_subdirs(folder, cfg)
+        return folder, folders, next_sample_index(folders["mat_results"])
+
+    run_dir, paths, first = decided_by_main_process(pick_folder)
+    if main:
+        setup_logging(os.path.join(paths["log"], "val.log"))
+    processes, me = world_size(), rank()
+    counts = split_count(count, processes)
+    start = first + sum(counts[:me])
+    my_seed = process_seed(seed, me)
     sampler, steps, eta = sample_cfg["sampler"], sample_cfg["steps"], float(sample_cfg["eta"])
     record = {"checkpoint": os.path.abspath(path), "step": step, "weights": which, "sampler": sampler,
               "steps": steps if sampler == "ddim" else diffusion.num_timesteps,
-              "eta": eta if sampler == "ddim" else 1.0, "seed": seed, "projected": sample_cfg["project_simplex"]}
-    log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s", count, sampler,
+              "eta": eta if sampler == "ddim" else 1.0, "seed": my_seed, "projected": sample_cfg["project_simplex"]}
+    if processes > 1:
+        record["process"] = me
+    log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s%s", count, sampler,
              f"{steps} steps, eta {eta}" if sampler == "ddim" else f"{diffusion.num_timesteps} steps", which,
              sample_cfg["batch_size"], seed, "projected onto the simplex" if sample_cfg["project_simplex"]
-             else "raw (SR + 1) / 2", run_dir)
+             else "raw (SR + 1) / 2", run_dir,
+             f"; {processes} processes draw {counts[0]} each at most" if processes > 1 else "")
 
-    generator = torch.Generator(device=device).manual_seed(seed)
-    start = first = next_sample_index(paths["mat_results"])
-    sheet = []
+    generator = torch.Generator(device=device).manual_seed(my_seed)
     started = time.perf_counter()
-    for batch in draw_samples(diffusion, count, sample_cfg["batch_size"], device, sampler, steps, eta,
-                              generator, progress):
-        write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record)
-        sheet.extend(to_abundance(batch, sample_cfg["project_simplex"]).permute(0, 2, 3, 1).numpy())
-        start += batch.shape[0]
+    if counts[me]:
+        for batch in draw_samples(diffusion, counts[me], sample_cfg["batch_size"], device, sampler, steps, eta,
+                                  generator, progress and main):
+            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record)
+            start += batch.shape[0]
     elapsed = time.perf_counter() - started
-    sheet_path = os.path.join(paths["results"], f"{step}_samples_{first}-{start - 1}.png")
-    save_png(preview_sheet(np.stack(sheet[:64])), sheet_path)
-    log.info("wrote %d samples (%.2f s each) to %s; preview %s", count, elapsed / count,
-             paths["mat_results"], sheet_path)
+    barrier()  # every process has written its files
+    if not main:
+        return run_dir
+    last = first + count - 1
+    shown = [read_mat(os.path.join(paths["mat_results"], f"{step}_{n}_sample_abu.mat"))["Abu"]
+             for n in range(first, min(last, first + MAX_SHEET - 1) + 1)]
+    sheet_path = os.path.join(paths["results"], f"{step}_samples_{first}-{last}.png")
+    save_png(preview_sheet(np.stack(shown)), sheet_path)
+    log.info("wrote %d samples (%.2f s each%s) to %s; preview %s", count, elapsed / max(counts[0], 1),
+             f", {processes} processes" if processes > 1 else "", paths["mat_results"], sheet_path)
     return run_dir

@@ -29,7 +29,7 @@ from core.distributed import (all_reduce_mean, barrier, distributed_sampler, is_
 from core.errors import UserError
 from core.logs import get_logger, setup_logging
 from core.metrics import average_metrics, quality_assessment
-from core.signals import StopRequest
+from core.signals import StopRequest, ignore_stop_signals
 from data.hsi_dataset import HSICropDataset, list_mat_files
 from models.losses import unmixing_loss
 from models.unmixing import build_unmixing_model
@@ -137,7 +137,7 @@ def batches(loader: DataLoader, stop: StopRequest):
             yield next(iterator)
         except StopIteration:
             return
-        except RuntimeError:
+        except (RuntimeError, FileNotFoundError):  # a killed worker surfaces as either
             if stop.requested:
                 stop.loader_died = True
                 return
@@ -211,7 +211,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             sampler.set_epoch(epoch)
             loader = DataLoader(train_set, batch_size=batch_size, sampler=list(sampler)[progress["steps"] * batch_size:],
                                 drop_last=False, num_workers=cfg["data"]["num_workers"],
-                                pin_memory=device.type == "cuda")
+                                pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
             started = time.perf_counter() - progress["seconds"]
             bar = tqdm(batches(loader, stop), desc=f"epoch {epoch + 1}/{epochs}", total=len(loader), leave=False,
                        dynamic_ncols=True, disable=not main)

@@ -1,4 +1,4 @@
-"""Bad inputs and interruptions of stage 1 end in one clear line and lose nothing.
+"""Bad inputs and interruptions of stages 1 and 2 end in one clear line and lose nothing.
 
 Cases already covered elsewhere are listed in docs/hardening.md with their tests; this file holds
 the rest: Ctrl-C / SIGTERM during training and an exact resume, NaN loss, a kill during a checkpoint
@@ -6,6 +6,7 @@ write, unwritable run folders, and bad training data reached through the CLI.
 """
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,12 +19,18 @@ import scipy.io as sio
 import torch
 from PIL import Image
 
+import Diffusion
+import Synthesis
+import pipeline.diffusion_train as diffusion_train
 import pipeline.unmixing_train as unmixing_train
 from Unmixing import main as unmixing_main
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.errors import UserError
+from data.matio import write_mat
 from data.prepare import main as prepare_main
 from models.unmixing import UnmixingAutoencoder
+from pipeline.diffusion_config import load_diffusion_config
+from pipeline.synthesis import read_sampled_abundances
 from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
 from pipeline.unmixing_train import train_unmixing
 
@@ -333,3 +340,177 @@ def test_prepare_bad_inputs_are_one_line(tmp_path, capsys, case, message):
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+# stage 2 (Diffusion.py) and stage 3 ----------------------------------------------------------------
+
+DDPM = {
+    "name": "tiny",
+    "datasets": {"train": {"batch_size": 2, "num_workers": 0, "flip": "both"}, "val": {"data_len": 2}},
+    "model": {"unet": {"in_channel": 3, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
+                       "channel_multiplier": [1, 2], "attn_res": [], "res_blocks": 1, "dropout": 0.1},
+              "beta_schedule": {"train": {"schedule": "linear", "n_timestep": 20, "linear_start": 1e-3,
+                                          "linear_end": 0.2},
+                                "val": {"schedule": "linear", "n_timestep": 20, "linear_start": 1e-3,
+                                        "linear_end": 0.2}},
+              "diffusion": {"image_size": 8, "channels": 3}},
+    "train": {"n_iter": 5, "val_freq": 100, "save_checkpoint_freq": 100, "print_freq": 1, "preview_samples": 0,
+              "ema_scheduler": {"step_start_ema": 2, "update_ema_every": 1, "ema_decay": 0.9}},
+    "sample": {"sampler": "ddim", "steps": 3, "batch_size": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def ddpm_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddpm")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_mat(str(folder / "abu" / f"a{i}.mat"), {"Abu": rng.dirichlet(np.ones(3), size=(10, 12)).astype(np.float32)})
+    cfg = json.loads(json.dumps(DDPM))
+    cfg["datasets"]["train"]["dataroot"] = str(folder / "abu")
+    (folder / "ddpm.json").write_text(json.dumps(cfg))
+    return str(folder / "ddpm.json")
+
+
+def ddpm_cfg(config, **train):
+    return load_diffusion_config(config, {f"train.{k}": v for k, v in train.items()})
+
+
+@pytest.fixture(scope="module")
+def ddpm_straight(ddpm_config, tmp_path_factory):
+    """Five uninterrupted steps, the reference for the resumed runs."""
+    out = tmp_path_factory.mktemp("ddpm_straight")
+    return load_checkpoint(diffusion_train.train_diffusion(ddpm_cfg(ddpm_config), str(out), CPU, seed=3,
+                                                           run_dir=str(out / "run"), progress=False), "diffusion")
+
+
+def patch_step_loss(monkeypatch, call, change):
+    """Let `change(loss, model)` replace the loss of training step number `call` (1-based)."""
+    calls = {"n": 0}
+    real = diffusion_train.step_loss
+
+    def step_loss(diffusion, model, *args):
+        calls["n"] += 1
+        loss = real(diffusion, model, *args)
+        return change(loss, model) if calls["n"] == call else loss
+
+    monkeypatch.setattr(diffusion_train, "step_loss", step_loss)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_diffusion_signal_finishes_the_step_and_the_logged_resume_is_exact(tmp_path, ddpm_config, ddpm_straight,
+                                                                         monkeypatch, sig):
+    run = tmp_path / "run"
+    patch_step_loss(monkeypatch, 3, lambda loss, model: (signal.raise_signal(sig), loss)[1])
+    with pytest.raises(KeyboardInterrupt):
+        diffusion_train.train_diffusion(ddpm_cfg(ddpm_config), str(tmp_path), CPU, seed=3, run_dir=str(run),
+                                        progress=False)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are given back
+    (name,) = os.listdir(run / "checkpoint")
+    assert name == "I3_E2.pth" and load_checkpoint(str(run / "checkpoint" / name), "diffusion")["step"] == 3
+    log = (run / "logs" / "train.log").read_text()
+    command = log.split("continue with `")[1].split("`")[0]
+    assert command == f"python Diffusion.py -p train -c {run / 'config.json'} --resume {run / 'checkpoint' / name}"
+    assert Diffusion.main(shlex.split(command)[2:] + ["--device", "cpu"]) == 0  # the logged command, as typed
+    resumed = load_checkpoint(str(run / "checkpoint" / "I5_E3.pth"), "diffusion")
+    for part in ("model", "ema"):
+        for key, value in ddpm_straight[part].items():
+            assert torch.equal(value, resumed[part][key]), (part, key)
+    records = [json.loads(line) for line in open(run / "logs" / "train_loss.jsonl")]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+
+
+def test_diffusion_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, ddpm_config, monkeypatch):
+    run = tmp_path / "run"
+    patch_step_loss(monkeypatch, 4, lambda loss, model: loss * float("nan"))
+    with pytest.raises(UserError, match=r"loss became nan at step 4; the weights were not updated and the last "
+                                        r"good checkpoint is .*I2_E1\.pth"):
+        diffusion_train.train_diffusion(ddpm_cfg(ddpm_config, save_checkpoint_freq=2), str(tmp_path), CPU, seed=3,
+                                        run_dir=str(run), progress=False)
+    assert os.listdir(run / "checkpoint") == ["I2_E1.pth"]
+    state = load_checkpoint(str(run / "checkpoint" / "I2_E1.pth"), "diffusion")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_diffusion_nan_weights_are_never_saved(tmp_path, ddpm_config, monkeypatch):
+    """A finite loss whose gradient is NaN (0 * d sqrt(x)/dx at 0) poisons the weights; the save refuses them."""
+    run = tmp_path / "run"
+
+    def nan_gradient(loss, model):
+        weight = next(model.parameters())
+        return loss + 0.0 * torch.sqrt((weight - weight.detach()).sum())
+
+    patch_step_loss(monkeypatch, 2, nan_gradient)
+    with pytest.raises(UserError, match="weights became NaN/Inf by step 2; not saving them. The last good "
+                                        "checkpoint is none"):
+        diffusion_train.train_diffusion(ddpm_cfg(ddpm_config, save_checkpoint_freq=2), str(tmp_path), CPU, seed=3,
+                                        run_dir=str(run), progress=False)
+    assert os.listdir(run / "checkpoint") == []
+
+
+@pytest.mark.parametrize("phase", ["train", "val"])
+def test_diffusion_with_an_unmixing_checkpoint_is_one_line(tmp_path, ddpm_config, capsys, phase):
+    save_checkpoint({"stage": "unmixing", "model": {}, "epoch": 3}, str(tmp_path / "latest.pth"))
+    with pytest.raises(SystemExit) as exit_info:
+        Diffusion.main(["-p", phase, "-c", ddpm_config, "--resume", str(tmp_path / "latest.pth"), "--out",
+                        str(tmp_path / "runs"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'latest.pth'}: is a 'unmixing' checkpoint, expected a 'diffusion' "
+                      "checkpoint"] and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_diffusion_speed_flags(tmp_path, ddpm_config, monkeypatch, capsys):
+    """--compile goes through torch.compile (stubbed: compiling is slow on a CPU) and saves plain keys;
+    --amp bf16 on the CPU trains in float32 with a note; a bad train.amp is a config error."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    Diffusion.main(["-p", "train", "-c", ddpm_config, "--run-dir", str(tmp_path / "run"), "--n-iter", "1",
+                    "--compile", "--amp", "bf16", "--device", "cpu"])
+    assert len(compiled) == 1
+    state = load_checkpoint(str(tmp_path / "run" / "checkpoint" / "I1_E0.pth"), "diffusion")
+    assert state["config"]["train"]["compile"] is True and state["config"]["train"]["amp"] == "bf16"
+    assert "training in float32" in capsys.readouterr().err
+    bad = json.loads(open(ddpm_config).read())
+    bad["train"]["amp"] = "fp8"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="'train.amp' is 'fp8'"):
+        load_diffusion_config(str(tmp_path / "bad.json"))
+
+
+def test_nan_in_sampled_abundances_is_refused(tmp_path, capsys):
+    sr = np.zeros((6, 6, 3), np.float32)
+    sr[1, 2, 0] = np.nan
+    write_mat(str(tmp_path / "abu" / "4_1_sample_abu.mat"), {"SR": sr})
+    with pytest.raises(UserError, match="4_1_sample_abu.mat: 'SR' contains NaN/Inf values"):
+        read_sampled_abundances(str(tmp_path / "abu" / "4_1_sample_abu.mat"))
+    weight = torch.rand(8, 3, 1, 1)
+    save_checkpoint({"stage": "unmixing", "model": {"decoder.weight": weight}, "config": {"data": {"train": None}},
+                     "wavelengths": None, "out_bands": 8}, str(tmp_path / "best.pth"))
+    with pytest.raises(SystemExit) as exit_info:
+        Synthesis.main(["--abundances", str(tmp_path / "abu"), "--ckpt", str(tmp_path / "best.pth"), "--out",
+                        str(tmp_path / "out"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "4_1_sample_abu.mat: 'SR' contains NaN/Inf values" in capsys.readouterr().err
+
+
+def test_diffusion_run_folder_that_cannot_be_created(tmp_path, ddpm_config, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        Diffusion.main(["-p", "train", "-c", ddpm_config, "--out", str(tmp_path / "a_file" / "runs"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "a_file/runs: cannot create the output folder, a file is in the way" in capsys.readouterr().err
+
+
+def test_nan_in_diffusion_training_data_is_one_line(tmp_path, ddpm_config, capsys):
+    abu = np.full((10, 12, 3), 1 / 3, np.float32)
+    abu[4, 5, 1] = np.inf
+    write_mat(str(tmp_path / "abu" / "a0.mat"), {"Abu": abu})
+    with pytest.raises(SystemExit) as exit_info:
+        Diffusion.main(["-p", "train", "-c", ddpm_config, "--data", str(tmp_path / "abu"), "--run-dir",
+                        str(tmp_path / "run"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "a0.mat: 'Abu' contains NaN/Inf values" in capsys.readouterr().err
