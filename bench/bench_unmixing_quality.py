@@ -42,11 +42,23 @@ class _OneFile:
         return None, self._target
 
 
+def brightness_diagnostic(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """PSNR once every predicted pixel is rescaled by its best factor (least squares against the truth).
+
+    SAM ignores brightness; if this PSNR is far above the plain one, the error is mostly a per-pixel
+    brightness (scale) error rather than a wrong spectral shape.
+    """
+    flat_true = y_true.reshape(-1, y_true.shape[2]).astype(np.float64)
+    flat_pred = y_pred.reshape(-1, y_pred.shape[2]).astype(np.float64)
+    scale = (flat_true * flat_pred).sum(1) / np.maximum((flat_pred ** 2).sum(1), 1e-12)
+    return {"PSNR_brightness_fitted": psnr(y_true, (flat_pred * scale[:, None]).reshape(y_true.shape))}
+
+
 def linear_baseline(x_train, y_train, x_test, y_test) -> dict:
     design = lambda x: np.concatenate([x.reshape(-1, 3), np.ones((x.shape[0] * x.shape[1], 1))], 1)
     coef, *_ = np.linalg.lstsq(design(x_train), y_train.reshape(-1, y_train.shape[2]), rcond=None)
     pred = (design(x_test) @ coef).reshape(y_test.shape)
-    return {"PSNR": psnr(y_test, pred), "SAM": sam(y_test, pred)}
+    return {"PSNR": psnr(y_test, pred), "SAM": sam(y_test, pred), **brightness_diagnostic(y_test, pred)}
 
 
 def train_option(overrides, x_train, y_train, x_test, y_test, seconds, crop, batch, seed) -> dict:
@@ -77,7 +89,7 @@ def train_option(overrides, x_train, y_train, x_test, y_test, seconds, crop, bat
     with torch.no_grad():
         _, recon = model.eval()(torch.from_numpy(x_test.transpose(2, 0, 1).copy())[None])
     pred = recon[0].permute(1, 2, 0).numpy()
-    return {"PSNR": psnr(y_test, pred), "SAM": sam(y_test, pred), "steps": steps, "seconds": round(elapsed, 1),
+    return {"PSNR": psnr(y_test, pred), "SAM": sam(y_test, pred), **brightness_diagnostic(y_test, pred), "steps": steps, "seconds": round(elapsed, 1),
             "patches_per_s": round(steps * batch / elapsed, 2)}
 
 

@@ -514,3 +514,43 @@ def test_nan_in_diffusion_training_data_is_one_line(tmp_path, ddpm_config, capsy
                         str(tmp_path / "run"), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "a0.mat: 'Abu' contains NaN/Inf values" in capsys.readouterr().err
+
+
+def test_prepare_refuses_nan_in_the_source(tmp_path):
+    from data.prepare import main as prepare_main
+    cube = np.random.default_rng(0).random((32, 32, 59)).astype(np.float32)
+    cube[3, 4, 5] = np.nan
+    sio.savemat(tmp_path / "c.mat", {"chikusei": cube})
+    with pytest.raises(UserError, match=r"c.mat: NaN/Inf values in rows 0-16, cols 0-16"):
+        prepare_main.__wrapped__(["chikusei", "--src", str(tmp_path / "c.mat"), "--out", str(tmp_path / "out"),
+                                  "--size", "16"])
+
+
+def test_synthesis_refuses_a_diffusion_checkpoint(tmp_path, capsys):
+    from Synthesis import main as synthesis_main
+    from core.checkpoint import save_checkpoint
+    save_checkpoint({"stage": "diffusion", "model": {}}, str(tmp_path / "d.pth"))
+    (tmp_path / "abu").mkdir()
+    sio.savemat(tmp_path / "abu" / "a.mat", {"Abu": np.full((4, 4, 5), 0.2, np.float32)})
+    with pytest.raises(SystemExit):
+        synthesis_main(["--abundances", str(tmp_path / "abu"), "--ckpt", str(tmp_path / "d.pth"),
+                        "--out", str(tmp_path / "out")])
+    assert "is a 'diffusion' checkpoint, expected a 'unmixing' checkpoint" in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_a_mat_keeps_the_old_file(tmp_path, monkeypatch):
+    import data.matio as matio
+    path = str(tmp_path / "a.mat")
+    write_mat(path, {"Abu": np.ones((2, 2, 5), np.float32)})
+
+    def full_disk(target, *args, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matio.sio, "savemat", full_disk)
+    with pytest.raises(UserError, match=r"a.mat: could not write \(No space left on device\)"):
+        write_mat(path, {"Abu": np.zeros((2, 2, 5), np.float32)})
+    monkeypatch.undo()
+    assert matio.read_mat(path)["Abu"].sum() == 20
+    assert sorted(os.listdir(tmp_path)) == ["a.mat"]
