@@ -29,6 +29,9 @@ OPTIONS = {
     "paper (sspn, random init)": {},
     "sspn + decoder_init distant_pixels": {"decoder_init": "distant_pixels"},
     "pixel_mlp + distant_pixels": {"encoder": "pixel_mlp", "decoder_init": "distant_pixels"},
+    "pixel_mlp + distant_pixels + brightness": {"encoder": "pixel_mlp", "decoder_init": "distant_pixels",
+                                                "brightness": True},
+    "sspn + distant_pixels + brightness": {"decoder_init": "distant_pixels", "brightness": True},
 }
 
 

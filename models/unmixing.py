@@ -9,6 +9,11 @@ holds the endmembers as its weight (bands x K).
 
 `encoder="pixel_mlp"` is a documented departure: a per-pixel 3-64-64-K network (1x1 convolutions),
 which sees no spatial context but trains in seconds on a CPU.
+
+`brightness=True` is another: the encoder emits one more channel, a per-pixel log-brightness `b`,
+and the reconstruction becomes exp(b) * E a. Sum-to-one abundances can only reach brightness levels
+inside the convex hull of the K endmembers; this factor lifts that limit while the abundances stay
+on the simplex (the DDPM still models abundances only; synthesis uses a brightness of one).
 """
 import torch
 import torch.nn as nn
@@ -106,12 +111,14 @@ class UnmixingAutoencoder(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_bands: int = 59, num_endmembers: int = 5,
                  widths=(32, 64, 128, 96, 48), n_blocks: int = 3, res_scale: float = 0.1,
-                 encoder: str = "sspn", mlp_hidden: int = 64):
+                 encoder: str = "sspn", mlp_hidden: int = 64, brightness: bool = False):
         super().__init__()
+        self.brightness = brightness
+        outputs = num_endmembers + (1 if brightness else 0)
         if encoder == "sspn":
-            self.encoder = SSPNEncoder(in_channels, list(widths), num_endmembers, n_blocks, res_scale)
+            self.encoder = SSPNEncoder(in_channels, list(widths), outputs, n_blocks, res_scale)
         elif encoder == "pixel_mlp":
-            self.encoder = PixelMLPEncoder(in_channels, mlp_hidden, num_endmembers)
+            self.encoder = PixelMLPEncoder(in_channels, mlp_hidden, outputs)
         else:
             raise ValueError(f"unknown encoder '{encoder}' (sspn or pixel_mlp)")
         self.decoder = nn.Conv2d(num_endmembers, out_bands, kernel_size=1, bias=False)
@@ -126,7 +133,7 @@ class UnmixingAutoencoder(nn.Module):
 
     def abundances(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, K, H, W), non-negative, summing to one over K."""
-        return torch.softmax(self.encoder(x), dim=1)
+        return torch.softmax(self.encoder(x)[:, :self.num_endmembers], dim=1)
 
     def decode(self, abundances: torch.Tensor) -> torch.Tensor:
         """(N, K, H, W) -> (N, C, H, W): each pixel is End @ abundance."""
@@ -137,8 +144,13 @@ class UnmixingAutoencoder(nn.Module):
         return self.decoder.weight[:, :, 0, 0]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        abundances = self.abundances(x)
-        return abundances, self.decode(abundances)
+        """(abundances (N, K, H, W), reconstruction (N, C, H, W))."""
+        logits = self.encoder(x)
+        abundances = torch.softmax(logits[:, :self.num_endmembers], dim=1)
+        reconstruction = self.decode(abundances)
+        if self.brightness:
+            reconstruction = reconstruction * torch.exp(logits[:, self.num_endmembers:].clamp(-10.0, 10.0))
+        return abundances, reconstruction
 
 
 def build_unmixing_model(model_cfg: dict, in_channels: int, out_bands: int) -> UnmixingAutoencoder:
@@ -146,4 +158,5 @@ def build_unmixing_model(model_cfg: dict, in_channels: int, out_bands: int) -> U
     return UnmixingAutoencoder(
         in_channels=in_channels, out_bands=out_bands, num_endmembers=model_cfg["num_endmembers"],
         widths=model_cfg["widths"], n_blocks=model_cfg["n_blocks"], res_scale=model_cfg["res_scale"],
-        encoder=model_cfg["encoder"], mlp_hidden=model_cfg["mlp_hidden"])
+        encoder=model_cfg["encoder"], mlp_hidden=model_cfg["mlp_hidden"],
+        brightness=model_cfg.get("brightness", False))

@@ -26,6 +26,7 @@ UNMIXING_DEFAULTS = {
         "res_scale": 0.1,
         "mlp_hidden": 64,
         "decoder_init": "random",       # "random" (paper) or "distant_pixels" (departure)
+        "brightness": False,            # True: a per-pixel brightness factor on the reconstruction (departure)
     },
     "loss": {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015, "spectral_tv": 0.0},
     "train": {

@@ -50,3 +50,16 @@ def test_weighted_total_uses_only_enabled_terms():
     total, terms = unmixing_loss(pred, target, w, {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015})
     expected = terms["charbonnier"] + 0.1 * terms["sad"] + 0.015 * terms["endmember_tv"]
     assert float(total) == pytest.approx(expected, rel=1e-5)
+
+
+def test_brightness_option_scales_the_mixture_and_keeps_abundances_on_the_simplex():
+    torch.manual_seed(0)
+    model = UnmixingAutoencoder(out_bands=7, num_endmembers=4, encoder="pixel_mlp", brightness=True)
+    x = torch.rand(1, 3, 5, 6)
+    abundances, recon = model(x)
+    logits = model.encoder(x)
+    torch.testing.assert_close(abundances, model.abundances(x))
+    torch.testing.assert_close(abundances.sum(1), torch.ones(1, 5, 6))
+    expected = model.endmembers() @ abundances[0, :, 1, 2] * torch.exp(logits[0, 4, 1, 2])
+    torch.testing.assert_close(recon[0, :, 1, 2], expected)
+    assert model.encoder.net[-1].out_channels == 5 and model.num_endmembers == 4
