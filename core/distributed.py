@@ -100,11 +100,11 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return total / world_size()
 
 
-def per_process_batch(global_batch: int) -> int:
+def per_process_batch(global_batch: int, key: str = "train.batch_size") -> int:
     """Each process's share of the global batch; it must divide evenly so that N processes equal one."""
     count = world_size()
     if global_batch % count:
-        raise UserError(f"train.batch_size {global_batch} is the global batch and must be divisible by the "
+        raise UserError(f"{key} {global_batch} is the global batch and must be divisible by the "
                         f"{count} processes")
     return global_batch // count
 

@@ -241,7 +241,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     data_cfg = cfg["datasets"]["train"]
     diff_cfg, train_cfg = cfg["model"]["diffusion"], cfg["train"]
     global_batch = data_cfg["batch_size"]
-    batch_size = per_process_batch(global_batch)
+    batch_size = per_process_batch(global_batch, "datasets.train.batch_size")
     start_step = int(state["step"]) if state else 0
     run_dir, paths, config_path = decided_by_main_process(
         lambda: prepare_run_folder(cfg, out_root, run_dir, resume, start_step, seed))
