@@ -13,11 +13,12 @@ from PIL import Image
 from conftest import shared_path
 from core.errors import UserError
 from data.bands import chikusei_wavelengths
+from data.envi import read_envi_header
 from data.matio import read_hsi, read_mat
 from data.prepare import main
-from data.prepare_hsi import (HSRS_SC_WAVELENGTHS, _lzw_decode, read_envi_header, read_tiff_cube,
-                              resample_bands)
+from data.prepare_hsi import HSRS_SC_WAVELENGTHS, resample_bands
 from data.splits import allocate, assign, crop_windows, parse_split, region_grid, valid_windows
+from data.tiff import _lzw_decode, read_tiff_cube
 
 
 # ---------------------------------------------------------------- fabricated files
