@@ -52,6 +52,23 @@ def mat_keys(path: str) -> list[str]:
         raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
 
 
+def mat_shape(path: str, key: str) -> tuple:
+    """Shape of one variable in MATLAB order, without reading its values (v5 and v7.3)."""
+    _check_exists(path)
+    try:
+        if is_v73(path):
+            with h5py.File(path, "r") as f:
+                if key in f and isinstance(f[key], h5py.Dataset):
+                    return tuple(reversed(f[key].shape))
+        else:
+            for name, shape, _ in sio.whosmat(path):
+                if name == key:
+                    return tuple(shape)
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, MatReadError) as err:
+        raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
+    raise UserError(f"{path}: no key '{key}' (found: {', '.join(mat_keys(path)) or 'nothing'})")
+
+
 def read_mat(path: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
     """All (or the named) numeric variables of a .mat file, in MATLAB axis order."""
     _check_exists(path)

@@ -20,13 +20,12 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.io as sio
 from tqdm import tqdm
 
 from core.errors import UserError
 from data.bands import CHIKUSEI_SUBSET, chikusei_wavelengths
 from data.envi import open_envi
-from data.matio import (HSI_KEYS, LazyMatArray, find_key, is_v73, mat_keys, read_hsi, read_mat, read_wavelengths,
+from data.matio import (HSI_KEYS, LazyMatArray, find_key, is_v73, mat_keys, mat_shape, read_hsi, read_mat, read_wavelengths,
                          write_mat)
 from data.splits import SPLIT_FOLDERS, Crop, assign, crop_windows, region_grid, valid_windows
 from data.tiff import TIFF_EXTENSIONS, read_tiff_cube, read_tiff_pages
@@ -167,17 +166,6 @@ def _shape_text(shape) -> str:
     return " x ".join(str(s) for s in shape) if shape else "a scalar"
 
 
-def mat_variable_shape(path: str, key: str) -> tuple:
-    """Shape of one variable in MATLAB order, without reading its values."""
-    if is_v73(path):
-        with LazyMatArray(path, key) as lazy:
-            return tuple(lazy.shape)
-    for name, shape, _ in sio.whosmat(path):
-        if name == key:
-            return tuple(shape)
-    raise UserError(f"{path}: no key '{key}'")
-
-
 # ---------------------------------------------------------------- scenes
 
 class Scene:
@@ -294,7 +282,7 @@ class ChikuseiReader(HsiReader):
     def _mat_layout(self, path: str) -> tuple[str, tuple, int]:
         """(variable, stored shape, band count: 128, or 59 when the file already holds the subset)."""
         key = find_key(path, mat_keys(path), ("chikusei",) + HSI_KEYS, self.options.key)
-        shape = mat_variable_shape(path, key)
+        shape = mat_shape(path, key)
         n_bands = 128
         if len(shape) == 3:  # the band axis is last as MATLAB writes it, or first; 128 or the 59 subset
             n_bands = next((n for n in (shape[2], shape[0]) if n in (128, 59)), 128)
@@ -389,7 +377,7 @@ class HarvardReader(HsiReader):
     def probe(self, path: str) -> Probe:
         keys = mat_keys(path)
         key = find_key(path, keys, ("ref",) + HSI_KEYS, self.options.key)
-        shape = mat_variable_shape(path, key)
+        shape = mat_shape(path, key)
         height, width, _, _ = orient(path, key, shape, 31)
         if "lbl" not in keys:
             log.warning("%s: no 'lbl' mask; every pixel counts as valid", path)

@@ -79,3 +79,13 @@ def test_benchmark_layout_is_reshaped_column_major():
 def test_real_chikusei_crop():
     cube, _ = read_hsi(shared_path("paper", "chikusei", "block_118.mat"))
     assert cube.shape == (128, 128, 59) and cube.dtype == np.float32
+
+
+def test_mat_shape_without_reading_values(tmp_path):
+    from data.matio import mat_shape
+    sio.savemat(tmp_path / "v5.mat", {"cube": np.zeros((4, 3, 2))})
+    write_v73(tmp_path / "v73.mat", {"cube": np.zeros((4, 3, 2))})
+    assert mat_shape(str(tmp_path / "v5.mat"), "cube") == (4, 3, 2)
+    assert mat_shape(str(tmp_path / "v73.mat"), "cube") == (4, 3, 2)
+    with pytest.raises(UserError, match=r"no key 'Y' \(found: cube\)"):
+        mat_shape(str(tmp_path / "v73.mat"), "Y")
