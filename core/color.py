@@ -12,6 +12,7 @@ import numpy as np
 from core.errors import UserError
 from data import cie
 from data.bands import DEFAULT_RGB_NM, check_three_bands, evenly_spread_bands, nearest_bands
+from data.normalize import minmax
 
 # share of each colour-matching function's D65-weighted integral the bands must cover for `cie`
 MIN_CIE_COVERAGE = 0.95
@@ -27,13 +28,6 @@ def default_rgb_bands(n_bands: int, wavelengths=None) -> list[int]:
 def check_rgb_bands(rgb_bands, n_bands: int) -> list[int]:
     """Three band indices within a cube of `n_bands` bands (negative indices count from the end)."""
     return check_three_bands(rgb_bands, n_bands, "--rgb-bands")
-
-
-def _scale(values: np.ndarray, value_range) -> np.ndarray:
-    lo, hi = (float(values.min()), float(values.max())) if value_range is None else map(float, value_range)
-    if hi - lo <= 1e-12:
-        return np.zeros_like(values)
-    return (values - lo) / (hi - lo)
 
 
 def band_weights(wavelengths: np.ndarray) -> np.ndarray:
@@ -104,11 +98,11 @@ def hsi_to_rgb(cube: np.ndarray, wavelengths=None, mode: str = "bands", rgb_band
     if mode == "bands":
         bands = (check_rgb_bands(rgb_bands, n_bands) if rgb_bands is not None
                  else default_rgb_bands(n_bands, wavelengths))
-        rgb = _scale(cube[..., bands], value_range)
+        rgb = minmax(cube[..., bands], *(value_range or (None, None)))
     elif mode == "cie":
         if wavelengths is None:
             raise UserError("--rgb cie needs the wavelength of every band, and these data have none; use --rgb bands")
-        reflectance = _scale(cube, value_range)
+        reflectance = minmax(cube, *(value_range or (None, None)))
         linear = reflectance @ spectra_to_xyz_matrix(wavelengths) @ cie.XYZ_TO_LINEAR_SRGB.T
         # the sRGB matrix maps D65 white to (1, 1, 1) only to 4 decimals: make it exact
         white = cie.XYZ_TO_LINEAR_SRGB @ cie.d65_white_xyz()

@@ -13,3 +13,9 @@ def ensure_folder(folder: str) -> str:
     except OSError as err:
         raise UserError(f"{folder}: cannot create the output folder ({err.strerror or err})") from None
     return folder
+
+
+def flat_name(path: str, root: str) -> str:
+    """A flat, unique output stem: the path below `root` without extension, separators turned into '__'."""
+    relative = os.path.splitext(os.path.relpath(path, root))[0]
+    return relative.replace(os.sep, "__").replace("/", "__")

@@ -68,17 +68,21 @@ class HSICropDataset(Dataset):
         if self.wavelengths is None and wavelengths is not None:
             self.wavelengths = resolve_wavelengths(wavelengths, self.n_bands, self.files[0])
         self.band_indices = resolve_bands(bands, self.n_bands, self.wavelengths)
+        self._cache[self.files[0]] = self._checked_pair(self.files[0], first)  # read once, not twice
 
     def load(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Normalised (input, target) of one file, cached."""
         if path not in self._cache:
             cube, _ = read_hsi(path, self.key)
-            if cube.shape[2] != self.n_bands:
-                raise UserError(f"{path}: {cube.shape[2]} bands, but {self.files[0]} has {self.n_bands}")
-            if self.crop_size and min(cube.shape[:2]) < self.crop_size:
-                raise UserError(f"{path}: {cube.shape[0]} x {cube.shape[1]} is smaller than crop_size {self.crop_size}")
-            self._cache[path] = prepare_pair(cube, self.band_indices, self.input_norm)
+            self._cache[path] = self._checked_pair(path, cube)
         return self._cache[path]
+
+    def _checked_pair(self, path: str, cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if cube.shape[2] != self.n_bands:
+            raise UserError(f"{path}: {cube.shape[2]} bands, but {self.files[0]} has {self.n_bands}")
+        if self.crop_size and min(cube.shape[:2]) < self.crop_size:
+            raise UserError(f"{path}: {cube.shape[0]} x {cube.shape[1]} is smaller than crop_size {self.crop_size}")
+        return prepare_pair(cube, self.band_indices, self.input_norm)
 
     def __len__(self) -> int:
         return self.samples_per_epoch

@@ -5,7 +5,6 @@
 - `mean_spectra`: mean spectrum +/- one standard deviation per set;
 - `band_density`: for each set, the density of values per band (band on x, value on y, log colour).
 """
-import os
 
 import matplotlib
 
@@ -14,22 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.plots import save_figure, spectral_axis  # noqa: E402
+
 
 def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _axis(bands: int, wavelengths) -> tuple[np.ndarray, str]:
-    if wavelengths is not None and len(wavelengths) == bands:
-        return np.asarray(wavelengths, dtype=np.float64), "wavelength (nm)"
-    return np.arange(bands), "band index"
-
-
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def angle_histogram(angles: dict[str, torch.Tensor], path: str, bins: int = 60) -> str:
@@ -45,7 +33,7 @@ def angle_histogram(angles: dict[str, torch.Tensor], path: str, bins: int = 60) 
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.set_title("How far synthetic spectra are from real ones")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 def mean_spectra(pixels: dict[str, torch.Tensor], path: str, wavelengths=None) -> str:
@@ -53,7 +41,7 @@ def mean_spectra(pixels: dict[str, torch.Tensor], path: str, wavelengths=None) -
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, p in pixels.items():
         p = _numpy(p).astype(np.float64)
-        x, label = _axis(p.shape[1], wavelengths)
+        x, label = spectral_axis(p.shape[1], wavelengths)
         mean, std = p.mean(0), p.std(0)
         line, = ax.plot(x, mean, label=name, linewidth=1.5)
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
@@ -61,7 +49,7 @@ def mean_spectra(pixels: dict[str, torch.Tensor], path: str, wavelengths=None) -
     ax.set_ylabel("value")
     ax.legend(fontsize=8)
     ax.set_title("Mean spectrum +/- std")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 def band_density(pixels: dict[str, torch.Tensor], path: str, wavelengths=None, bins: int = 64) -> str:
@@ -74,7 +62,7 @@ def band_density(pixels: dict[str, torch.Tensor], path: str, wavelengths=None, b
     edges = np.linspace(lo, hi, bins + 1)
     fig, axes = plt.subplots(1, len(arrays), figsize=(4.2 * len(arrays), 3.6), squeeze=False)
     for ax, (name, a) in zip(axes[0], arrays.items()):
-        x, label = _axis(a.shape[1], wavelengths)
+        x, label = spectral_axis(a.shape[1], wavelengths)
         density = np.stack([np.histogram(np.clip(a[:, b], lo, hi), bins=edges, density=True)[0]
                             for b in range(a.shape[1])], axis=1)
         ax.imshow(np.log10(density + 1e-3), origin="lower", aspect="auto", cmap="magma",
@@ -83,7 +71,7 @@ def band_density(pixels: dict[str, torch.Tensor], path: str, wavelengths=None, b
         ax.set_xlabel(label)
         ax.set_ylabel("value")
     fig.suptitle("Value density per band (log10)")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 def downstream_bars(report: dict, path: str, arms=("real_only", "real_plus_synthetic"),
@@ -101,7 +89,7 @@ def downstream_bars(report: dict, path: str, arms=("real_only", "real_plus_synth
         pad = max((high - low) * 0.5, 1e-6)
         ax.set_ylim(low - pad, high + pad)
     fig.suptitle("Held-out real test: trained on real only vs real + synthetic")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 def reconstruction_examples(examples: list[tuple[str, np.ndarray, np.ndarray]], band_indices, path: str) -> str:
@@ -123,4 +111,4 @@ def reconstruction_examples(examples: list[tuple[str, np.ndarray, np.ndarray]], 
         fig.colorbar(shown, ax=row[2], fraction=0.046)
         for ax in row:
             ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=True)

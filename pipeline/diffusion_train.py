@@ -38,7 +38,7 @@ from core.config import save_config
 from core.distributed import (all_reduce_mean, is_distributed, is_main_process, per_process_batch, rank,
                               world_size, wrap_model)
 from core.errors import UserError
-from core.logs import get_logger, setup_logging
+from core.logs import setup_logging
 from core.previews import save_png
 from core.signals import StopRequest, ignore_stop_signals, signals_ignored
 from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files

@@ -11,14 +11,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(figure, path: str) -> None:
-    """Write a figure as PNG atomically and close it."""
+def save_figure(figure, path: str, tight: bool = False) -> str:
+    """Write a figure as PNG atomically (temp file + rename), close it, return `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}.png")
-    figure.savefig(tmp, dpi=110)
+    figure.savefig(tmp, dpi=110, **({"bbox_inches": "tight"} if tight else {}))
     plt.close(figure)
     os.replace(tmp, path)
+    return path
+
+
+def spectral_axis(n_bands: int, wavelengths=None) -> tuple[np.ndarray, str]:
+    """x values and label for per-band plots: wavelengths (nm) when there is one per band, else band index."""
+    if wavelengths is not None and len(wavelengths) == n_bands:
+        return np.asarray(wavelengths, dtype=np.float64), "wavelength (nm)"
+    return np.arange(n_bands), "band index"
 
 
 def plot_spectra(path: str, endmembers: np.ndarray, synthetic_mean: np.ndarray, synthetic_std: np.ndarray,
@@ -26,8 +34,7 @@ def plot_spectra(path: str, endmembers: np.ndarray, synthetic_mean: np.ndarray, 
                  labels: tuple[str, str] = ("synthetic", "real training")) -> None:
     """Two panels: the (C, K) endmembers; mean +/- std of synthetic (and real) pixel spectra, all (C,)."""
     n_bands, k = endmembers.shape
-    x = np.arange(n_bands) if wavelengths is None else np.asarray(wavelengths, dtype=np.float64)
-    x_label = "band index" if wavelengths is None else "wavelength (nm)"
+    x, x_label = spectral_axis(n_bands, wavelengths)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     colours = plt.get_cmap("tab10")
     for j in range(k):
@@ -50,4 +57,4 @@ def plot_spectra(path: str, endmembers: np.ndarray, synthetic_mean: np.ndarray, 
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from core.checkpoint import load_checkpoint
 from core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
 from core.errors import UserError
+from core.fs import flat_name
 from core.logs import get_logger
 from core.previews import grid, save_png, to_uint8
 from core.simplex import project_to_simplex
@@ -144,12 +145,6 @@ def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: i
     return np.concatenate(pixels) if pixels else None
 
 
-def output_stem(path: str, root: str) -> str:
-    """A flat, unique name: the path below `root` without extension, separators turned into '__'."""
-    relative = os.path.splitext(os.path.relpath(path, root))[0]
-    return relative.replace(os.sep, "__").replace("/", "__")
-
-
 def _check_targets(paths: list[str], overwrite: bool) -> None:
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not overwrite:
@@ -202,7 +197,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         # on the simplex every band value lies between the endmembers' extremes in that band
         value_range = (float(endmembers[rgb_bands].min()), float(endmembers[rgb_bands].max()))
 
-    stems = [output_stem(p, abundance_dir) for p in files]
+    stems = [flat_name(p, abundance_dir) for p in files]
     hsi_dir, rgb_dir = os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")
     summary_path = os.path.join(out_dir, "synthesis.json")
     contact_path, spectra_path = os.path.join(out_dir, "contact_sheet.png"), os.path.join(out_dir, "spectra.png")

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.errors import UserError
-from core.fs import ensure_folder
+from core.fs import ensure_folder, flat_name
 from core.logs import get_logger
 from core.previews import abundance_strip, save_png
 from data.hsi_dataset import list_mat_files, prepare_pair
@@ -100,12 +100,6 @@ def newest_unmixing_checkpoint(root: str = "experiments/unmixing") -> str:
     return max(found, key=os.path.getmtime)
 
 
-def output_name(path: str, root: str) -> str:
-    """A flat, unique output stem: the path below `root` with separators turned into '__'."""
-    relative = os.path.splitext(os.path.relpath(path, root))[0]
-    return relative.replace(os.sep, "__")
-
-
 def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int):
     """(model input (H, W, 3), ground truth to store) for one RGB image or HSI file."""
     if kind == "rgb":
@@ -159,7 +153,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     log.info("inferring abundances of %d images with %s (K=%d, %d bands) into %s", len(items), ckpt,
              model.num_endmembers, model.out_bands, out_dir)
     for kind, path, root in tqdm(items, desc="infer", dynamic_ncols=True):
-        name = output_name(path, root)
+        name = flat_name(path, root)
         mat_path = os.path.join(out_dir, name + ".mat")
         absolute = os.path.abspath(path)
         if not overwrite and absolute in done and os.path.isfile(mat_path):

