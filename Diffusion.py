@@ -22,6 +22,7 @@ from core.device import resolve_device
 from core.distributed import distributed_session, launched_with_several_processes
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
+from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, flag
 
 DEFAULT_CONFIG = "config/Chikusei_256_DDPM.json"
 DEFAULT_OUT = os.path.join("experiments", "ddpm")
@@ -32,23 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--phase", choices=["train", "val"], help="train, or val (sample); default: the config's")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"JSON config (default {DEFAULT_CONFIG})")
     parser.add_argument("--data", help="folder of abundance .mat files (overrides datasets.train.dataroot)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"experiments root (default {DEFAULT_OUT})")
+    parser.add_argument("--out", default=None, help=f"experiments root (default {DEFAULT_OUT}); with -p val and "
+                        "--resume, samples go to a new run folder here instead of the checkpoint's")
     parser.add_argument("--run-dir", help="use exactly this run folder instead of <out>/<name>_<timestamp>")
     parser.add_argument("--resume", help="checkpoint to resume (train) or sample from (val); replaces resume_state")
     parser.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     parser.add_argument("-gpu", "--gpu_ids", help="reference spelling: first id picks cuda:<id> unless --device")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
-    parser.add_argument("--n-iter", "--n_iter", dest="n_iter", type=int, help="total training steps")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
+    parser.add_argument("--threads", type=flag(INT_POSITIVE), help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--seed", type=flag(INT_ANY), help="random seed (default: the config's seed)")
+    parser.add_argument("--n-iter", "--n_iter", dest="n_iter", type=flag(INT_POSITIVE), help="total training steps")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE),
                         help="training batch (train) or sampling batch (val)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers (datasets.train.num_workers)")
+    parser.add_argument("--workers", type=flag(INT_NONNEGATIVE), help="DataLoader workers (datasets.train.num_workers)")
     parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA (train.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
-    parser.add_argument("--num-samples", type=int, help="samples to draw (default datasets.val.data_len)")
+    parser.add_argument("--num-samples", type=flag(INT_POSITIVE), help="samples to draw (default datasets.val.data_len)")
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")
-    parser.add_argument("--steps", type=int, help="DDIM steps")
-    parser.add_argument("--eta", type=float, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--steps", type=flag(INT_POSITIVE), help="DDIM steps")
+    parser.add_argument("--eta", type=flag(PROBABILITY), help="DDIM eta (0: deterministic)")
     parser.add_argument("--raw", action="store_true",
                         help="store Abu = (SR + 1) / 2 as sampled instead of projecting it onto the simplex")
     parser.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
@@ -77,6 +79,7 @@ def pick_device(args):
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    out_given, args.out = args.out is not None, args.out or DEFAULT_OUT
     other_rank = launched_with_several_processes() and os.environ.get("RANK", "0") != "0"
     log = setup_logging(level=logging.WARNING if other_rank else logging.INFO)
     from pipeline.diffusion_config import load_diffusion_config, validate
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
         else:
             from pipeline.diffusion_sample import sample_run
             run_dir = sample_run(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
-                                 num_samples=args.num_samples)
+                                 num_samples=args.num_samples, out_given=out_given)
             log.info("samples: %s", os.path.join(run_dir, cfg["path"]["mat_results"]))
     return 0
 

@@ -16,13 +16,15 @@ import torch
 from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
+from core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
+                           flag)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report folder (report.json, summary.md, plots/)")
     parser.add_argument("--key", help="variable name of the cube in the .mat files (default: Y, HSI, ...)")
     parser.add_argument("--device", "--gpus", dest="device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=flag(INT_POSITIVE), help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -34,23 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs")
     rec.add_argument("--ckpt", required=True, help="unmixing checkpoint (best.pth)")
     rec.add_argument("--hsi", required=True, help="folder of held-out HSI .mat files")
-    rec.add_argument("--tile", type=int, default=256, help="inference tile size (default 256)")
-    rec.add_argument("--overlap", type=int, default=32, help="tile overlap (default 32)")
+    rec.add_argument("--tile", type=flag(INT_POSITIVE), default=256, help="inference tile size (default 256)")
+    rec.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=32, help="tile overlap (default 32)")
     _common(rec)
 
     gen = sub.add_parser("generation", help="synthetic vs real HSIs: F_p, D_b, precision/recall, FD/KID, plots")
     gen.add_argument("--real", required=True, help="folder of real HSI .mat files (min-max normalised per file)")
     gen.add_argument("--synthetic", required=True, help="folder of synthetic HSI .mat files (taken as they are)")
-    gen.add_argument("--seed", type=int, default=0, help="seed of every sub-sample and of the feature network")
-    gen.add_argument("--pixel-cap", type=int, default=20000, help="spectra sampled per set (default 20000)")
-    gen.add_argument("--prdc-cap", type=int, default=10000, help="spectra used for precision/recall (default 10000)")
-    gen.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds (default 3)")
-    gen.add_argument("--patch-cap", type=int, default=4000, help="feature patches per set (default 4000)")
-    gen.add_argument("--patch-size", type=int, default=8, help="feature patch side (default 8)")
-    gen.add_argument("--block-cap", type=int, default=64, help="synthetic blocks for D_b (default 64)")
-    gen.add_argument("--block-size", type=int, default=16, help="D_b block side (default 16)")
-    gen.add_argument("--image-cap", type=int, default=32, help="real images searched by D_b (default 32)")
-    gen.add_argument("--feature-steps", type=int, default=300, help="training steps of the feature network")
+    gen.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of every sub-sample and of the feature network")
+    gen.add_argument("--pixel-cap", type=flag(INT_POSITIVE), default=20000, help="spectra sampled per set (default 20000)")
+    gen.add_argument("--prdc-cap", type=flag(INT_POSITIVE), default=10000, help="spectra used for precision/recall (default 10000)")
+    gen.add_argument("--k", type=flag(INT_POSITIVE), default=3, help="k of the k-NN manifolds (default 3)")
+    gen.add_argument("--patch-cap", type=flag(INT_POSITIVE), default=4000, help="feature patches per set (default 4000)")
+    gen.add_argument("--patch-size", type=flag(INT_POSITIVE), default=8, help="feature patch side (default 8)")
+    gen.add_argument("--block-cap", type=flag(INT_POSITIVE), default=64, help="synthetic blocks for D_b (default 64)")
+    gen.add_argument("--block-size", type=flag(INT_POSITIVE), default=16, help="D_b block side (default 16)")
+    gen.add_argument("--image-cap", type=flag(INT_POSITIVE), default=32, help="real images searched by D_b (default 32)")
+    gen.add_argument("--feature-steps", type=flag(INT_POSITIVE), default=300, help="training steps of the feature network")
     gen.add_argument("--feature-cache", default=os.path.join("experiments", "evaluation", "feature_cache"),
                      help="folder caching the feature network per real set ('none' to disable)")
     gen.add_argument("--endmembers", help="End for the Dirichlet baseline: .mat with End or an unmixing checkpoint "
@@ -61,16 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("downstream", help="RGB-to-HSI reconstruction trained on real vs real+synthetic")
     down.add_argument("--real", required=True, help="folder of real HSI .mat files (train and held-out test)")
     down.add_argument("--synthetic", required=True, help="folder of synthetic HSI .mat files")
-    down.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    down.add_argument("--steps", type=int, default=1000, help="training steps per model (default 1000)")
-    down.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
-    down.add_argument("--crop", type=int, default=32, help="training crop side (default 32)")
-    down.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=2e-3)
-    down.add_argument("--synthetic-fraction", type=float, default=0.5,
+    down.add_argument("--seeds", type=flag(INT_ANY), nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    down.add_argument("--steps", type=flag(INT_POSITIVE), default=1000, help="training steps per model (default 1000)")
+    down.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE), default=8)
+    down.add_argument("--crop", type=flag(INT_POSITIVE), default=32, help="training crop side (default 32)")
+    down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=2e-3)
+    down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
-    down.add_argument("--test-fraction", type=float, default=0.5, help="share of real files held out (default 0.5)")
-    down.add_argument("--synthetic-cap", type=int, default=256, help="synthetic files loaded at most (default 256)")
-    down.add_argument("--rgb-bands", type=int, nargs=3, metavar=("R", "G", "B"),
+    down.add_argument("--test-fraction", type=flag(FRACTION_OPEN), default=0.5, help="share of real files held out (default 0.5)")
+    down.add_argument("--synthetic-cap", type=flag(INT_POSITIVE), default=256, help="synthetic files loaded at most (default 256)")
+    down.add_argument("--rgb-bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
                       help="input band indices (default: Chikusei RGB bands for 59 bands, else evenly spread)")
     _common(down)
     return parser

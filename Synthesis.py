@@ -12,6 +12,7 @@ import os
 from core.device import resolve_device
 from core.errors import cli_main
 from core.logs import setup_logging
+from core.validate import INT_NONNEGATIVE, flag
 from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions
 
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep sampled abundances as they are instead of projecting them onto the simplex")
     parser.add_argument("--rgb", choices=("bands", "cie"), default="bands",
                         help="previews from three bands (default) or true colour via CIE 1931 (visible-range data)")
-    parser.add_argument("--rgb-bands", type=int, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--rgb-bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
                         help="band indices for the previews (default: nearest 640/550/460 nm, else evenly spread)")
     parser.add_argument("--real", help="folder of real HSIs for the spectra figure (default: the checkpoint's "
                         "training folder)")

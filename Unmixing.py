@@ -5,12 +5,15 @@
     python Unmixing.py infer [--ckpt CKPT] [--rgb DIR ...] [--hsi DIR ...] [--out DIR] [--tile N] [--overlap M]
 """
 import argparse
+import contextlib
+import logging
 import os
 import sys
 
 from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
+from core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
 from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
 
 DEFAULT_CONFIG = "config/Chikusei_unmixing.json"
@@ -27,14 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test", help="folder of test crops (default dataset/tests)")
     train.add_argument("--out", "--save_dir", dest="out", help="run folder (default experiments/unmixing/<name>)")
     train.add_argument("--name", "--dataset_name", dest="name", help="run name (default from the config)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
-    train.add_argument("--lr", "--learning_rate", dest="lr", type=float)
-    train.add_argument("--bands", type=int, nargs=3, metavar=("R", "G", "B"), help="input band indices")
+    train.add_argument("--epochs", type=flag(INT_POSITIVE))
+    train.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE))
+    train.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE))
+    train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"), help="input band indices")
     train.add_argument("--key", help="variable name of the cube in the .mat files")
     train.add_argument("--resume", help="checkpoint to resume from (latest.pth)")
     train.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=flag(INT_ANY))
 
     infer = sub.add_parser("infer", help="abundance maps of RGB image folders (or HSI .mat folders)")
     infer.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint (default: newest best.pth "
@@ -42,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--rgb", nargs="+", help="RGB image folders (default dataset/RGB)")
     infer.add_argument("--hsi", nargs="+", help="HSI .mat folders (their 3 selected bands are the input)")
     infer.add_argument("--out", default="dataset/inferred_abu", help="output folder (default dataset/inferred_abu)")
-    infer.add_argument("--tile", type=int, default=None, help="tile size for large images (default 256)")
-    infer.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 32)")
+    infer.add_argument("--tile", type=flag(INT_POSITIVE), default=None, help="tile size for large images (default 256)")
+    infer.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=None, help="tile overlap in pixels (default 32)")
     infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
-    infer.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (speed option, default 1)")
+    infer.add_argument("--tile-batch", type=flag(INT_POSITIVE), default=1, help="tiles per forward pass (speed option, default 1)")
     infer.add_argument("--channels-last", action="store_true", help="channels-last memory format (speed option)")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
@@ -55,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args) -> None:
     config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    if args.resume and not args.config:  # the checkpoint knows the network it holds; the default config may not
+        config_path = None
     cfg = load_unmixing_config(config_path, {
         "name": args.name, "data.train": args.train, "data.val": args.val, "data.test": args.test,
         "data.key": args.key, "data.bands": args.bands, "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed})
+        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed},
+        **({"base": checkpoint_config(args.resume)} if args.resume and not args.config else {}))
     out_dir = args.out or os.path.join("experiments", "unmixing", cfg["name"])
     found = [path for path in (os.path.join(out_dir, "checkpoint", name) for name in ("interrupted.pth", "latest.pth"))
              if os.path.exists(path)]
@@ -66,10 +72,23 @@ def run_train(args) -> None:
         newest = max(found, key=os.path.getmtime)
         raise UserError(f"{newest}: a run exists in {out_dir}; resume it with --resume {newest} or choose another --out")
     from core.distributed import distributed_session
+    from core.runlock import RunLock
     from pipeline.unmixing_train import train_unmixing
+    # one writer per run folder: rank 0 holds the lock for all processes of a torchrun job
+    lock = RunLock(out_dir, "Unmixing.py train") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
-    with distributed_session(resolve_device(args.device or "auto")) as device:
+    with lock, distributed_session(resolve_device(args.device or "auto")) as device:
         train_unmixing(cfg, out_dir, device, resume=args.resume)
+
+
+def checkpoint_config(path: str) -> dict:
+    """The config a stage-1 checkpoint was trained with: `--resume` without `-c` continues that run."""
+    from core.checkpoint import load_checkpoint
+    config = load_checkpoint(path, "unmixing").get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: holds no config; pass the run's config with -c")
+    logging.getLogger("hsisyn").info("--resume without -c: using the config stored in %s", path)
+    return config
 
 
 def run_infer(args) -> int:

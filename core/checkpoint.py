@@ -28,10 +28,15 @@ def save_checkpoint(state: dict, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise UserError(f"{path}: could not write checkpoint ({err.strerror or err})") from None
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120] or type(err).__name__
+        raise UserError(f"{path}: could not write checkpoint ({reason})") from None
+    except BaseException:  # Ctrl-C or a programming error mid-write: no half-written file stays behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path: str, stage: str | None = None, map_location="cpu") -> dict:

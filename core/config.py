@@ -12,7 +12,7 @@ import os
 from typing import Any, Iterable
 
 from core.errors import UserError
-from core.fs import ensure_folder
+from core.fs import atomic_output
 from core.logs import get_logger
 
 
@@ -54,8 +54,15 @@ def read_json_config(path: str) -> dict:
     """Read a JSON config that may contain comments; errors name the file and the line."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: config file not found")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        line = text_line_of(path, err.start)
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at line {line}); "
+                        "save the config as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the config ({err.strerror or err})") from None
     try:
         data = json.loads(strip_json_comments(text))
     except json.JSONDecodeError as err:
@@ -63,6 +70,38 @@ def read_json_config(path: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a JSON object")
     return data
+
+
+def text_line_of(path: str, offset: int) -> int:
+    """1-based line number of byte `offset` of a file (for errors about undecodable bytes)."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
+def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a nested dict, sections included."""
+    keys = []
+    for key, value in tree.items():
+        keys.append(prefix + str(key))
+        if isinstance(value, dict):
+            keys += leaf_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def nearest_key(dotted: str, key: str, base: dict, prefix: str, root: dict) -> str | None:
+    """The valid key a typo most likely meant: a sibling first, else the same name elsewhere in the tree."""
+    close = difflib.get_close_matches(key, [str(k) for k in base], n=1)
+    if close:
+        return prefix + close[0]
+    everywhere = leaf_keys(root)
+    by_last = {}
+    for candidate in everywhere:
+        by_last.setdefault(candidate.rsplit(".", 1)[-1], candidate)
+    close = difflib.get_close_matches(key, list(by_last), n=1, cutoff=0.75)
+    if close:
+        return by_last[close[0]]
+    close = difflib.get_close_matches(dotted, everywhere, n=1)
+    return close[0] if close else None
 
 
 def _matches(dotted: str, patterns: Iterable[str]) -> bool:
@@ -93,8 +132,8 @@ def merge_config(defaults: dict, user: dict, source: str = "config",
                     ignored.append(dotted)
                     base[key] = copy.deepcopy(value)
                     continue
-                close = difflib.get_close_matches(key, [str(k) for k in base], n=1)
-                hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+                close = nearest_key(dotted, str(key), base, prefix, defaults)
+                hint = f" (did you mean '{close}'?)" if close else ""
                 raise UserError(f"{source}: unknown key '{dotted}'{hint}")
             if isinstance(base[key], dict) and not _matches(dotted, free_form):
                 if not isinstance(value, dict):
@@ -142,9 +181,6 @@ def load_config(path: str | None, defaults: dict, overrides: dict[str, Any] | No
 
 def save_config(cfg: dict, path: str) -> None:
     """Write the resolved config beside a run's outputs (atomically)."""
-    ensure_folder(os.path.dirname(os.path.abspath(path)))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
-    os.replace(tmp, path)

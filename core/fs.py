@@ -1,5 +1,7 @@
-"""Creating output folders with one-line errors instead of tracebacks."""
+"""Creating output folders and writing files with one-line errors instead of tracebacks."""
+import contextlib
 import os
+import re
 
 from core.errors import UserError
 
@@ -19,3 +21,71 @@ def flat_name(path: str, root: str) -> str:
     """A flat, unique output stem: the path below `root` without extension, separators turned into '__'."""
     relative = os.path.splitext(os.path.relpath(path, root))[0]
     return relative.replace(os.sep, "__").replace("/", "__")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str = ""):
+    """Yield a hidden temporary path beside `path`; rename it onto `path` when the block succeeds.
+
+    Whatever goes wrong while writing (disk full, no permission, Ctrl-C) removes the temporary file,
+    so `path` keeps its previous content; OS errors become one-line user errors.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    ensure_folder(folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}{TEMP_MARK}{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove_quietly(tmp)
+        raise UserError(f"{path}: could not write ({err.strerror or err})") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+TEMP_MARK = ".tmp"
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(\.\w+)?$")
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Delete hidden `.NAME.tmpPID` files of writers that are gone (a killed run); return their paths.
+
+    A file whose process still runs on this machine is left alone: it may be another writer's.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        match = TEMP_FILE.match(name)
+        if not match or process_alive(int(match.group("pid"))):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            _remove_quietly(path)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (the current one counts as alive)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True

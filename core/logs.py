@@ -47,3 +47,12 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger
+
+
+def close_file_logs() -> None:
+    """Close the log file handlers (before a failed start removes its run folder)."""
+    logger = get_logger()
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()

@@ -3,12 +3,11 @@
 Charts (spectra, histograms, curves) are matplotlib's job elsewhere; this module only arranges
 arrays as images and writes them with Pillow.
 """
-import os
 
 import numpy as np
 from PIL import Image
 
-from core.fs import ensure_folder
+from core.fs import atomic_output
 
 
 def to_uint8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
@@ -44,8 +43,5 @@ def grid(images: list[np.ndarray], columns: int, gap: int = 2, fill: int = 255) 
 
 def save_png(image: np.ndarray, path: str) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array as PNG, creating the folder, atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    ensure_folder(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}.png")
-    Image.fromarray(np.ascontiguousarray(image)).save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, suffix=".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp)

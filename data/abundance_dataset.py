@@ -19,6 +19,8 @@ from core.errors import UserError
 from data.matio import ABUNDANCE_KEYS, LazyMatArray
 
 FLIPS = ("none", "horizontal", "both")
+# Abundances may leave [0, 1] a little (raw DDPM samples); beyond this margin they are something else.
+RANGE_SLACK = 0.5
 _HOW_TO_MAKE = "create abundance files with `python Unmixing.py infer` or point --data at them"
 
 
@@ -70,7 +72,14 @@ class AbundanceDataset(Dataset):
         if not np.all(np.isfinite(crop)):
             raise UserError(f"{path}: '{key}' contains NaN/Inf values")
         # `SR` (sampled abundances) is stored in [-1, 1] already
-        return crop if key == "SR" else crop * 2.0 - 1.0
+        crop = crop if key == "SR" else crop * 2.0 - 1.0
+        low, high = float(crop.min()), float(crop.max())
+        if low < -1.0 - 2 * RANGE_SLACK or high > 1.0 + 2 * RANGE_SLACK:
+            span = (low, high) if key == "SR" else ((low + 1) / 2, (high + 1) / 2)
+            expected = "[-1, 1]" if key == "SR" else "[0, 1]"
+            raise UserError(f"{path}: '{key}' has values from {span[0]:.3g} to {span[1]:.3g}, far outside {expected}; "
+                            "these are not abundances (store abundance maps, e.g. from `Unmixing.py infer`)")
+        return crop
 
     def __getitem__(self, item) -> torch.Tensor:
         if isinstance(item, (tuple, list)):

@@ -8,6 +8,7 @@ When wavelengths are known, bands can be chosen by target wavelengths (nearest b
 import numpy as np
 
 from core.errors import UserError
+from core.validate import check_band_indices
 
 CHIKUSEI_FIRST_NM, CHIKUSEI_LAST_NM, CHIKUSEI_BANDS = 363.0, 1018.0, 128
 CHIKUSEI_SUBSET = slice(7, 66)  # bands 8-66 (1-based) of 128: about 399-698 nm, the paper's 59 bands
@@ -46,19 +47,18 @@ def resolve_bands(spec, n_bands: int, wavelengths=None) -> list[int]:
             raise UserError("band selection by wavelength needs files that store 'wavelengths'")
         indices = nearest_bands(wavelengths, spec["wavelengths"])
     else:
-        indices = [int(i) for i in spec]
+        if not isinstance(spec, (list, tuple)):
+            raise UserError(f"band selection must be a preset name, 3 indices or {{'wavelengths': [...]}}, got {spec!r}")
+        indices = list(spec)
     return check_three_bands(indices, n_bands, "band selection")
 
 
 def check_three_bands(indices, n_bands: int, what: str) -> list[int]:
-    """Three band indices valid for an `n_bands` cube (negative ones count from the end), made non-negative."""
-    indices = [int(i) for i in indices]
+    """Three band indices valid for an `n_bands` cube; a negative index is an error, never counted from the end."""
+    indices = list(indices)
     if len(indices) != 3:
         raise UserError(f"{what} needs 3 bands (R G B), got {len(indices)}: {indices}")
-    bad = [i for i in indices if not -n_bands <= i < n_bands]
-    if bad:
-        raise UserError(f"{what}: band indices {bad} out of range for a {n_bands}-band cube")
-    return [i % n_bands for i in indices]
+    return check_band_indices(indices, n_bands, what)
 
 
 def select_bands(cube: np.ndarray, indices) -> np.ndarray:

@@ -5,6 +5,7 @@ axes reversed (HDF5 stores MATLAB's column-major arrays as row-major): `_from_hd
 place that turns them back, so every caller sees MATLAB's (H, W, C) order.
 """
 import os
+import struct
 import zipfile
 
 from scipy.io.matlab import MatReadError
@@ -14,13 +15,17 @@ import numpy as np
 import scipy.io as sio
 
 from core.errors import UserError
-from core.fs import ensure_folder
+from core.fs import atomic_output
 
 # Names the paper's datasets and common releases use for the hyperspectral cube, in priority order.
 HSI_KEYS = ("Y", "HSI", "hsi", "cube", "ref", "chikusei", "data", "img", "rad", "reflectance")
 RGB_KEYS = ("RGB", "rgb")
 ABUNDANCE_KEYS = ("Abu", "SR")
 WAVELENGTH_KEYS = ("wavelengths", "wavelength", "bands", "wl", "lambda")
+
+# What scipy and h5py raise on a file that is not a MAT file (a short text file named .mat gives IndexError).
+UNREADABLE = (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, AssertionError, struct.error,
+              zipfile.BadZipFile, NotImplementedError, MatReadError)
 
 
 def is_v73(path: str) -> bool:
@@ -48,7 +53,7 @@ def mat_keys(path: str) -> list[str]:
             with h5py.File(path, "r") as f:
                 return [k for k in f.keys() if isinstance(f[k], h5py.Dataset) and not k.startswith("#")]
         return [name for name, _, _ in sio.whosmat(path) if not name.startswith("__")]
-    except (OSError, ValueError, TypeError, zipfile.BadZipFile, MatReadError) as err:
+    except UNREADABLE as err:
         raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
 
 
@@ -64,7 +69,7 @@ def mat_shape(path: str, key: str) -> tuple:
             for name, shape, _ in sio.whosmat(path):
                 if name == key:
                     return tuple(shape)
-    except (OSError, ValueError, TypeError, zipfile.BadZipFile, MatReadError) as err:
+    except UNREADABLE as err:
         raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
     raise UserError(f"{path}: no key '{key}' (found: {', '.join(mat_keys(path)) or 'nothing'})")
 
@@ -81,7 +86,7 @@ def read_mat(path: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
                         out[name] = _from_hdf5(f[name])
             return out
         raw = sio.loadmat(path, variable_names=keys)
-    except (OSError, ValueError, TypeError, zipfile.BadZipFile, NotImplementedError, MatReadError) as err:
+    except UNREADABLE as err:
         raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
     return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
 
@@ -197,13 +202,5 @@ def write_mat(path: str, variables: dict, overwrite: bool = True) -> None:
     """Write a MATLAB v5 file atomically; refuse to replace an existing file unless `overwrite`."""
     if not overwrite and os.path.exists(path):
         raise UserError(f"{path}: exists already (use --overwrite to replace it)")
-    folder = os.path.dirname(os.path.abspath(path))
-    ensure_folder(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         sio.savemat(tmp, variables, appendmat=False, do_compression=False)
-        os.replace(tmp, path)
-    except OSError as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError(f"{path}: could not write ({err.strerror or err})") from None

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
+from core.validate import FLOAT_POSITIVE, INT_ANY, INT_POSITIVE, flag
 from data.prepare_hsi import READERS, HsiOptions, HsiWriter, plan_hsi
 from data.prepare_rgb import FORMATS, MODES, RgbWriter, plan_rgb
 from data.splits import parse_split
@@ -40,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", choices=DATASETS, metavar="DATASET", help=" | ".join(DATASETS))
     parser.add_argument("--src", required=True, help="the downloaded file or folder")
     parser.add_argument("--out", default=None, help="output folder (default: dataset, or dataset/RGB for rgb)")
-    parser.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
-    parser.add_argument("--stride", type=int, default=None, help="step between crops (default: --size, no overlap)")
-    parser.add_argument("--region", type=int, default=None,
+    parser.add_argument("--size", type=flag(INT_POSITIVE), default=256, help="crop side in pixels (default 256)")
+    parser.add_argument("--stride", type=flag(INT_POSITIVE), default=None, help="step between crops (default: --size, no overlap)")
+    parser.add_argument("--region", type=flag(INT_POSITIVE), default=None,
                         help="side of the split regions of a scene (default: --size, or 2 x --size when "
                              "--stride < --size)")
     parser.add_argument("--split", default=None,
@@ -51,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-by", choices=("file", "region"), default=None,
                         help="deal whole files or regions of each scene to the splits (default: region for "
                              "chikusei and unmixing-benchmark, file otherwise)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffle (default 0)")
+    parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the split shuffle (default 0)")
     parser.add_argument("--bands", choices=("paper", "all"), default=None,
                         help="chikusei: the paper's 59 bands (8-66, about 399-698 nm) or all 128")
     parser.add_argument("--scale", default=None,
                         help="factor for stored values (default auto: integers are reflectance x 10000)")
     parser.add_argument("--key", default=None, help="name of the cube variable, when it is not the usual one")
-    parser.add_argument("--wavelength-range", type=float, nargs=2, metavar=("FIRST", "LAST"), default=None,
+    parser.add_argument("--wavelength-range", type=flag(FLOAT_POSITIVE), nargs=2, metavar=("FIRST", "LAST"), default=None,
                         help="unmixing-benchmark: evenly spaced band centres (nm) for files that store none")
     parser.add_argument("--rgb-mode", choices=MODES, default=None,
                         help="rgb: resize the centred square (default), crop the centre, or cut tiles")

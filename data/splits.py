@@ -41,7 +41,8 @@ SPLIT_FOLDERS = {"train": "trains", "val": "evals", "test": "tests"}
 
 
 def parse_split(text: str) -> dict[str, float]:
-    """'train=0.8,val=0.1,test=0.1' (or 'test', meaning test=1) -> fractions summing to 1, in split order."""
+    """'train=0.8,val=0.1,test=0.1' (or 'test', meaning test=1; or ratios 'train=3,val=1') -> fractions summing
+    to 1, in split order. Fractions that do not sum to 1 are refused."""
     fractions = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
@@ -61,6 +62,10 @@ def parse_split(text: str) -> dict[str, float]:
     total = sum(fractions.values())
     if total <= 0:
         raise UserError(f"--split: '{text}' names no split with a positive fraction")
+    # whole numbers are ratios ("train=3,val=1"); fractions must add up, so a typo is not rescaled silently
+    if not all(float(v).is_integer() for v in fractions.values()) and abs(total - 1.0) > 1e-6:
+        raise UserError(f"--split: the fractions in '{text}' sum to {total:g}, not 1 "
+                        "(give fractions that sum to 1, or whole-number ratios such as train=8,val=1,test=1)")
     return {name: fractions[name] / total for name in SPLIT_NAMES if name in fractions}
 
 

@@ -10,7 +10,9 @@ import copy
 from core.config import load_config
 from core.errors import UserError
 from core.logs import get_logger
-from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES
+from core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
+                           Number, check_config, check_value)
+from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES, make_beta_schedule
 
 _SCHEDULE = {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 1e-2}
 
@@ -112,8 +114,61 @@ def _positive_int(cfg: dict, dotted: str, source: str, minimum: int = 1) -> None
     node[key] = value
 
 
+# Numbers and switches beyond the integer counts below (core/validate.py rules), checked before any work.
+DIFFUSION_RULES = {
+    "seed": INT_ANY,
+    "datasets.train.data_len": Number(integer=True, low=-1),
+    "model.unet.in_channel": INT_POSITIVE,
+    "model.unet.out_channel": INT_POSITIVE,
+    "model.unet.inner_channel": INT_POSITIVE,
+    "model.unet.norm_groups": INT_POSITIVE,
+    "model.unet.channel_multiplier": ("list", INT_POSITIVE),
+    "model.unet.res_blocks": INT_POSITIVE,
+    "model.unet.dropout": Number(low=0, high=1, open_high=True),
+    "model.unet.with_noise_level_emb": bool,
+    "model.diffusion.t_per_sample": bool,
+    "model.diffusion.clip_denoised": bool,
+    "train.optimizer.lr": FLOAT_POSITIVE,
+    "train.optimizer.weight_decay": FLOAT_NONNEGATIVE,
+    "train.ema_scheduler.step_start_ema": INT_NONNEGATIVE,
+    "train.ema_scheduler.update_ema_every": INT_POSITIVE,
+    "train.ema_scheduler.ema_decay": PROBABILITY,
+    "train.use_ema": bool,
+    "train.grad_clip": FLOAT_NONNEGATIVE,
+    "sample.eta": PROBABILITY,
+    "sample.use_ema": bool,
+    "sample.project_simplex": bool,
+}
+BETA_BOUND = Number(low=0, high=1, open_low=True, open_high=True)
+
+
+def check_attn_res(cfg: dict, source: str) -> None:
+    value = cfg["model"]["unet"]["attn_res"]
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise UserError(f"{source}: 'model.unet.attn_res' must be a list of positive integers (resolutions), "
+                        f"got {value!r}")
+
+
+def check_betas(cfg: dict, source: str) -> None:
+    """Schedule parameters in (0, 1) and every resulting beta in (0, 1] (jsd ends at exactly 1)."""
+    for phase in ("train", "val"):
+        opt = cfg["model"]["beta_schedule"][phase]
+        for key in ("linear_start", "linear_end"):
+            if key in opt:
+                opt[key] = check_value(opt[key], BETA_BOUND, f"{source}: 'model.beta_schedule.{phase}.{key}'")
+        if "cosine_s" in opt:
+            opt["cosine_s"] = check_value(opt["cosine_s"], FLOAT_POSITIVE, f"{source}: 'model.beta_schedule.{phase}.cosine_s'")
+        betas = make_beta_schedule(opt["schedule"], int(opt["n_timestep"]), opt.get("linear_start", 1e-4),
+                                   opt.get("linear_end", 2e-2), opt.get("cosine_s", 8e-3))
+        if not (betas > 0).all() or not (betas <= 1).all():
+            raise UserError(f"{source}: 'model.beta_schedule.{phase}' gives betas from {betas.min():.3g} to "
+                            f"{betas.max():.3g}; every beta must be in (0, 1]")
+
+
 def validate(cfg: dict, source: str) -> dict:
     """Check values a typo would break, and turn 1e4-style numbers into integers."""
+    check_config(cfg, DIFFUSION_RULES, source)
+    check_attn_res(cfg, source)
     for dotted in ("train.n_iter", "train.val_freq", "train.save_checkpoint_freq", "train.print_freq",
                    "datasets.train.batch_size", "model.diffusion.image_size", "model.diffusion.channels",
                    "sample.batch_size", "sample.steps", "train.preview_samples",
@@ -148,6 +203,7 @@ def validate(cfg: dict, source: str) -> dict:
     for dotted, value, allowed in checks:
         if value not in allowed:
             raise UserError(f"{source}: '{dotted}' is {value!r}, expected one of {', '.join(allowed)}")
+    check_betas(cfg, source)
     if cfg["sample"]["steps"] > model["beta_schedule"]["val"]["n_timestep"]:
         raise UserError(f"{source}: sample.steps ({cfg['sample']['steps']}) exceeds "
                         f"model.beta_schedule.val.n_timestep ({model['beta_schedule']['val']['n_timestep']})")

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -30,7 +31,8 @@ from core.checkpoint import load_checkpoint
 from core.distributed import barrier, is_distributed, is_main_process, rank, strip_module_prefix, world_size
 from core.errors import UserError
 from core.fs import ensure_folder
-from core.logs import get_logger, setup_logging
+from core.logs import close_file_logs, get_logger, setup_logging
+from core.runlock import LOCK_NAME, RunLock, release_lock_of
 from core.previews import abundance_strip, grid, save_png
 from core.simplex import project_to_simplex
 from data.matio import read_mat, write_mat
@@ -65,6 +67,39 @@ def new_run_dir(out_root: str, name: str) -> str:
         except FileExistsError:
             continue
     raise UserError(f"{out_root}: could not create a new run folder for '{name}'")
+
+
+def lock_run_folder(run_dir: str, what: str) -> None:
+    """One writer per run folder (core/runlock.py): refuse when another live process writes into it."""
+    RunLock(run_dir, what).acquire()
+
+
+def unlock_run_folder(run_dir: str) -> None:
+    release_lock_of(run_dir)
+
+
+def discard_unused_run_folder(run_dir: str, paths: dict) -> None:
+    """Remove a run folder this failed start created when it holds no checkpoint and no sample.
+
+    What a failed start leaves (empty sub-folders, its config.json, its log) is not worth a folder.
+    """
+    for key in ("checkpoint", "mat_results", "results"):
+        folder = paths.get(key)
+        if folder and os.path.isdir(folder) and any(not n.startswith(".") for n in os.listdir(folder)):
+            return
+    known = {os.path.normpath(folder) for folder in paths.values()}
+    for name in os.listdir(run_dir):
+        if name != LOCK_NAME and not (name.startswith("config") and name.endswith(".json")) \
+                and os.path.normpath(os.path.join(run_dir, name)) not in known:
+            return  # something we do not know: leave the folder alone
+    unlock_run_folder(run_dir)
+    close_file_logs()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def is_inside(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def run_dir_of_checkpoint(path: str, cfg: dict) -> str | None:
@@ -231,6 +266,10 @@ def draw_samples(diffusion: GaussianDiffusion, count: int, batch_size: int, devi
 def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project: bool,
                   record: dict) -> list[str]:
     """Write a batch (n, K, H, W) as numbered .mat files and PNG strips; return the .mat paths."""
+    if not torch.isfinite(sr).all():
+        raise UserError(f"{paths['mat_results']}: the sampler produced NaN/Inf values (samples {start} to "
+                        f"{start + sr.shape[0] - 1}); nothing of this batch was written. The checkpoint's weights "
+                        "or the sampling settings (sample.eta, steps, beta schedule) are broken")
     abundance = to_abundance(sr, project).permute(0, 2, 3, 1).numpy().astype(np.float32)
     sr_hwk = sr.permute(0, 2, 3, 1).numpy().astype(np.float32)
     written = []
@@ -248,8 +287,12 @@ def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project:
 
 
 def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume: str | None = None,
-               run_dir: str | None = None, num_samples: int | None = None, progress: bool = True) -> str:
+               run_dir: str | None = None, num_samples: int | None = None, progress: bool = True,
+               out_given: bool = False) -> str:
     """`-p val`: draw samples from a checkpoint and write them into a run folder; returns the folder.
+
+    The folder is `run_dir`, else the checkpoint's own run folder (when `out_given`, the user named
+    `out_root`: only if it lies below `out_root`), else a new `<out_root>/<name>_<timestamp>`.
 
     Under torchrun every process draws its share of the samples (see the module docstring).
     """
@@ -276,11 +319,33 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
     diffusion = build_diffusion(model_cfg, unet, "val")
 
     def pick_folder():
-        folder = run_dir or run_dir_of_checkpoint(path, cfg) or new_run_dir(out_root, cfg["name"])
+        own = run_dir_of_checkpoint(path, cfg)
+        if own and out_given and not is_inside(own, out_root):
+            own = None  # --out names where the samples go
+        folder = run_dir or own
+        fresh = folder is None
+        folder = folder or new_run_dir(out_root, cfg["name"])
+        lock_run_folder(folder, "Diffusion.py -p val")
         folders = run_subdirs(folder, cfg)
-        return folder, folders, next_sample_index(folders["mat_results"])
+        return folder, folders, next_sample_index(folders["mat_results"]), fresh
 
-    run_dir, paths, first = decided_by_main_process(pick_folder)
+    run_dir, paths, first, fresh = decided_by_main_process(pick_folder)
+    try:
+        return _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count, seed, device, progress)
+    except BaseException:
+        if main and fresh:
+            discard_unused_run_folder(run_dir, paths)
+        raise
+    finally:
+        if main:
+            unlock_run_folder(run_dir)
+
+
+def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count, seed, device, progress) -> str:
+    """The sampling of `sample_run` once its run folder is chosen and locked."""
+    main = is_main_process()
+    log = get_logger()
+    sample_cfg = cfg["sample"]
     if main:
         setup_logging(os.path.join(paths["log"], "val.log"))
     processes, me = world_size(), rank()

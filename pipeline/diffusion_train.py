@@ -45,9 +45,9 @@ from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abund
 from models.diffusion import q_sample
 from models.sr3_unet import count_parameters, init_weights, unet_from_config
 from pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, checkpoint_step, decided_by_main_process,
-                                       draw_samples,
-                                       new_run_dir, plain_state_dict, preview_sheet, process_seed,
-                                       run_dir_of_checkpoint, run_subdirs, to_abundance)
+                                       discard_unused_run_folder, draw_samples, lock_run_folder, new_run_dir,
+                                       plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
+                                       run_subdirs, to_abundance, unlock_run_folder)
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -206,6 +206,7 @@ def prepare_run_folder(cfg: dict, out_root: str, run_dir: str | None, resume: st
                        seed: int) -> tuple[str, dict, str]:
     """(run folder, its sub-folders, the config file written there); rank 0 only."""
     run_dir = run_dir or (run_dir_of_checkpoint(resume, cfg) if resume else None) or new_run_dir(out_root, cfg["name"])
+    lock_run_folder(run_dir, "Diffusion.py train")
     paths = run_subdirs(run_dir, cfg)
     later = [name for name in os.listdir(paths["checkpoint"])
              if (m := CHECKPOINT_FILE.match(name)) and int(m.group(1)) > start_step]
@@ -243,13 +244,14 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     global_batch = data_cfg["batch_size"]
     batch_size = per_process_batch(global_batch, "datasets.train.batch_size")
     start_step = int(state["step"]) if state else 0
+    # the data is checked before a run folder exists, so a failed start leaves none behind
+    files = list_abundance_files(data_cfg["dataroot"], data_cfg["data_len"])
+    dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"])
+    fresh = not run_dir and not (resume and run_dir_of_checkpoint(resume, cfg))
     run_dir, paths, config_path = decided_by_main_process(
         lambda: prepare_run_folder(cfg, out_root, run_dir, resume, start_step, seed))
     if main:
         log = setup_logging(os.path.join(paths["log"], "train.log"))
-
-    files = list_abundance_files(data_cfg["dataroot"], data_cfg["data_len"])
-    dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"])
     samples_seen = int(state["samples_seen"]) if state else 0
 
     def make_loader(start: int, workers: int) -> DataLoader:
@@ -370,9 +372,15 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                         log.warning("interrupted after step %d: wrote %s; continue with `%s`", step, last_saved,
                                     resume_command(config_path, last_saved))
                     raise KeyboardInterrupt
+    except BaseException:
+        if main and fresh:
+            discard_unused_run_folder(run_dir, paths)
+        raise
     finally:
         if loss_log is not None:
             loss_log.close()
+        if main:
+            unlock_run_folder(run_dir)
     if last_saved is None:
         log.info("nothing to train: the checkpoint is at step %d and train.n_iter is %d", step, n_iter)
         return resume

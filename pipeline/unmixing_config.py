@@ -1,7 +1,10 @@
 """Defaults of the unmixing stage (the paper's settings) and the flag-to-key map of `Unmixing.py train`."""
 import copy
 
-from core.config import load_config
+from core.config import load_config, merge_config
+from core.errors import UserError
+from core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, Number,
+                           check_config, optional)
 
 UNMIXING_DEFAULTS = {
     "name": "Chikusei_unmixing",
@@ -48,6 +51,61 @@ UNMIXING_DEFAULTS = {
 KNOWN_UNUSED = ("cuda", "gpus", "model_title", "dataset_name", "n_feats")
 
 
-def load_unmixing_config(path: str | None, overrides: dict | None = None) -> dict:
-    return load_config(path, copy.deepcopy(UNMIXING_DEFAULTS), overrides, known_unused=KNOWN_UNUSED,
-                       free_form=("data.bands", "data.wavelengths"))
+# Type and range of every number and choice, checked on load before any data is read.
+UNMIXING_RULES = {
+    "data.input_norm": ("bands", "cube"),
+    "data.crop_size": optional(INT_POSITIVE),
+    "data.augment": bool,
+    "data.samples_per_epoch": optional(INT_POSITIVE),
+    "data.num_workers": INT_NONNEGATIVE,
+    "model.num_endmembers": INT_POSITIVE,
+    "model.encoder": ("sspn", "pixel_mlp"),
+    "model.widths": ("list", INT_POSITIVE),
+    "model.n_blocks": INT_NONNEGATIVE,
+    "model.res_scale": Number(),
+    "model.mlp_hidden": INT_POSITIVE,
+    "model.decoder_init": ("random", "distant_pixels"),
+    "model.brightness": bool,
+    "loss.charbonnier": FLOAT_NONNEGATIVE,
+    "loss.sad": FLOAT_NONNEGATIVE,
+    "loss.endmember_tv": FLOAT_NONNEGATIVE,
+    "loss.spectral_tv": FLOAT_NONNEGATIVE,
+    "train.epochs": INT_POSITIVE,
+    "train.batch_size": INT_POSITIVE,
+    "train.lr": FLOAT_POSITIVE,
+    "train.weight_decay": FLOAT_NONNEGATIVE,
+    "train.lr_step_epochs": INT_POSITIVE,
+    "train.lr_gamma": FLOAT_POSITIVE,
+    "train.seed": INT_ANY,
+    "train.log_every": INT_POSITIVE,
+    "train.max_steps_per_epoch": optional(INT_POSITIVE),
+    "train.grad_clip": optional(FLOAT_POSITIVE),
+    "infer.tile": INT_POSITIVE,
+    "infer.overlap": INT_NONNEGATIVE,
+}
+
+
+def validate_unmixing_config(cfg: dict, source: str) -> dict:
+    """Refuse wrong types and out-of-range values in one line naming the file and the key."""
+    check_config(cfg, UNMIXING_RULES, source)
+    for role in ("train", "val", "test"):
+        folder = cfg["data"][role]
+        if not (folder is None and role != "train") and not isinstance(folder, str):
+            raise UserError(f"{source}: 'data.{role}' must be a folder name, got {folder!r}")
+    if cfg["data"]["key"] is not None and not isinstance(cfg["data"]["key"], str):
+        raise UserError(f"{source}: 'data.key' must be a variable name, got {cfg['data']['key']!r}")
+    if cfg["infer"]["overlap"] >= cfg["infer"]["tile"]:
+        raise UserError(f"{source}: 'infer.overlap' ({cfg['infer']['overlap']}) must be smaller than "
+                        f"'infer.tile' ({cfg['infer']['tile']})")
+    return cfg
+
+
+def load_unmixing_config(path: str | None, overrides: dict | None = None, base: dict | None = None) -> dict:
+    """Defaults <- `base` (a checkpoint's config, for --resume without -c) <- the file <- flags, validated."""
+    defaults = copy.deepcopy(UNMIXING_DEFAULTS)
+    if base is not None:
+        defaults = merge_config(defaults, base, source="the checkpoint's config", known_unused=KNOWN_UNUSED,
+                                free_form=("data.bands", "data.wavelengths"))
+    cfg = load_config(path, defaults, overrides, known_unused=KNOWN_UNUSED,
+                      free_form=("data.bands", "data.wavelengths"))
+    return validate_unmixing_config(cfg, path or ("the checkpoint's config" if base is not None else "config"))
