@@ -15,6 +15,7 @@ import torch
 
 from core.device import resolve_device
 from core.errors import UserError, cli_main
+from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            flag)
@@ -120,6 +121,7 @@ def run_reconstruction_command(args, device) -> None:
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_path(args.out)
     setup_logging(os.path.join(args.out, "evaluate.log"))
     device = resolve_device(args.device)
     if args.threads is not None:

@@ -11,6 +11,7 @@ import os
 
 from core.device import resolve_device
 from core.errors import cli_main
+from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import INT_NONNEGATIVE, flag
 from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    check_output_path(args.out)
     setup_logging(os.path.join(args.out, "synthesis.log"))
     from pipeline.synthesis import run_synthesis
     options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,

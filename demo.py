@@ -17,6 +17,7 @@ import sys
 import time
 
 from core.errors import UserError, cli_main
+from core.fs import check_output_path, require_folder
 from core.validate import INT_ANY, INT_POSITIVE, flag
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -68,8 +69,7 @@ def split_real_data(data_dir: str, out: str) -> dict:
     """
     from data.hsi_dataset import list_mat_files
     from data.images import list_images
-    if not os.path.isdir(data_dir):
-        raise UserError(f"{data_dir}: data folder not found")
+    require_folder(data_dir, "data folder")
     crops, images = list_mat_files(data_dir), list_images(data_dir)
     if not crops:
         raise UserError(f"{data_dir}: no .mat HSI crops found (e.g. chikusei/*.mat)")
@@ -152,6 +152,7 @@ def main(argv=None) -> None:
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
     out = os.path.abspath(args.out)
+    check_output_path(out)
     prepare_output(out, args.overwrite)
     python, total = sys.executable, 6
     unmixing_config, ddpm_config = (os.path.abspath(c) if os.path.isfile(c) else os.path.join(ROOT, c)

@@ -17,6 +17,51 @@ def ensure_folder(folder: str) -> str:
     return folder
 
 
+def require_folder(path: str, what: str = "folder", hint: str = "") -> str:
+    """`path` if it is a folder; otherwise one line that says whether it is a file or missing."""
+    if os.path.isdir(path):
+        return path
+    tail = f" ({hint})" if hint else ""
+    if os.path.exists(path):
+        raise UserError(f"{path}: is a file, but a {what} is expected here{tail}")
+    raise UserError(f"{path}: {what} not found{tail}")
+
+
+def check_output_path(folder: str) -> str:
+    """Refuse, before any work and without creating anything, an output folder that cannot be made or written:
+    a regular file at the path or above it, or a nearest existing folder without write permission."""
+    path = os.path.abspath(folder)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{folder}: is a file, not a folder; choose another output folder")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{folder}: cannot create the output folder, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{folder}: the output folder is not writable (Permission denied on {existing})")
+    return folder
+
+
+def writable_folder(folder: str) -> str:
+    """Create `folder` if needed and check that files can be written there, before any work starts.
+
+    A regular file at the path (or above it), a read-only folder or a full disk is a one-line error.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder}: is a file, not a folder; choose another output folder")
+    ensure_folder(folder)
+    probe = os.path.join(folder, f".write_test{os.getpid()}")
+    try:
+        with open(probe, "w") as f:
+            f.write("ok")
+    except OSError as err:
+        raise UserError(f"{folder}: the output folder is not writable ({err.strerror or err})") from None
+    finally:
+        _remove_quietly(probe)
+    return folder
+
+
 def flat_name(path: str, root: str) -> str:
     """A flat, unique output stem: the path below `root` without extension, separators turned into '__'."""
     relative = os.path.splitext(os.path.relpath(path, root))[0]

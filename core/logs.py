@@ -3,6 +3,9 @@ import logging
 import os
 import sys
 
+from core.errors import UserError
+from core.fs import ensure_folder
+
 LOGGER_NAME = "hsisyn"
 
 
@@ -42,8 +45,11 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
             if isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)
                 handler.close()
-        os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        file_handler = logging.FileHandler(log_file, mode="a")
+        ensure_folder(os.path.dirname(log_file))
+        try:
+            file_handler = logging.FileHandler(log_file, mode="a")
+        except OSError as err:
+            raise UserError(f"{log_file}: cannot write the log ({err.strerror or err})") from None
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger

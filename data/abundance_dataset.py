@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from core.errors import UserError
+from core.fs import require_folder
 from data.matio import ABUNDANCE_KEYS, LazyMatArray
 
 FLIPS = ("none", "horizontal", "both")
@@ -26,8 +27,7 @@ _HOW_TO_MAKE = "create abundance files with `python Unmixing.py infer` or point 
 
 def list_abundance_files(root: str, limit: int = -1) -> list[str]:
     """Sorted `.mat` files of `root` (the first `limit` when limit > 0); a clear error when none."""
-    if not os.path.isdir(root):
-        raise UserError(f"{root}: abundance folder not found ({_HOW_TO_MAKE})")
+    require_folder(root, "abundance folder", _HOW_TO_MAKE)
     files = sorted(os.path.join(root, name) for name in os.listdir(root)
                    if name.lower().endswith(".mat") and not name.startswith("."))
     if not files:

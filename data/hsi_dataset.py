@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core.errors import UserError
+from core.fs import require_folder
 from data.bands import chikusei_wavelengths, resolve_bands, select_bands
 from data.matio import read_hsi
 from data.normalize import minmax
@@ -20,8 +21,7 @@ from data.normalize import minmax
 
 def list_mat_files(folder: str) -> list[str]:
     """Sorted .mat files under `folder` (recursive); a missing folder is a user error."""
-    if not os.path.isdir(folder):
-        raise UserError(f"{folder}: folder not found")
+    require_folder(folder, "folder of .mat files")
     found = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
@@ -54,7 +54,7 @@ class HSICropDataset(Dataset):
 
     def __init__(self, folder: str, bands=(53, 33, 14), key: str | None = None, crop_size: int | None = None,
                  augment: bool = False, samples_per_epoch: int | None = None, input_norm: str = "bands",
-                 seed: int = 0, wavelengths=None):
+                 seed: int = 0, wavelengths=None, expected_bands: int | None = None, expected_from: str = "the run"):
         self.folder = folder
         self.files = list_mat_files(folder)
         if not self.files:
@@ -63,8 +63,12 @@ class HSICropDataset(Dataset):
         self.input_norm, self.seed, self.epoch = input_norm, seed, 0
         self.samples_per_epoch = samples_per_epoch or len(self.files)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        first, self.wavelengths = read_hsi(self.files[0], key)
+        # the band count to expect: given (a checkpoint's), else the config's wavelengths; it settles the axis order
+        expected = expected_bands or wavelength_count(wavelengths)
+        first, self.wavelengths = read_hsi(self.files[0], key, expected)
         self.n_bands = first.shape[2]
+        if expected_bands is not None and self.n_bands != expected_bands:
+            raise UserError(f"{self.files[0]}: {self.n_bands} bands, but {expected_from} has {expected_bands}")
         if self.wavelengths is None and wavelengths is not None:
             self.wavelengths = resolve_wavelengths(wavelengths, self.n_bands, self.files[0])
         self.band_indices = resolve_bands(bands, self.n_bands, self.wavelengths)
@@ -73,7 +77,7 @@ class HSICropDataset(Dataset):
     def load(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Normalised (input, target) of one file, cached."""
         if path not in self._cache:
-            cube, _ = read_hsi(path, self.key)
+            cube, _ = read_hsi(path, self.key, self.n_bands)
             self._cache[path] = self._checked_pair(path, cube)
         return self._cache[path]
 
@@ -100,6 +104,15 @@ class HSICropDataset(Dataset):
             which = int(rng.integers(0, 8))
             model_input, target = dihedral(model_input, which), dihedral(target, which)
         return to_chw(model_input), to_chw(target)
+
+
+def wavelength_count(spec) -> int | None:
+    """How many bands a `data.wavelengths` spec describes (None: no spec or an unknown preset)."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return {"chikusei-59": 59, "chikusei-128": 128}.get(spec)
+    return int(np.asarray(spec).size) or None
 
 
 def resolve_wavelengths(spec, n_bands: int, where: str) -> np.ndarray:

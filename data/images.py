@@ -5,14 +5,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import UserError
+from core.fs import require_folder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
 def list_images(folder: str, recursive: bool = True) -> list[str]:
     """Sorted image paths under `folder`; a missing folder is a user error, an empty one returns []."""
-    if not os.path.isdir(folder):
-        raise UserError(f"{folder}: image folder not found")
+    require_folder(folder, "image folder")
     found = []
     if recursive:
         for root, dirs, files in os.walk(folder):

@@ -16,6 +16,7 @@ import scipy.io as sio
 
 from core.errors import UserError
 from core.fs import atomic_output
+from core.logs import get_logger
 
 # Names the paper's datasets and common releases use for the hyperspectral cube, in priority order.
 HSI_KEYS = ("Y", "HSI", "hsi", "cube", "ref", "chikusei", "data", "img", "rad", "reflectance")
@@ -91,8 +92,11 @@ def read_mat(path: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
     return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
 
 
-def find_key(path: str, available: list[str], candidates, key: str | None = None) -> str:
-    """Pick the variable to read: `key` if given, else the first candidate present."""
+KEY_HINT = "name the variable with --key"
+
+
+def find_key(path: str, available: list[str], candidates, key: str | None = None, hint: str = KEY_HINT) -> str:
+    """Pick the variable to read: `key` if given, else the first candidate present; `hint` ends the error."""
     if key is not None:
         if key not in available:
             raise UserError(f"{path}: no key '{key}' (found: {', '.join(available) or 'nothing'})")
@@ -101,12 +105,12 @@ def find_key(path: str, available: list[str], candidates, key: str | None = None
         if name in available:
             return name
     raise UserError(f"{path}: no key among {', '.join(candidates)} (found: {', '.join(available) or 'nothing'}); "
-                    "name the variable with --key")
+                    f"{hint}")
 
 
-def read_array(path: str, candidates=HSI_KEYS, key: str | None = None) -> tuple[str, np.ndarray]:
+def read_array(path: str, candidates=HSI_KEYS, key: str | None = None, hint: str = KEY_HINT) -> tuple[str, np.ndarray]:
     """(key, array) of the first matching variable; the error lists the keys the file has."""
-    name = find_key(path, mat_keys(path), candidates, key)
+    name = find_key(path, mat_keys(path), candidates, key, hint)
     return name, read_mat(path, [name])[name]
 
 
@@ -135,11 +139,50 @@ def read_wavelengths(contents: dict, n_bands: int) -> np.ndarray | None:
     return None
 
 
-def read_hsi(path: str, key: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def stored_wavelength_count(contents: dict) -> int | None:
+    """How many wavelengths the file stores (a vector), i.e. its band count as the file itself says."""
+    for name in WAVELENGTH_KEYS:
+        if name in contents:
+            values = np.asarray(contents[name])
+            if values.ndim <= 2 and min(values.shape or (1,)) == 1 and values.size > 3:
+                return int(values.size)
+    return None
+
+
+def orient_cube(path: str, name: str, cube: np.ndarray, expected_bands: int | None) -> np.ndarray:
+    """(H, W, C) order for a 3-D array that may have its bands first, as MATLAB's H x W x C demands.
+
+    With a band count to expect (checkpoint, config, the file's wavelengths), an array with exactly one
+    other axis of that length is transposed with a logged warning. Without one, the shape C x H x W of
+    square crops (H != W == C) is refused, naming the axis order, rather than trained as a
+    C-row image; the band count given through wavelengths settles it.
+    """
+    height, width, bands = cube.shape
+    if expected_bands is not None:
+        if bands == expected_bands:
+            return cube
+        matches = [axis for axis in (0, 1) if cube.shape[axis] == expected_bands]
+        if len(matches) == 1:
+            order = (1, 2, 0) if matches[0] == 0 else (0, 2, 1)
+            layout = "C x H x W" if matches[0] == 0 else "H x C x W"
+            cube = np.ascontiguousarray(cube.transpose(order))
+            get_logger().warning("%s: variable '%s' is %d x %d x %d, read as %s (%d bands expected); transposed to "
+                                 "H x W x C = %d x %d x %d", path, name, height, width, bands, layout, expected_bands,
+                                 *cube.shape)
+        return cube
+    if width == bands and height != width:
+        raise UserError(f"{path}: variable '{name}' is {height} x {width} x {bands}, which looks like bands first "
+                        f"(C x H x W: {height} bands of {width} x {bands} pixels) rather than H x W x C; store it as "
+                        "H x W x C, or state the band count (a 'wavelengths' variable in the file, or data.wavelengths)")
+    return cube
+
+
+def read_hsi(path: str, key: str | None = None, expected_bands: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """A hyperspectral cube as float32 (H, W, C) and its wavelengths (C,) or None.
 
-    Recognises the unmixing-benchmark layout (`Y` bands x pixels with `lines`/`cols`). NaN or Inf
-    values are an error naming the file.
+    Recognises the unmixing-benchmark layout (`Y` bands x pixels with `lines`/`cols`) and a cube
+    stored bands first (`orient_cube`; `expected_bands`: the band count the caller needs, if known).
+    NaN or Inf values are an error naming the file.
     """
     contents = read_mat(path)
     name = find_key(path, list(contents), HSI_KEYS, key)
@@ -150,6 +193,7 @@ def read_hsi(path: str, key: str | None = None) -> tuple[np.ndarray, np.ndarray 
         cube = _benchmark_to_hwc(path, cube, contents)
     if cube.ndim != 3:
         raise UserError(f"{path}: variable '{name}' has shape {cube.shape}, expected H x W x C")
+    cube = orient_cube(path, name, cube, expected_bands or stored_wavelength_count(contents))
     cube = cube.astype(np.float32, copy=False)
     if not np.all(np.isfinite(cube)):
         bad = int(np.size(cube) - np.count_nonzero(np.isfinite(cube)))

@@ -21,6 +21,7 @@ import os
 from tqdm import tqdm
 
 from core.errors import UserError, cli_main
+from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_POSITIVE, flag
 from data.prepare_hsi import READERS, HsiOptions, HsiWriter, plan_hsi
@@ -168,6 +169,13 @@ def remove_previous(out: str, manifest: str) -> int:
     return removed
 
 
+def remove_empty_folders(out: str, keep_root: bool) -> None:
+    """Remove the empty sub-folders (split, class) a failed run created below `out`, and `out` unless kept."""
+    for root, _, _ in sorted(os.walk(out), key=lambda entry: -len(entry[0])):
+        if (root != out or not keep_root) and os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+
+
 def prepare(settings: dict, out: str, overwrite: bool = False) -> dict:
     """Plan, check against an earlier run in `out`, write what is missing; return counts."""
     dataset = settings["dataset"]
@@ -195,19 +203,34 @@ def prepare(settings: dict, out: str, overwrite: bool = False) -> dict:
     if existing and previous is None and not overwrite:
         raise UserError(f"{existing[0]} exists and {out} holds no record of writing it ({len(existing)} such "
                         "files); pass --overwrite to replace them or choose another --out")
+    out_existed = os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
     _write_json(settings_path, settings)
-    written = skipped = 0
+    written, skipped, written_now = 0, 0, []
     try:
         for crop, path in zip(tqdm(crops, desc=f"preparing {dataset}", unit="file"), paths):
             if os.path.exists(path) and not overwrite:
                 skipped += 1
                 continue
             writer.write(crop, path)
+            written_now.append(path)
             written += 1
+    except UserError:
+        # bad input found part way (NaN in the source, a corrupt image): no partial output of this run stays
+        for path in written_now:
+            if os.path.isfile(path):
+                os.remove(path)
+        if previous is None:
+            for path in (settings_path, manifest_path):
+                if os.path.isfile(path):
+                    os.remove(path)
+            remove_empty_folders(out, keep_root=out_existed)
+            settings_path = None
+        raise
     finally:
         writer.close()
-        write_manifest(manifest_path, [c for c, p in zip(crops, paths) if os.path.exists(p)])
+        if settings_path is not None:
+            write_manifest(manifest_path, [c for c, p in zip(crops, paths) if os.path.exists(p)])
     per_split = {}
     for name in ("train", "val", "test", ""):
         count = sum(1 for crop in crops if crop.split == name)
@@ -224,6 +247,7 @@ def main(argv=None):
     setup_logging()
     settings = resolve_settings(args)
     out = args.out or ("dataset/RGB" if args.dataset == "rgb" else "dataset")
+    check_output_path(out)
     return prepare(settings, out, args.overwrite)
 
 

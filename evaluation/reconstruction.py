@@ -37,14 +37,16 @@ def run_reconstruction(ckpt: str, hsi_dir: str, out_dir: str, device: torch.devi
                        key: str | None = None, tile: int = 256, overlap: int = 32, examples: int = 4,
                        progress: bool = True) -> dict:
     """Write report.json (mean psnr, ssim, sam, ergas, rmse, cc and per file), summary.md and example PNGs."""
-    from pipeline.unmixing_infer import load_unmixing_model
+    from pipeline.unmixing_infer import check_tiling, load_unmixing_model
     log = get_logger()
     check_out_dir(out_dir, overwrite)
     started = time.time()
     model, state = load_unmixing_model(ckpt, device)
     data_cfg = state.get("config", {}).get("data", {})
+    check_tiling(tile, overlap)
     dataset = HSICropDataset(hsi_dir, bands=state["band_indices"], key=key or data_cfg.get("key"),
-                             input_norm=data_cfg.get("input_norm", "bands"))
+                             input_norm=data_cfg.get("input_norm", "bands"), expected_bands=model.out_bands,
+                             expected_from=f"the checkpoint {ckpt}")
     if dataset.n_bands != model.out_bands:
         raise UserError(f"{hsi_dir}: files have {dataset.n_bands} bands, but {ckpt} reconstructs {model.out_bands}")
     per_file, shown = [], []

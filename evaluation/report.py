@@ -9,6 +9,7 @@ import math
 import os
 
 from core.errors import UserError
+from core.fs import atomic_output, ensure_folder
 
 
 def check_out_dir(out_dir: str, overwrite: bool) -> None:
@@ -16,7 +17,7 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
     existing = os.path.join(out_dir, "report.json")
     if os.path.exists(existing) and not overwrite:
         raise UserError(f"{existing}: exists already (use --overwrite to replace it)")
-    os.makedirs(out_dir, exist_ok=True)
+    ensure_folder(out_dir)
 
 
 def _clean(value):
@@ -31,11 +32,9 @@ def _clean(value):
 def write_json(report: dict, out_dir: str) -> str:
     """Write report.json atomically (temp file + rename)."""
     path = os.path.join(out_dir, "report.json")
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
         json.dump({k: _clean(v) for k, v in report.items()}, f, indent=1, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 
@@ -62,6 +61,6 @@ def metric_table(report: dict, metrics: list[str], sets: list[tuple[str, str]]) 
 
 def write_markdown(lines: list[str], out_dir: str, name: str = "summary.md") -> str:
     path = os.path.join(out_dir, name)
-    with open(path, "w") as f:
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
     return path

@@ -2,23 +2,22 @@
 
 Image grids and abundance strips are `core.previews`' job; this module draws charts.
 """
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.fs import atomic_output  # noqa: E402
+
 
 def save_figure(figure, path: str, tight: bool = False) -> str:
     """Write a figure as PNG atomically (temp file + rename), close it, return `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}.png")
-    figure.savefig(tmp, dpi=110, **({"bbox_inches": "tight"} if tight else {}))
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path, suffix=".png") as tmp:
+            figure.savefig(tmp, dpi=110, **({"bbox_inches": "tight"} if tight else {}))
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from core.checkpoint import load_checkpoint
 from core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
 from core.errors import UserError
-from core.fs import flat_name
+from core.fs import atomic_output, flat_name, require_folder
 from core.logs import get_logger
 from core.previews import grid, save_png, to_uint8
 from core.simplex import project_to_simplex
@@ -38,6 +38,8 @@ from pipeline.unmixing_infer import newest_unmixing_checkpoint
 DEFAULT_DDPM_ROOT = os.path.join("experiments", "ddpm")
 DEFAULT_OUT = os.path.join("experiments", "Synthesis")
 MAX_CONTACT_IMAGES = 64
+ABUNDANCE_HINT = ("--abundances must hold sampled abundance files (the mat_results folder of "
+                  "`python Diffusion.py -p val`) or abundance files of `python Unmixing.py infer`")
 
 
 @dataclass
@@ -77,6 +79,8 @@ def load_endmembers(path: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
     if weight.ndim != 4 or weight.shape[2:] != (1, 1):
         raise UserError(f"{path}: decoder.weight has shape {tuple(weight.shape)}, expected (C, K, 1, 1)")
     endmembers = weight[:, :, 0, 0].numpy().astype(np.float32)
+    if not np.all(np.isfinite(endmembers)):
+        raise UserError(f"{path}: the endmembers (decoder weights) contain NaN/Inf values")
     wavelengths = state.get("wavelengths")
     if wavelengths is not None:
         wavelengths = np.asarray(wavelengths, dtype=np.float64).ravel()
@@ -102,7 +106,7 @@ def read_sampled_abundances(path: str) -> np.ndarray:
     `SR` comes first because it is what the sampler produced: the stored `Abu` may already be
     projected, and `--no-simplex` must be able to show the unprojected values.
     """
-    key, array = read_array(path, ("SR", "Abu"))
+    key, array = read_array(path, ("SR", "Abu"), hint=ABUNDANCE_HINT)
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2:
         array = array[..., None]
@@ -111,6 +115,14 @@ def read_sampled_abundances(path: str) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise UserError(f"{path}: '{key}' contains NaN/Inf values")
     return (array + 1.0) / 2.0 if key == "SR" else array
+
+
+def check_abundance_file(path: str, k: int, ckpt: str) -> np.ndarray:
+    """The (H, W, K) abundances of one file, refused when unreadable, non-finite or of another K."""
+    abundances = read_sampled_abundances(path)
+    if abundances.shape[2] != k:
+        raise UserError(f"{path}: abundances have K = {abundances.shape[2]} endmembers, but {ckpt} has K = {k}")
+    return abundances
 
 
 def synthesize(abundances: np.ndarray, endmembers: np.ndarray, simplex: bool,
@@ -135,7 +147,11 @@ def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: i
     per_file = max(1, max_pixels // max(1, len(files)))
     pixels = []
     for path in files:
-        cube, _ = read_hsi(path, key)
+        try:
+            cube, _ = read_hsi(path, key, n_bands)
+        except UserError as err:  # the figure is a side show: a bad real file must not undo the synthesis
+            log.warning("%s; left out of the spectra figure", err)
+            continue
         if cube.shape[2] != n_bands:
             log.warning("%s: %d bands, the endmembers have %d; left out of the spectra figure",
                         path, cube.shape[2], n_bands)
@@ -177,8 +193,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     ckpt = ckpt or newest_unmixing_checkpoint()
     log.info("sampled abundances: %s", abundance_dir)
     log.info("unmixing checkpoint: %s", ckpt)
-    if not os.path.isdir(abundance_dir):
-        raise UserError(f"{abundance_dir}: abundance folder not found")
+    require_folder(abundance_dir, "abundance folder")
     files = list_mat_files(abundance_dir)
     if not files:
         raise UserError(f"{abundance_dir}: no .mat abundance files found")
@@ -204,13 +219,15 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     targets = [os.path.join(hsi_dir, s + ".mat") for s in stems] + [os.path.join(rgb_dir, s + ".png") for s in stems]
     _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
 
+    # every input is checked before the first output is written: a bad file later on leaves nothing half done
+    for path in tqdm(files, desc="checking abundances", unit="file", leave=False):
+        check_abundance_file(path, k, ckpt)
     total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
     for path, stem in zip(tqdm(files, desc="synthesis", unit="file"), stems):
-        abundances = read_sampled_abundances(path)
-        if abundances.shape[2] != k:
-            raise UserError(f"{path}: abundances have K = {abundances.shape[2]} endmembers, but {ckpt} "
-                            f"has K = {k}")
+        abundances = check_abundance_file(path, k, ckpt)
         abundances, hsi = synthesize(abundances, endmembers, options.simplex, device)
+        if not np.all(np.isfinite(hsi)):
+            raise UserError(f"{path}: the synthetic HSI came out NaN/Inf; nothing written for it")
         variables = {"HSI": hsi, "Abu": abundances, "End": endmembers}
         if wavelengths is not None:
             variables["wavelengths"] = wavelengths
@@ -242,7 +259,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         "options": asdict(options), "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
         "contact_sheet": os.path.abspath(contact_path), "spectra": os.path.abspath(spectra_path),
     }
-    with open(summary_path, "w", encoding="utf-8") as f:
+    with atomic_output(summary_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
     log.info("wrote %d synthetic HSIs to %s, previews to %s", len(files), hsi_dir, rgb_dir)

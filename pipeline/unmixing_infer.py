@@ -5,6 +5,7 @@ fall linearly to the tile borders, so seams vanish and memory stays bounded by t
 blend is a convex combination of softmax outputs, so blended abundances still sum to one.
 """
 import glob
+import hashlib
 import json
 import os
 
@@ -14,8 +15,9 @@ from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.errors import UserError
-from core.fs import ensure_folder, flat_name
+from core.fs import ensure_folder, flat_name, remove_stale_temp_files
 from core.logs import get_logger
+from core.validate import INT_NONNEGATIVE, INT_POSITIVE, check_value
 from core.previews import abundance_strip, save_png
 from data.hsi_dataset import list_mat_files, prepare_pair
 from data.images import list_images, read_rgb
@@ -105,7 +107,7 @@ def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int
     if kind == "rgb":
         image = minmax(read_rgb(path))
         return image, image
-    cube, _ = read_hsi(path, key)
+    cube, _ = read_hsi(path, key, n_bands)
     if cube.shape[2] != n_bands:
         raise UserError(f"{path}: {cube.shape[2]} bands, but this checkpoint was trained on {n_bands}")
     model_input, target = prepare_pair(cube, band_indices)
@@ -122,6 +124,42 @@ def collect_inputs(rgb_dirs, hsi_dirs) -> list[tuple[str, str, str]]:
                 raise UserError(f"{folder}: no {'images' if kind == 'rgb' else '.mat files'} found")
             items += [(kind, path, folder) for path in found]
     return items
+
+
+def output_stems(items, done: dict, out_dir: str) -> dict[str, str]:
+    """A distinct output stem per input path: its flat name, or that name plus a hash of the input's path.
+
+    Inputs finished before keep the name the manifest gives them; the flat name goes to the first
+    input that claims it, and a later input with the same flat name (another folder holding the same
+    file name) gets `<name>__<8 hex digits of its absolute path>` so nothing is overwritten.
+    """
+    taken = {os.path.splitext(os.path.basename(entry["output"]))[0]: source for source, entry in done.items()
+             if os.path.dirname(os.path.abspath(entry["output"])) == os.path.abspath(out_dir)}
+    stems = {}
+    for _, path, root in items:
+        absolute = os.path.abspath(path)
+        entry = done.get(absolute)
+        if entry is not None and taken.get(os.path.splitext(os.path.basename(entry["output"]))[0]) == absolute:
+            stems[path] = os.path.splitext(os.path.basename(entry["output"]))[0]
+    for _, path, root in items:
+        if path in stems:
+            continue
+        absolute = os.path.abspath(path)
+        stem = flat_name(path, root)
+        if taken.get(stem, absolute) != absolute:
+            stem = f"{stem}__{hashlib.sha1(absolute.encode()).hexdigest()[:8]}"
+        taken[stem] = absolute
+        stems[path] = stem
+    return stems
+
+
+def check_tiling(tile: int, overlap: int, tile_batch: int = 1) -> None:
+    """Tile settings that give a correct blend: tile >= 1, 0 <= overlap < tile, tile_batch >= 1."""
+    check_value(tile, INT_POSITIVE, "tile")
+    check_value(overlap, INT_NONNEGATIVE, "overlap")
+    check_value(tile_batch, INT_POSITIVE, "tile batch")
+    if overlap >= tile:
+        raise UserError(f"overlap {overlap} must be smaller than tile {tile}")
 
 
 def read_manifest(path: str) -> dict:
@@ -141,19 +179,23 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     `overwrite`.
     """
     log = get_logger()
+    check_tiling(tile, overlap, tile_batch)
     model, state = load_unmixing_model(ckpt, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     items = collect_inputs(rgb_dirs, hsi_dirs)
     ensure_folder(out_dir)
+    for stale in remove_stale_temp_files(out_dir) + remove_stale_temp_files(os.path.join(out_dir, "previews")):
+        log.info("removed %s, left by an earlier run that was killed while writing", stale)
     manifest_path = os.path.join(out_dir, "manifest.jsonl")
     done = read_manifest(manifest_path)
+    stems = output_stems(items, done, out_dir)
     endmembers = model.endmembers().detach().float().cpu()
     result = {"written": [], "skipped": [], "failed": []}
     log.info("inferring abundances of %d images with %s (K=%d, %d bands) into %s", len(items), ckpt,
              model.num_endmembers, model.out_bands, out_dir)
     for kind, path, root in tqdm(items, desc="infer", dynamic_ncols=True):
-        name = flat_name(path, root)
+        name = stems[path]
         mat_path = os.path.join(out_dir, name + ".mat")
         absolute = os.path.abspath(path)
         if not overwrite and absolute in done and os.path.isfile(mat_path):
@@ -167,6 +209,8 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             image = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
             abundances = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
             abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)
+            if not np.all(np.isfinite(abu)):
+                raise UserError(f"{path}: the abundances came out NaN/Inf; nothing written (a broken checkpoint?)")
             variables = {"Abu": abu, "GT": ground_truth.astype(np.float32)}
             if save_reconstruction:
                 variables["Y"] = np.clip(abu @ endmembers.numpy().T, 0.0, 1.0).astype(np.float32)

@@ -27,6 +27,7 @@ from core.config import save_config
 from core.distributed import (all_reduce_mean, barrier, distributed_sampler, is_main_process, per_process_batch,
                               strip_module_prefix, world_size, wrap_model)
 from core.errors import UserError
+from core.fs import require_folder
 from core.logs import get_logger, setup_logging
 from core.metrics import average_metrics, quality_assessment
 from core.signals import StopRequest, ignore_stop_signals
@@ -49,6 +50,8 @@ def check_data_folders(cfg: dict) -> None:
         folder = cfg["data"][role]
         if role != "train" and folder is None:
             continue
+        if os.path.exists(folder):
+            require_folder(folder, f"folder of '{role}' HSI crops")
         if not os.path.isdir(folder) or not list_mat_files(folder):
             raise UserError(f"{folder}: no HSI crops (.mat) for '{role}'; {NO_DATA_HELP}")
 
