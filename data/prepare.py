@@ -18,7 +18,7 @@ import json
 import logging
 import os
 
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError, cli_main
 from core.logs import setup_logging

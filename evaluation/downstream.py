@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError
 from core.logs import get_logger

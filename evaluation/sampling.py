@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError
 from data.hsi_dataset import list_mat_files

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.checkpoint import load_checkpoint
 from core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.checkpoint import load_checkpoint
 from core.errors import UserError

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
                              seed_everything)
