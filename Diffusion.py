@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store Abu = (SR + 1) / 2 as sampled instead of projecting it onto the simplex")
     parser.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
     parser.add_argument("-d", "-debug", "--debug", dest="debug", action="store_true", help="tiny smoke run")
-    parser.add_argument("-enable_wandb", action="store_true", help="accepted for the reference; not used")
+    parser.add_argument("-enable_wandb", "--wandb", dest="enable_wandb", action="store_true",
+                        help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
     parser.add_argument("-log_wandb_ckpt", action="store_true", help="accepted for the reference; not used")
     return parser
 
@@ -98,8 +99,8 @@ def main(argv=None) -> int:
     if args.debug:
         apply_overrides(cfg, debug_overrides(cfg, args.n_iter))
     cfg = validate(cfg, args.config)
-    if args.enable_wandb or args.log_wandb_ckpt:
-        log.info("wandb logging is not part of this implementation; the flags are ignored")
+    if args.log_wandb_ckpt:
+        log.info("-log_wandb_ckpt: checkpoints are not uploaded to W&B; the flag is ignored")
     device = pick_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
     with distributed_session(device) as device:
         if phase == "train":
             from pipeline.diffusion_train import train_diffusion
-            checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir)
+            checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
+                                         wandb=args.enable_wandb)
             log.info("checkpoint: %s", checkpoint)
         else:
             from pipeline.diffusion_sample import sample_run

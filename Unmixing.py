@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="checkpoint to resume from (latest.pth)")
     train.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
     train.add_argument("--seed", type=int)
+    train.add_argument("--wandb", "-enable_wandb", dest="wandb", action="store_true",
+                       help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
 
     infer = sub.add_parser("infer", help="abundance maps of RGB image folders (or HSI .mat folders)")
     infer.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint (default: newest best.pth "
@@ -69,7 +71,7 @@ def run_train(args) -> None:
     from pipeline.unmixing_train import train_unmixing
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with distributed_session(resolve_device(args.device or "auto")) as device:
-        train_unmixing(cfg, out_dir, device, resume=args.resume)
+        train_unmixing(cfg, out_dir, device, resume=args.resume, wandb=args.wandb)
 
 
 def run_infer(args) -> int:
