@@ -22,6 +22,8 @@ from core.device import resolve_device
 from core.distributed import distributed_session, launched_with_several_processes
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
+from core.overrides import add_set_argument, parse_set_values
+from core.version import add_version_argument
 
 DEFAULT_CONFIG = "config/Chikusei_256_DDPM.json"
 DEFAULT_OUT = os.path.join("experiments", "ddpm")
@@ -29,12 +31,15 @@ DEFAULT_OUT = os.path.join("experiments", "ddpm")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Stage 2: DDPM on abundance maps (SR3-style)")
+    add_version_argument(parser)
+    add_set_argument(parser)
     parser.add_argument("-p", "--phase", choices=["train", "val"], help="train, or val (sample); default: the config's")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"JSON config (default {DEFAULT_CONFIG})")
     parser.add_argument("--data", help="folder of abundance .mat files (overrides datasets.train.dataroot)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"experiments root (default {DEFAULT_OUT})")
     parser.add_argument("--run-dir", help="use exactly this run folder instead of <out>/<name>_<timestamp>")
-    parser.add_argument("--resume", help="checkpoint to resume (train) or sample from (val); replaces resume_state")
+    parser.add_argument("--resume", help="checkpoint to resume (train) or sample from (val); replaces resume_state; "
+                        "'latest': the newest checkpoint of the config's name under --out")
     parser.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     parser.add_argument("-gpu", "--gpu_ids", help="reference spelling: first id picks cuda:<id> unless --device")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -80,7 +85,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     other_rank = launched_with_several_processes() and os.environ.get("RANK", "0") != "0"
     log = setup_logging(level=logging.WARNING if other_rank else logging.INFO)
-    from pipeline.diffusion_config import load_diffusion_config, validate
+    from pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config, validate
 
     if not os.path.isfile(args.config):
         raise UserError(f"{args.config}: config file not found")
@@ -89,6 +94,7 @@ def main(argv=None) -> int:
         "datasets.train.num_workers": args.workers, "train.amp": args.amp, "train.compile": True if args.compile else None,
         "sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
         "sample.project_simplex": False if args.raw else None, "sample.use_ema": False if args.no_ema else None,
+        **parse_set_values(args.set_values, DIFFUSION_DEFAULTS),
     })
     phase = args.phase or cfg["phase"]
     if phase not in ("train", "val"):
@@ -99,6 +105,10 @@ def main(argv=None) -> int:
     if args.debug:
         apply_overrides(cfg, debug_overrides(cfg, args.n_iter))
     cfg = validate(cfg, args.config)
+    if args.resume == "latest":
+        from pipeline.diffusion_sample import find_newest_checkpoint
+        args.resume = find_newest_checkpoint(args.out, cfg["name"], cfg["path"]["checkpoint"])
+        log.info("--resume latest: %s", args.resume)
     if args.log_wandb_ckpt:
         log.info("-log_wandb_ckpt: checkpoints are not uploaded to W&B; the flag is ignored")
     device = pick_device(args)

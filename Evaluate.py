@@ -16,6 +16,7 @@ import torch
 from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
+from core.version import add_version_argument
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate the unmixing network and synthetic HSIs")
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs")

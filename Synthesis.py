@@ -7,16 +7,21 @@ Defaults chain the stages: the newest experiments/ddpm/*/mat_results and the new
 checkpoint (best.pth, else latest.pth); outputs go to experiments/Synthesis. See docs/synthesis.md.
 """
 import argparse
+import dataclasses
 import os
 
 from core.device import resolve_device
 from core.errors import cli_main
 from core.logs import setup_logging
+from core.overrides import add_set_argument, parse_set_values
+from core.version import add_version_argument
 from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Stage 3: synthesize HSIs from sampled abundances and endmembers")
+    add_version_argument(parser)
+    add_set_argument(parser)
     parser.add_argument("--abundances", help="folder of sampled abundance .mat files (Abu, or SR in [-1, 1]); "
                         "default: the newest experiments/ddpm/*/mat_results")
     parser.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint; default: the newest "
@@ -45,6 +50,7 @@ def main(argv=None) -> None:
     from pipeline.synthesis import run_synthesis
     options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,
                                rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite)
+    options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
     summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")
     print(f"RGB previews:   {summary['rgb_dir']}")
