@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "training folder)")
     parser.add_argument("--device", "--gpus", dest="device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
+    parser.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
+                        help="synthetic HSI files: mat (default, with Abu and End), envi (.hdr + .img) or tiff "
+                             "(multi-band, needs tifffile)")
     return parser
 
 
@@ -49,7 +52,8 @@ def main(argv=None) -> None:
     setup_logging(os.path.join(args.out, "synthesis.log"))
     from pipeline.synthesis import run_synthesis
     options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,
-                               rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite)
+                               rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite,
+                               format=args.format)
     options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
     summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")

@@ -29,8 +29,9 @@ from core.fs import flat_name
 from core.logs import get_logger
 from core.previews import grid, save_png, to_uint8
 from core.simplex import project_to_simplex
+from data.cubes import FORMATS, write_cube
 from data.hsi_dataset import list_mat_files
-from data.matio import read_array, read_hsi, write_mat
+from data.matio import read_array, read_hsi
 from data.normalize import minmax
 from pipeline.plots import plot_spectra
 from pipeline.unmixing_infer import newest_unmixing_checkpoint
@@ -50,6 +51,7 @@ class SynthesisOptions:
     overwrite: bool = False
     max_real_pixels: int = 20000
     seed: int = 0                    # which real pixels are drawn for the figure
+    format: str = "mat"              # "mat", "envi" (.hdr + .img) or "tiff" (multi-band, needs tifffile)
 
 
 def _newest(paths: list[str]) -> str | None:
@@ -201,7 +203,11 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     hsi_dir, rgb_dir = os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")
     summary_path = os.path.join(out_dir, "synthesis.json")
     contact_path, spectra_path = os.path.join(out_dir, "contact_sheet.png"), os.path.join(out_dir, "spectra.png")
-    targets = [os.path.join(hsi_dir, s + ".mat") for s in stems] + [os.path.join(rgb_dir, s + ".png") for s in stems]
+    if options.format not in FORMATS:
+        raise UserError(f"--format {options.format}: expected one of {', '.join(FORMATS)}")
+    band_names = None if wavelengths is None else [f"{w:.1f} nm" for w in wavelengths]
+    extensions = {"mat": [".mat"], "envi": [".hdr", ".img"], "tiff": [".tif"]}[options.format]
+    targets = [os.path.join(hsi_dir, s + e) for s in stems for e in extensions] + [os.path.join(rgb_dir, s + ".png") for s in stems]
     _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
 
     total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
@@ -214,7 +220,8 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         variables = {"HSI": hsi, "Abu": abundances, "End": endmembers}
         if wavelengths is not None:
             variables["wavelengths"] = wavelengths
-        write_mat(os.path.join(hsi_dir, stem + ".mat"), variables, overwrite=options.overwrite)
+        write_cube(os.path.join(hsi_dir, stem), options.format, variables, wavelengths, band_names,
+                   overwrite=options.overwrite)
         rgb = to_uint8(hsi_to_rgb(hsi, wavelengths, options.rgb, rgb_bands, value_range))
         save_png(rgb, os.path.join(rgb_dir, stem + ".png"))
         if len(previews) < MAX_CONTACT_IMAGES:
