@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
                         help="synthetic HSI files: mat (default, with Abu and End), envi (.hdr + .img) or tiff "
                              "(multi-band, needs tifffile)")
+    parser.add_argument("--sensor", help="render into a target sensor's bands: a preset (python -m data.sensors list) "
+                        "or a CSV/JSON of responses, optionally NAME:BAND,BAND (docs/sensors.md)")
     return parser
 
 
@@ -53,7 +55,7 @@ def main(argv=None) -> None:
     from pipeline.synthesis import run_synthesis
     options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,
                                rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite,
-                               format=args.format)
+                               format=args.format, sensor=args.sensor)
     options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
     summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")

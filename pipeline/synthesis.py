@@ -52,6 +52,7 @@ class SynthesisOptions:
     max_real_pixels: int = 20000
     seed: int = 0                    # which real pixels are drawn for the figure
     format: str = "mat"              # "mat", "envi" (.hdr + .img) or "tiff" (multi-band, needs tifffile)
+    sensor: str | None = None        # render into a target sensor's bands (data/sensors.py): preset or file
 
 
 def _newest(paths: list[str]) -> str | None:
@@ -126,8 +127,22 @@ def synthesize(abundances: np.ndarray, endmembers: np.ndarray, simplex: bool,
     return a.cpu().numpy(), hsi.cpu().numpy()
 
 
-def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: int, seed: int):
-    """(N, C) pixels of real HSI files, each file min-max normalised as unmixing training does; None if unusable."""
+def render_endmembers(endmembers: np.ndarray, wavelengths, sensor_spec: str, ckpt: str):
+    """(endmembers in the sensor's bands (B, K), band centres (B,), the (B, C) matrix, band names)."""
+    from data.sensors import load_sensor, render_matrix
+    if wavelengths is None:
+        raise UserError(f"--sensor: {ckpt} records no wavelengths, so its bands cannot be matched to a sensor")
+    sensor = load_sensor(sensor_spec, wavelengths)
+    matrix, _ = render_matrix(sensor, wavelengths)
+    get_logger().info("rendering into %s: %s", sensor.name, ", ".join(sensor.band_names))
+    return (matrix @ endmembers).astype(np.float32), sensor.band_centers(), matrix, list(sensor.band_names)
+
+
+def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: int, seed: int, render=None):
+    """(N, C) pixels of real HSI files, each file min-max normalised as unmixing training does; None if unusable.
+
+    `render`: a (C', C) sensor matrix that takes the real C-band pixels into the synthetic files' bands.
+    """
     log = get_logger()
     if not folder or not os.path.isdir(folder):
         log.warning("real training spectra not shown: folder %s not found (pass --real DIR)", folder)
@@ -138,11 +153,13 @@ def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: i
     pixels = []
     for path in files:
         cube, _ = read_hsi(path, key)
-        if cube.shape[2] != n_bands:
+        if cube.shape[2] != (n_bands if render is None else render.shape[1]):
             log.warning("%s: %d bands, the endmembers have %d; left out of the spectra figure",
                         path, cube.shape[2], n_bands)
             continue
-        flat = minmax(cube).reshape(-1, n_bands)
+        flat = minmax(cube).reshape(-1, cube.shape[2])
+        if render is not None:
+            flat = flat @ render.T
         pixels.append(flat[rng.choice(len(flat), size=min(per_file, len(flat)), replace=False)])
     return np.concatenate(pixels) if pixels else None
 
@@ -187,6 +204,10 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
 
     raw_endmembers, wavelengths, state = load_endmembers(ckpt)
     endmembers = prepare_endmembers(raw_endmembers, options.endmembers)
+    sensor_matrix, sensor_bands = None, None
+    if options.sensor:  # rendering is linear: rendering the endmembers renders every synthetic pixel
+        endmembers, wavelengths, sensor_matrix, sensor_bands = render_endmembers(endmembers, wavelengths, options.sensor,
+                                                                                  ckpt)
     n_bands, k = endmembers.shape
     rgb_bands = (check_rgb_bands(options.rgb_bands, n_bands) if options.rgb_bands is not None
                  else default_rgb_bands(n_bands, wavelengths))
@@ -205,7 +226,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     contact_path, spectra_path = os.path.join(out_dir, "contact_sheet.png"), os.path.join(out_dir, "spectra.png")
     if options.format not in FORMATS:
         raise UserError(f"--format {options.format}: expected one of {', '.join(FORMATS)}")
-    band_names = None if wavelengths is None else [f"{w:.1f} nm" for w in wavelengths]
+    band_names = sensor_bands or (None if wavelengths is None else [f"{w:.1f} nm" for w in wavelengths])
     extensions = {"mat": [".mat"], "envi": [".hdr", ".img"], "tiff": [".tif"]}[options.format]
     targets = [os.path.join(hsi_dir, s + e) for s in stems for e in extensions] + [os.path.join(rgb_dir, s + ".png") for s in stems]
     _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
@@ -235,7 +256,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
     real_folder = options.real or state.get("config", {}).get("data", {}).get("train")
     real_key = None if options.real else state.get("config", {}).get("data", {}).get("key")
-    real = real_pixel_spectra(real_folder, n_bands, real_key, options.max_real_pixels, options.seed)
+    real = real_pixel_spectra(real_folder, n_bands, real_key, options.max_real_pixels, options.seed, sensor_matrix)
     plot_spectra(spectra_path, endmembers, mean, std, wavelengths,
                  None if real is None else real.mean(0), None if real is None else real.std(0),
                  title=f"{len(files)} synthetic HSIs, endmembers {options.endmembers}, "
