@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(multi-band, needs tifffile)")
     parser.add_argument("--sensor", help="render into a target sensor's bands: a preset (python -m data.sensors list) "
                         "or a CSV/JSON of responses, optionally NAME:BAND,BAND (docs/sensors.md)")
+    parser.add_argument("--variability", metavar="auto|S", help="per-pixel endmember scaling (extended linear mixing "
+                        "model) with smooth fields; S = std of log scale, auto = measured on the training HSIs")
+    parser.add_argument("--variability-scale", type=float, default=16.0, help="field smoothness in pixels (default 16)")
     return parser
 
 
@@ -55,7 +58,8 @@ def main(argv=None) -> None:
     from pipeline.synthesis import run_synthesis
     options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,
                                rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite,
-                               format=args.format, sensor=args.sensor)
+                               format=args.format, sensor=args.sensor, variability=args.variability,
+                               variability_scale=args.variability_scale)
     options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
     summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")

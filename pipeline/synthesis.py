@@ -35,6 +35,7 @@ from data.matio import read_array, read_hsi
 from data.normalize import minmax
 from pipeline.plots import plot_spectra
 from pipeline.unmixing_infer import newest_unmixing_checkpoint
+from pipeline.variability import apply_variability, measure_strength
 
 DEFAULT_DDPM_ROOT = os.path.join("experiments", "ddpm")
 DEFAULT_OUT = os.path.join("experiments", "Synthesis")
@@ -53,6 +54,8 @@ class SynthesisOptions:
     seed: int = 0                    # which real pixels are drawn for the figure
     format: str = "mat"              # "mat", "envi" (.hdr + .img) or "tiff" (multi-band, needs tifffile)
     sensor: str | None = None        # render into a target sensor's bands (data/sensors.py): preset or file
+    variability: float | str | None = None  # ELMM scaling fields (pipeline/variability.py): strength or "auto"
+    variability_scale: float = 16.0  # smoothness of the scaling fields, in pixels
 
 
 def _newest(paths: list[str]) -> str | None:
@@ -125,6 +128,23 @@ def synthesize(abundances: np.ndarray, endmembers: np.ndarray, simplex: bool,
         a = project_to_simplex(a, dim=-1)
     hsi = a @ e.T
     return a.cpu().numpy(), hsi.cpu().numpy()
+
+
+def variability_strength(options: SynthesisOptions, endmembers: np.ndarray, state: dict) -> float:
+    """The strength of the ELMM scaling fields: 0 (off), the given number, or measured on the training HSIs."""
+    if options.variability in (None, 0, "0", "off"):
+        return 0.0
+    if str(options.variability) != "auto":
+        try:
+            strength = float(options.variability)
+        except ValueError:
+            raise UserError(f"--variability {options.variability}: expected auto or a number >= 0") from None
+        if not strength >= 0:
+            raise UserError(f"--variability {options.variability}: expected auto or a number >= 0")
+        return strength
+    data = state.get("config", {}).get("data", {})
+    folder = options.real or data.get("train")
+    return measure_strength(folder, endmembers, None if options.real else data.get("key"), seed=options.seed)
 
 
 def render_endmembers(endmembers: np.ndarray, wavelengths, sensor_spec: str, ckpt: str):
@@ -203,6 +223,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         raise UserError(f"{abundance_dir}: no .mat abundance files found")
 
     raw_endmembers, wavelengths, state = load_endmembers(ckpt)
+    strength = variability_strength(options, raw_endmembers, state)
     endmembers = prepare_endmembers(raw_endmembers, options.endmembers)
     sensor_matrix, sensor_bands = None, None
     if options.sensor:  # rendering is linear: rendering the endmembers renders every synthetic pixel
@@ -232,6 +253,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
 
     total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
+    variability_rng = np.random.default_rng([options.seed, 1])
     for path, stem in zip(tqdm(files, desc="synthesis", unit="file"), stems):
         abundances = read_sampled_abundances(path)
         if abundances.shape[2] != k:
@@ -239,6 +261,10 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
                             f"has K = {k}")
         abundances, hsi = synthesize(abundances, endmembers, options.simplex, device)
         variables = {"HSI": hsi, "Abu": abundances, "End": endmembers}
+        if strength:
+            hsi, factors = apply_variability(abundances, endmembers, strength, options.variability_scale,
+                                             variability_rng)
+            variables.update(HSI=hsi, Scale=factors)
         if wavelengths is not None:
             variables["wavelengths"] = wavelengths
         write_cube(os.path.join(hsi_dir, stem), options.format, variables, wavelengths, band_names,
@@ -267,7 +293,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         "out": os.path.abspath(out_dir), "files": len(files), "bands": n_bands, "endmembers": k,
         "wavelengths_known": wavelengths is not None, "rgb_bands": rgb_bands if options.rgb == "bands" else None,
         "real_spectra": None if real is None else os.path.abspath(real_folder),
-        "options": asdict(options), "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
+        "options": asdict(options), "variability_strength": strength, "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
         "contact_sheet": os.path.abspath(contact_path), "spectra": os.path.abspath(spectra_path),
     }
     with open(summary_path, "w", encoding="utf-8") as f:
