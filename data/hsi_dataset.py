@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 from data.bands import chikusei_wavelengths, resolve_bands, select_bands
-from data.matio import read_hsi
+from data.cubes import list_cube_files, read_cube
 from data.normalize import minmax
 
 
@@ -56,14 +56,14 @@ class HSICropDataset(Dataset):
                  augment: bool = False, samples_per_epoch: int | None = None, input_norm: str = "bands",
                  seed: int = 0, wavelengths=None):
         self.folder = folder
-        self.files = list_mat_files(folder)
+        self.files = list_cube_files(folder)  # .mat, ENVI .hdr, .tif
         if not self.files:
             raise UserError(f"{folder}: no .mat HSI crops found")
         self.key, self.crop_size, self.augment = key, crop_size, augment
         self.input_norm, self.seed, self.epoch = input_norm, seed, 0
         self.samples_per_epoch = samples_per_epoch or len(self.files)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        first, self.wavelengths = read_hsi(self.files[0], key)
+        first, self.wavelengths = read_cube(self.files[0], key)
         self.n_bands = first.shape[2]
         if self.wavelengths is None and wavelengths is not None:
             self.wavelengths = resolve_wavelengths(wavelengths, self.n_bands, self.files[0])
@@ -73,7 +73,7 @@ class HSICropDataset(Dataset):
     def load(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Normalised (input, target) of one file, cached."""
         if path not in self._cache:
-            cube, _ = read_hsi(path, self.key)
+            cube, _ = read_cube(path, self.key)
             self._cache[path] = self._checked_pair(path, cube)
         return self._cache[path]
 

@@ -31,7 +31,8 @@ from core.logs import get_logger, setup_logging
 from core.metrics import average_metrics, quality_assessment
 from core.signals import StopRequest, ignore_stop_signals
 from core.tracking import start_tracking
-from data.hsi_dataset import HSICropDataset, list_mat_files
+from data.cubes import list_cube_files
+from data.hsi_dataset import HSICropDataset
 from models.losses import unmixing_loss
 from models.unmixing import build_unmixing_model
 
@@ -50,7 +51,7 @@ def check_data_folders(cfg: dict) -> None:
         folder = cfg["data"][role]
         if role != "train" and folder is None:
             continue
-        if not os.path.isdir(folder) or not list_mat_files(folder):
+        if not os.path.isdir(folder) or not list_cube_files(folder):
             raise UserError(f"{folder}: no HSI crops (.mat) for '{role}'; {NO_DATA_HELP}")
 
 

@@ -102,3 +102,15 @@ def test_synthesis_format_matches_the_mat_output(tmp_path, fmt):
         cube, wavelengths = read_cube(path)
         assert np.array_equal(cube, reference["HSI"])
         assert np.allclose(wavelengths, chikusei_wavelengths(), atol=1e-3)
+
+
+def test_training_dataset_reads_envi_and_tiff_crops(tmp_path):
+    pytest.importorskip("tifffile")
+    from data.hsi_dataset import HSICropDataset
+    crop, _ = read_hsi(shared_path("paper", "chikusei", "block_282.mat"))
+    write_mat(str(tmp_path / "mat" / "a.mat"), {"Y": crop})
+    write_envi(str(tmp_path / "envi" / "a"), crop, chikusei_wavelengths())
+    write_tiff(str(tmp_path / "tiff" / "a.tif"), crop, chikusei_wavelengths())
+    items = [HSICropDataset(str(tmp_path / kind))[0] for kind in ("mat", "envi", "tiff")]
+    for x, y in items[1:]:
+        assert np.array_equal(x.numpy(), items[0][0].numpy()) and np.array_equal(y.numpy(), items[0][1].numpy())
