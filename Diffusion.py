@@ -23,6 +23,8 @@ from core.distributed import distributed_session, launched_with_several_processe
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
 from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, flag
+from core.overrides import add_set_argument, parse_set_values
+from core.version import add_version_argument
 
 DEFAULT_CONFIG = "config/Chikusei_256_DDPM.json"
 DEFAULT_OUT = os.path.join("experiments", "ddpm")
@@ -30,13 +32,16 @@ DEFAULT_OUT = os.path.join("experiments", "ddpm")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Stage 2: DDPM on abundance maps (SR3-style)")
+    add_version_argument(parser)
+    add_set_argument(parser)
     parser.add_argument("-p", "--phase", choices=["train", "val"], help="train, or val (sample); default: the config's")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"JSON config (default {DEFAULT_CONFIG})")
     parser.add_argument("--data", help="folder of abundance .mat files (overrides datasets.train.dataroot)")
     parser.add_argument("--out", default=None, help=f"experiments root (default {DEFAULT_OUT}); with -p val and "
                         "--resume, samples go to a new run folder here instead of the checkpoint's")
     parser.add_argument("--run-dir", help="use exactly this run folder instead of <out>/<name>_<timestamp>")
-    parser.add_argument("--resume", help="checkpoint to resume (train) or sample from (val); replaces resume_state")
+    parser.add_argument("--resume", help="checkpoint to resume (train) or sample from (val); replaces resume_state; "
+                        "'latest': the newest checkpoint of the config's name under --out")
     parser.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     parser.add_argument("-gpu", "--gpu_ids", help="reference spelling: first id picks cuda:<id> unless --device")
     parser.add_argument("--threads", type=flag(INT_POSITIVE), help="CPU threads for torch (default: torch's choice)")
@@ -55,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store Abu = (SR + 1) / 2 as sampled instead of projecting it onto the simplex")
     parser.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
     parser.add_argument("-d", "-debug", "--debug", dest="debug", action="store_true", help="tiny smoke run")
-    parser.add_argument("-enable_wandb", action="store_true", help="accepted for the reference; not used")
+    parser.add_argument("-enable_wandb", "--wandb", dest="enable_wandb", action="store_true",
+                        help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
     parser.add_argument("-log_wandb_ckpt", action="store_true", help="accepted for the reference; not used")
     return parser
 
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
     out_given, args.out = args.out is not None, args.out or DEFAULT_OUT
     other_rank = launched_with_several_processes() and os.environ.get("RANK", "0") != "0"
     log = setup_logging(level=logging.WARNING if other_rank else logging.INFO)
-    from pipeline.diffusion_config import load_diffusion_config, validate
+    from pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config, validate
 
     if not os.path.isfile(args.config):
         raise UserError(f"{args.config}: config file not found")
@@ -91,6 +97,7 @@ def main(argv=None) -> int:
         "datasets.train.num_workers": args.workers, "train.amp": args.amp, "train.compile": True if args.compile else None,
         "sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
         "sample.project_simplex": False if args.raw else None, "sample.use_ema": False if args.no_ema else None,
+        **parse_set_values(args.set_values, DIFFUSION_DEFAULTS),
     })
     phase = args.phase or cfg["phase"]
     if phase not in ("train", "val"):
@@ -101,8 +108,12 @@ def main(argv=None) -> int:
     if args.debug:
         apply_overrides(cfg, debug_overrides(cfg, args.n_iter))
     cfg = validate(cfg, args.config)
-    if args.enable_wandb or args.log_wandb_ckpt:
-        log.info("wandb logging is not part of this implementation; the flags are ignored")
+    if args.resume == "latest":
+        from pipeline.diffusion_sample import find_newest_checkpoint
+        args.resume = find_newest_checkpoint(args.out, cfg["name"], cfg["path"]["checkpoint"])
+        log.info("--resume latest: %s", args.resume)
+    if args.log_wandb_ckpt:
+        log.info("-log_wandb_ckpt: checkpoints are not uploaded to W&B; the flag is ignored")
     device = pick_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,7 +121,8 @@ def main(argv=None) -> int:
     with distributed_session(device) as device:
         if phase == "train":
             from pipeline.diffusion_train import train_diffusion
-            checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir)
+            checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
+                                         wandb=args.enable_wandb)
             log.info("checkpoint: %s", checkpoint)
         else:
             from pipeline.diffusion_sample import sample_run

@@ -19,6 +19,7 @@ from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            flag)
+from core.version import add_version_argument
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate the unmixing network and synthetic HSIs")
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs")

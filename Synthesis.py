@@ -7,6 +7,7 @@ Defaults chain the stages: the newest experiments/ddpm/*/mat_results and the new
 checkpoint (best.pth, else latest.pth); outputs go to experiments/Synthesis. See docs/synthesis.md.
 """
 import argparse
+import dataclasses
 import os
 
 from core.device import resolve_device
@@ -14,11 +15,15 @@ from core.errors import cli_main
 from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import INT_NONNEGATIVE, flag
+from core.overrides import add_set_argument, parse_set_values
+from core.version import add_version_argument
 from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Stage 3: synthesize HSIs from sampled abundances and endmembers")
+    add_version_argument(parser)
+    add_set_argument(parser)
     parser.add_argument("--abundances", help="folder of sampled abundance .mat files (Abu, or SR in [-1, 1]); "
                         "default: the newest experiments/ddpm/*/mat_results")
     parser.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint; default: the newest "
@@ -37,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "training folder)")
     parser.add_argument("--device", "--gpus", dest="device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
+    parser.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
+                        help="synthetic HSI files: mat (default, with Abu and End), envi (.hdr + .img) or tiff "
+                             "(multi-band, needs tifffile)")
+    parser.add_argument("--sensor", help="render into a target sensor's bands: a preset (python -m data.sensors list) "
+                        "or a CSV/JSON of responses, optionally NAME:BAND,BAND (docs/sensors.md)")
+    parser.add_argument("--variability", metavar="auto|S", help="per-pixel endmember scaling (extended linear mixing "
+                        "model) with smooth fields; S = std of log scale, auto = measured on the training HSIs")
+    parser.add_argument("--variability-scale", type=float, default=16.0, help="field smoothness in pixels (default 16)")
     return parser
 
 
@@ -47,7 +60,10 @@ def main(argv=None) -> None:
     setup_logging(os.path.join(args.out, "synthesis.log"))
     from pipeline.synthesis import run_synthesis
     options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,
-                               rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite)
+                               rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite,
+                               format=args.format, sensor=args.sensor, variability=args.variability,
+                               variability_scale=args.variability_scale)
+    options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
     summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")
     print(f"RGB previews:   {summary['rgb_dir']}")

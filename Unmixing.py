@@ -14,6 +14,8 @@ from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
+from core.overrides import add_set_argument, parse_set_values
+from core.version import add_version_argument
 from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
 
 DEFAULT_CONFIG = "config/Chikusei_unmixing.json"
@@ -21,6 +23,7 @@ DEFAULT_CONFIG = "config/Chikusei_unmixing.json"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Stage 1: RGB-to-abundance unmixing network")
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train on HSI crops (.mat)")
@@ -35,9 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE))
     train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"), help="input band indices")
     train.add_argument("--key", help="variable name of the cube in the .mat files")
-    train.add_argument("--resume", help="checkpoint to resume from (latest.pth)")
+    train.add_argument("--resume", help="checkpoint to resume from (latest.pth), or 'latest': the newest of the run")
     train.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
     train.add_argument("--seed", type=flag(INT_ANY))
+    train.add_argument("--wandb", "-enable_wandb", dest="wandb", action="store_true",
+                       help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
+    add_set_argument(train)
 
     infer = sub.add_parser("infer", help="abundance maps of RGB image folders (or HSI .mat folders)")
     infer.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint (default: newest best.pth "
@@ -53,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
     infer.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
+    add_set_argument(infer)
     return parser
 
 
@@ -63,11 +70,16 @@ def run_train(args) -> None:
     cfg = load_unmixing_config(config_path, {
         "name": args.name, "data.train": args.train, "data.val": args.val, "data.test": args.test,
         "data.key": args.key, "data.bands": args.bands, "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed},
+        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed,
+        **parse_set_values(args.set_values, UNMIXING_DEFAULTS)},
         **({"base": checkpoint_config(args.resume)} if args.resume and not args.config else {}))
     out_dir = args.out or os.path.join("experiments", "unmixing", cfg["name"])
     found = [path for path in (os.path.join(out_dir, "checkpoint", name) for name in ("interrupted.pth", "latest.pth"))
              if os.path.exists(path)]
+    if args.resume == "latest":
+        if not found:
+            raise UserError(f"--resume latest: no checkpoint in {os.path.join(out_dir, 'checkpoint')}")
+        args.resume = max(found, key=os.path.getmtime)
     if not args.resume and found:
         newest = max(found, key=os.path.getmtime)
         raise UserError(f"{newest}: a run exists in {out_dir}; resume it with --resume {newest} or choose another --out")
@@ -78,7 +90,7 @@ def run_train(args) -> None:
     lock = RunLock(out_dir, "Unmixing.py train") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with lock, distributed_session(resolve_device(args.device or "auto")) as device:
-        train_unmixing(cfg, out_dir, device, resume=args.resume)
+        train_unmixing(cfg, out_dir, device, resume=args.resume, wandb=args.wandb)
 
 
 def checkpoint_config(path: str) -> dict:
@@ -99,8 +111,10 @@ def run_infer(args) -> int:
         ckpt = newest_unmixing_checkpoint(ckpt)
     log.info("unmixing checkpoint: %s", ckpt)
     rgb = args.rgb if args.rgb or args.hsi else ["dataset/RGB"]
-    tile = args.tile or UNMIXING_DEFAULTS["infer"]["tile"]
-    overlap = args.overlap if args.overlap is not None else UNMIXING_DEFAULTS["infer"]["overlap"]
+    settings = dict(UNMIXING_DEFAULTS["infer"], **{k.split(".", 1)[1]: v for k, v in parse_set_values(
+        args.set_values, {"infer": UNMIXING_DEFAULTS["infer"]}).items()})
+    tile = args.tile or settings["tile"]
+    overlap = args.overlap if args.overlap is not None else settings["overlap"]
     if overlap >= tile:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,

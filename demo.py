@@ -19,6 +19,7 @@ import time
 from core.errors import UserError, cli_main
 from core.fs import check_output_path, require_folder
 from core.validate import INT_ANY, INT_POSITIVE, flag
+from core.version import add_version_argument
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join("experiments", "demo")
@@ -29,6 +30,7 @@ OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "timings.json")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the five pipeline steps end to end on demo data")
+    add_version_argument(parser)
     parser.add_argument("--data", help="run on real files instead: a folder with HSI crops (.mat, e.g. "
                         "chikusei/*.mat) and RGB images (e.g. aid/*.jpg), such as ../shared/data/paper")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from core.errors import UserError
 from core.fs import require_folder
 from data.bands import chikusei_wavelengths, resolve_bands, select_bands
-from data.matio import read_hsi
+from data.cubes import list_cube_files, read_cube
 from data.normalize import minmax
 
 
@@ -56,7 +56,7 @@ class HSICropDataset(Dataset):
                  augment: bool = False, samples_per_epoch: int | None = None, input_norm: str = "bands",
                  seed: int = 0, wavelengths=None, expected_bands: int | None = None, expected_from: str = "the run"):
         self.folder = folder
-        self.files = list_mat_files(folder)
+        self.files = list_cube_files(folder)  # .mat, ENVI .hdr, .tif
         if not self.files:
             raise UserError(f"{folder}: no .mat HSI crops found")
         self.key, self.crop_size, self.augment = key, crop_size, augment
@@ -65,7 +65,7 @@ class HSICropDataset(Dataset):
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # the band count to expect: given (a checkpoint's), else the config's wavelengths; it settles the axis order
         expected = expected_bands or wavelength_count(wavelengths)
-        first, self.wavelengths = read_hsi(self.files[0], key, expected)
+        first, self.wavelengths = read_cube(self.files[0], key, expected)
         self.n_bands = first.shape[2]
         if expected_bands is not None and self.n_bands != expected_bands:
             raise UserError(f"{self.files[0]}: {self.n_bands} bands, but {expected_from} has {expected_bands}")
@@ -77,7 +77,7 @@ class HSICropDataset(Dataset):
     def load(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Normalised (input, target) of one file, cached."""
         if path not in self._cache:
-            cube, _ = read_hsi(path, self.key, self.n_bands)
+            cube, _ = read_cube(path, self.key, self.n_bands)
             self._cache[path] = self._checked_pair(path, cube)
         return self._cache[path]
 

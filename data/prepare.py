@@ -18,10 +18,11 @@ import json
 import logging
 import os
 
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError, cli_main
 from core.fs import check_output_path
+from core.version import add_version_argument
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_POSITIVE, flag
 from data.prepare_hsi import READERS, HsiOptions, HsiWriter, plan_hsi
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m data.prepare", description="Turn a downloaded dataset into training-ready crops.",
         epilog="Splits are spatially disjoint: by region for single scenes, by file for collections "
                "(see docs/datasets.md).")
+    add_version_argument(parser)
     parser.add_argument("dataset", choices=DATASETS, metavar="DATASET", help=" | ".join(DATASETS))
     parser.add_argument("--src", required=True, help="the downloaded file or folder")
     parser.add_argument("--out", default=None, help="output folder (default: dataset, or dataset/RGB for rgb)")

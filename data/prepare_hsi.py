@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError
 from data.bands import CHIKUSEI_SUBSET, chikusei_wavelengths

@@ -18,7 +18,7 @@ import shutil
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError
 from data.images import list_images, read_rgb

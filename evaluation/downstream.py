@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError
 from core.logs import get_logger
 from core.metrics import mrae, psnr, sam, ssim
 from data.bands import BAND_PRESETS, evenly_spread_bands, resolve_bands, select_bands
 from data.hsi_dataset import prepare_pair
-from data.matio import read_hsi
+from data.cubes import read_cube
 from data.normalize import minmax
 from evaluation.plots import downstream_bars
 from evaluation.report import check_out_dir, write_json, write_markdown
@@ -83,7 +83,7 @@ def load_pairs(files: list[str], band_indices, real: bool, key: str | None) -> l
     """(input (H, W, 3), target (H, W, C)) per file; real targets min-max normalised, synthetic as they are."""
     pairs = []
     for path in files:
-        cube, _ = read_hsi(path, key)
+        cube, _ = read_cube(path, key)
         if real:
             pairs.append(prepare_pair(cube, band_indices))
         else:
@@ -94,7 +94,7 @@ def load_pairs(files: list[str], band_indices, real: bool, key: str | None) -> l
 def split_real(files: list[str], settings: DownstreamSettings, seed: int = 0):
     """(train pairs, test pairs, description): held-out files, or the right part of a single file."""
     if len(files) == 1:
-        cube, _ = read_hsi(files[0], settings.key)
+        cube, _ = read_cube(files[0], settings.key)
         width = cube.shape[1]
         cut = width - max(settings.crop, int(round(width * settings.test_fraction)))
         if cut < settings.crop:
@@ -181,7 +181,7 @@ def run_downstream(real_dir: str, synthetic_dir: str, out_dir: str, settings: Do
     started = time.time()
     real_files = hsi_files(real_dir, "real")
     synthetic_files = hsi_files(synthetic_dir, "synthetic")
-    first, wavelengths = read_hsi(real_files[0], settings.key)
+    first, wavelengths = read_cube(real_files[0], settings.key)
     settings.bands = resolve_bands(settings.bands, first.shape[2], wavelengths) if settings.bands is not None \
         else default_bands(first.shape[2])
     train_pairs, test_pairs, split = split_real(real_files, settings)

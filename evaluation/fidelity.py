@@ -23,7 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.metrics import spectral_angles
 from evaluation.neighbors import max_cosine

@@ -21,11 +21,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError
-from data.hsi_dataset import list_mat_files
-from data.matio import read_hsi, read_mat
+from data.cubes import list_cube_files, read_cube
+from data.matio import read_mat
 from data.normalize import minmax
 from evaluation.physical import PhysicalStats
 
@@ -62,23 +62,23 @@ Source = Iterable[tuple[str, np.ndarray, dict]]
 
 
 def hsi_files(folder: str, role: str) -> list[str]:
-    """Sorted .mat files of a set; none is a user error naming the role (real / synthetic)."""
-    files = list_mat_files(folder)
+    """Sorted HSI files (.mat, ENVI .hdr, .tif) of a set; none is a user error naming the role (real / synthetic)."""
+    files = list_cube_files(folder)
     if not files:
-        raise UserError(f"{folder}: no .mat files for the {role} set")
+        raise UserError(f"{folder}: no HSI files (.mat, ENVI .hdr, .tif) for the {role} set")
     return files
 
 
 def read_folder(files: list[str], normalise: bool, key: str | None = None) -> Source:
     """Yield (path, cube, extras) file by file; real sets are min-max normalised, synthetic ones not."""
     for path in files:
-        cube, _ = read_hsi(path, key)
-        extras = {} if normalise else read_mat(path, ["Abu", "End"])
+        cube, _ = read_cube(path, key)
+        extras = read_mat(path, ["Abu", "End"]) if not normalise and path.lower().endswith(".mat") else {}
         yield path, (minmax(cube) if normalise else cube), extras
 
 
 def first_wavelengths(path: str, key: str | None = None) -> tuple[int, np.ndarray | None]:
-    cube, wavelengths = read_hsi(path, key)
+    cube, wavelengths = read_cube(path, key)
     return cube.shape[2], wavelengths
 
 

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50", "const", "jsd")
 LOSS_TYPES = ("l1", "l2", "l1_mean", "l2_mean")

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 import torch.distributed as dist
 

@@ -29,9 +29,11 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, seed_everything
 from core.config import save_config
@@ -41,6 +43,7 @@ from core.errors import UserError
 from core.logs import setup_logging
 from core.previews import save_png
 from core.signals import StopRequest, ignore_stop_signals, signals_ignored
+from core.tracking import start_tracking
 from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files
 from models.diffusion import q_sample
 from models.sr3_unet import count_parameters, init_weights, unet_from_config
@@ -225,7 +228,7 @@ def resume_command(config_path: str, checkpoint: str) -> str:
 
 
 def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, resume: str | None = None,
-                    run_dir: str | None = None, progress: bool = True) -> str:
+                    run_dir: str | None = None, progress: bool = True, wandb: bool = False) -> str:
     """Train until `train.n_iter` steps; returns the path of the last checkpoint.
 
     In several processes (torchrun) every process runs this; rank 0 alone writes.
@@ -304,6 +307,9 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     last_good = resume
     loss_log = open(os.path.join(paths["log"], "train_loss.jsonl"), "a", encoding="utf-8") if main else None
     iterator = iter(make_loader(samples_seen, data_cfg["num_workers"]))
+    tracker = start_tracking(os.path.join(run_dir, cfg["path"].get("tb_logger") or "tb_logger"), cfg, cfg["name"],
+                             wandb=wandb, project=(cfg.get("wandb") or {}).get("project") or "unmixing-before-fusion",
+                             enabled=main)
 
     def save() -> str:
         return save_training_checkpoint(paths, cfg, unet, ema, optimizer, scaler, generator, step, samples_seen,
@@ -354,6 +360,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                               "lr": optimizer.param_groups[0]["lr"], "steps_per_s": rate, "time": time.time()}
                     loss_log.write(json.dumps(record) + "\n")
                     loss_log.flush()
+                    tracker.log_scalars(record, step, prefix="train/")
                     log.info("<epoch:%3d, iter:%8d> loss: %.4e (per element %.4e), %.2f steps/s", record["epoch"],
                              step, mean, record["loss_per_element"], rate)
                     bar.set_postfix(loss=f"{record['loss_per_element']:.4f}")
@@ -361,6 +368,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                 if main and train_cfg["preview_samples"] and step % train_cfg["val_freq"] == 0:
                     preview = write_preview(cfg, ema.model if ema else unet, paths, step, device, seed)
                     log.info("preview %s", preview)
+                    tracker.log_image("preview", np.asarray(Image.open(preview).convert("RGB")), step)
                 if step % train_cfg["save_checkpoint_freq"] == 0 or step == n_iter:
                     last_saved = last_good = save()
                     log.info("saved %s", last_saved)
@@ -377,6 +385,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
             discard_unused_run_folder(run_dir, paths)
         raise
     finally:
+        tracker.close()
         if loss_log is not None:
             loss_log.close()
         if main:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.checkpoint import load_checkpoint
 from core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
@@ -29,11 +29,13 @@ from core.fs import atomic_output, flat_name, require_folder
 from core.logs import get_logger
 from core.previews import grid, save_png, to_uint8
 from core.simplex import project_to_simplex
+from data.cubes import FORMATS, write_cube
 from data.hsi_dataset import list_mat_files
-from data.matio import read_array, read_hsi, write_mat
+from data.matio import read_array, read_hsi
 from data.normalize import minmax
 from pipeline.plots import plot_spectra
 from pipeline.unmixing_infer import newest_unmixing_checkpoint
+from pipeline.variability import apply_variability, measure_strength
 
 DEFAULT_DDPM_ROOT = os.path.join("experiments", "ddpm")
 DEFAULT_OUT = os.path.join("experiments", "Synthesis")
@@ -52,6 +54,10 @@ class SynthesisOptions:
     overwrite: bool = False
     max_real_pixels: int = 20000
     seed: int = 0                    # which real pixels are drawn for the figure
+    format: str = "mat"              # "mat", "envi" (.hdr + .img) or "tiff" (multi-band, needs tifffile)
+    sensor: str | None = None        # render into a target sensor's bands (data/sensors.py): preset or file
+    variability: float | str | None = None  # ELMM scaling fields (pipeline/variability.py): strength or "auto"
+    variability_scale: float = 16.0  # smoothness of the scaling fields, in pixels
 
 
 def _newest(paths: list[str]) -> str | None:
@@ -136,8 +142,39 @@ def synthesize(abundances: np.ndarray, endmembers: np.ndarray, simplex: bool,
     return a.cpu().numpy(), hsi.cpu().numpy()
 
 
-def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: int, seed: int):
-    """(N, C) pixels of real HSI files, each file min-max normalised as unmixing training does; None if unusable."""
+def variability_strength(options: SynthesisOptions, endmembers: np.ndarray, state: dict) -> float:
+    """The strength of the ELMM scaling fields: 0 (off), the given number, or measured on the training HSIs."""
+    if options.variability in (None, 0, "0", "off"):
+        return 0.0
+    if str(options.variability) != "auto":
+        try:
+            strength = float(options.variability)
+        except ValueError:
+            raise UserError(f"--variability {options.variability}: expected auto or a number >= 0") from None
+        if not strength >= 0:
+            raise UserError(f"--variability {options.variability}: expected auto or a number >= 0")
+        return strength
+    data = state.get("config", {}).get("data", {})
+    folder = options.real or data.get("train")
+    return measure_strength(folder, endmembers, None if options.real else data.get("key"), seed=options.seed)
+
+
+def render_endmembers(endmembers: np.ndarray, wavelengths, sensor_spec: str, ckpt: str):
+    """(endmembers in the sensor's bands (B, K), band centres (B,), the (B, C) matrix, band names)."""
+    from data.sensors import load_sensor, render_matrix
+    if wavelengths is None:
+        raise UserError(f"--sensor: {ckpt} records no wavelengths, so its bands cannot be matched to a sensor")
+    sensor = load_sensor(sensor_spec, wavelengths)
+    matrix, _ = render_matrix(sensor, wavelengths)
+    get_logger().info("rendering into %s: %s", sensor.name, ", ".join(sensor.band_names))
+    return (matrix @ endmembers).astype(np.float32), sensor.band_centers(), matrix, list(sensor.band_names)
+
+
+def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: int, seed: int, render=None):
+    """(N, C) pixels of real HSI files, each file min-max normalised as unmixing training does; None if unusable.
+
+    `render`: a (C', C) sensor matrix that takes the real C-band pixels into the synthetic files' bands.
+    """
     log = get_logger()
     if not folder or not os.path.isdir(folder):
         log.warning("real training spectra not shown: folder %s not found (pass --real DIR)", folder)
@@ -147,16 +184,19 @@ def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: i
     per_file = max(1, max_pixels // max(1, len(files)))
     pixels = []
     for path in files:
+        native_bands = n_bands if render is None else render.shape[1]
         try:
-            cube, _ = read_hsi(path, key, n_bands)
+            cube, _ = read_hsi(path, key, native_bands)
         except UserError as err:  # the figure is a side show: a bad real file must not undo the synthesis
             log.warning("%s; left out of the spectra figure", err)
             continue
-        if cube.shape[2] != n_bands:
+        if cube.shape[2] != native_bands:
             log.warning("%s: %d bands, the endmembers have %d; left out of the spectra figure",
                         path, cube.shape[2], n_bands)
             continue
-        flat = minmax(cube).reshape(-1, n_bands)
+        flat = minmax(cube).reshape(-1, cube.shape[2])
+        if render is not None:
+            flat = flat @ render.T
         pixels.append(flat[rng.choice(len(flat), size=min(per_file, len(flat)), replace=False)])
     return np.concatenate(pixels) if pixels else None
 
@@ -199,7 +239,12 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         raise UserError(f"{abundance_dir}: no .mat abundance files found")
 
     raw_endmembers, wavelengths, state = load_endmembers(ckpt)
+    strength = variability_strength(options, raw_endmembers, state)
     endmembers = prepare_endmembers(raw_endmembers, options.endmembers)
+    sensor_matrix, sensor_bands = None, None
+    if options.sensor:  # rendering is linear: rendering the endmembers renders every synthetic pixel
+        endmembers, wavelengths, sensor_matrix, sensor_bands = render_endmembers(endmembers, wavelengths, options.sensor,
+                                                                                  ckpt)
     n_bands, k = endmembers.shape
     rgb_bands = (check_rgb_bands(options.rgb_bands, n_bands) if options.rgb_bands is not None
                  else default_rgb_bands(n_bands, wavelengths))
@@ -216,22 +261,32 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     hsi_dir, rgb_dir = os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")
     summary_path = os.path.join(out_dir, "synthesis.json")
     contact_path, spectra_path = os.path.join(out_dir, "contact_sheet.png"), os.path.join(out_dir, "spectra.png")
-    targets = [os.path.join(hsi_dir, s + ".mat") for s in stems] + [os.path.join(rgb_dir, s + ".png") for s in stems]
+    if options.format not in FORMATS:
+        raise UserError(f"--format {options.format}: expected one of {', '.join(FORMATS)}")
+    band_names = sensor_bands or (None if wavelengths is None else [f"{w:.1f} nm" for w in wavelengths])
+    extensions = {"mat": [".mat"], "envi": [".hdr", ".img"], "tiff": [".tif"]}[options.format]
+    targets = [os.path.join(hsi_dir, s + e) for s in stems for e in extensions] + [os.path.join(rgb_dir, s + ".png") for s in stems]
     _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
 
     # every input is checked before the first output is written: a bad file later on leaves nothing half done
     for path in tqdm(files, desc="checking abundances", unit="file", leave=False):
         check_abundance_file(path, k, ckpt)
     total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
+    variability_rng = np.random.default_rng([options.seed, 1])
     for path, stem in zip(tqdm(files, desc="synthesis", unit="file"), stems):
         abundances = check_abundance_file(path, k, ckpt)
         abundances, hsi = synthesize(abundances, endmembers, options.simplex, device)
         if not np.all(np.isfinite(hsi)):
             raise UserError(f"{path}: the synthetic HSI came out NaN/Inf; nothing written for it")
         variables = {"HSI": hsi, "Abu": abundances, "End": endmembers}
+        if strength:
+            hsi, factors = apply_variability(abundances, endmembers, strength, options.variability_scale,
+                                             variability_rng)
+            variables.update(HSI=hsi, Scale=factors)
         if wavelengths is not None:
             variables["wavelengths"] = wavelengths
-        write_mat(os.path.join(hsi_dir, stem + ".mat"), variables, overwrite=options.overwrite)
+        write_cube(os.path.join(hsi_dir, stem), options.format, variables, wavelengths, band_names,
+                   overwrite=options.overwrite)
         rgb = to_uint8(hsi_to_rgb(hsi, wavelengths, options.rgb, rgb_bands, value_range))
         save_png(rgb, os.path.join(rgb_dir, stem + ".png"))
         if len(previews) < MAX_CONTACT_IMAGES:
@@ -245,7 +300,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
     real_folder = options.real or state.get("config", {}).get("data", {}).get("train")
     real_key = None if options.real else state.get("config", {}).get("data", {}).get("key")
-    real = real_pixel_spectra(real_folder, n_bands, real_key, options.max_real_pixels, options.seed)
+    real = real_pixel_spectra(real_folder, n_bands, real_key, options.max_real_pixels, options.seed, sensor_matrix)
     plot_spectra(spectra_path, endmembers, mean, std, wavelengths,
                  None if real is None else real.mean(0), None if real is None else real.std(0),
                  title=f"{len(files)} synthetic HSIs, endmembers {options.endmembers}, "
@@ -256,7 +311,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         "out": os.path.abspath(out_dir), "files": len(files), "bands": n_bands, "endmembers": k,
         "wavelengths_known": wavelengths is not None, "rgb_bands": rgb_bands if options.rgb == "bands" else None,
         "real_spectra": None if real is None else os.path.abspath(real_folder),
-        "options": asdict(options), "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
+        "options": asdict(options), "variability_strength": strength, "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
         "contact_sheet": os.path.abspath(contact_path), "spectra": os.path.abspath(spectra_path),
     }
     with atomic_output(summary_path) as tmp, open(tmp, "w", encoding="utf-8") as f:

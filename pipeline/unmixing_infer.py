@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.checkpoint import load_checkpoint
 from core.errors import UserError
@@ -19,9 +19,10 @@ from core.fs import ensure_folder, flat_name, remove_stale_temp_files
 from core.logs import get_logger
 from core.validate import INT_NONNEGATIVE, INT_POSITIVE, check_value
 from core.previews import abundance_strip, save_png
-from data.hsi_dataset import list_mat_files, prepare_pair
+from data.cubes import list_cube_files, read_cube
+from data.hsi_dataset import prepare_pair
 from data.images import list_images, read_rgb
-from data.matio import read_hsi, write_mat
+from data.matio import write_mat
 from data.normalize import minmax
 from models.unmixing import UnmixingAutoencoder, build_unmixing_model
 
@@ -107,7 +108,7 @@ def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int
     if kind == "rgb":
         image = minmax(read_rgb(path))
         return image, image
-    cube, _ = read_hsi(path, key, n_bands)
+    cube, _ = read_cube(path, key, n_bands)
     if cube.shape[2] != n_bands:
         raise UserError(f"{path}: {cube.shape[2]} bands, but this checkpoint was trained on {n_bands}")
     model_input, target = prepare_pair(cube, band_indices)
@@ -117,11 +118,11 @@ def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int
 def collect_inputs(rgb_dirs, hsi_dirs) -> list[tuple[str, str, str]]:
     """(kind, path, root) for every image of every folder; an empty folder is an error."""
     items = []
-    for kind, folders, lister in (("rgb", rgb_dirs, list_images), ("hsi", hsi_dirs, list_mat_files)):
+    for kind, folders, lister in (("rgb", rgb_dirs, list_images), ("hsi", hsi_dirs, list_cube_files)):
         for folder in folders or []:
             found = lister(folder)
             if not found:
-                raise UserError(f"{folder}: no {'images' if kind == 'rgb' else '.mat files'} found")
+                raise UserError(f"{folder}: no {'images' if kind == 'rgb' else 'HSI files (.mat, ENVI .hdr, .tif)'} found")
             items += [(kind, path, folder) for path in found]
     return items
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
                              seed_everything)
@@ -31,7 +31,9 @@ from core.fs import require_folder
 from core.logs import get_logger, setup_logging
 from core.metrics import average_metrics, quality_assessment
 from core.signals import StopRequest, ignore_stop_signals
-from data.hsi_dataset import HSICropDataset, list_mat_files
+from core.tracking import start_tracking
+from data.cubes import list_cube_files
+from data.hsi_dataset import HSICropDataset
 from models.losses import unmixing_loss
 from models.unmixing import build_unmixing_model
 
@@ -52,7 +54,7 @@ def check_data_folders(cfg: dict) -> None:
             continue
         if os.path.exists(folder):
             require_folder(folder, f"folder of '{role}' HSI crops")
-        if not os.path.isdir(folder) or not list_mat_files(folder):
+        if not os.path.isdir(folder) or not list_cube_files(folder):
             raise UserError(f"{folder}: no HSI crops (.mat) for '{role}'; {NO_DATA_HELP}")
 
 
@@ -147,7 +149,8 @@ def batches(loader: DataLoader, stop: StopRequest):
             raise
 
 
-def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | None = None) -> dict:
+def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | None = None,
+                   wandb: bool = False) -> dict:
     """Train, validate every epoch, keep `latest`/`best` checkpoints, test at the end; returns test metrics.
 
     In several processes (torchrun) only rank 0 writes and tests; the other ranks return {}.
@@ -205,6 +208,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
              device, world_size(), batch_size)
 
     epochs = tc["epochs"]
+    tracker = start_tracking(os.path.join(out_dir, "tb_logger"), cfg, cfg["name"], wandb=wandb, enabled=main)
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
             lr = step_lr(tc["lr"], epoch, tc["lr_step_epochs"], tc["lr_gamma"])
@@ -244,6 +248,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
                 progress["seen"] += x.shape[0] * world_size()
                 bar.set_postfix(loss=f"{global_loss:.4f}")
                 if (step + 1) % tc["log_every"] == 0:
+                    tracker.log_scalars(dict(terms, loss=global_loss), epoch * len(loader) + step + 1, prefix="step/")
                     log.info("epoch %d step %d loss %.5f %s", epoch + 1, step + 1, global_loss,
                              " ".join(f"{k} {v:.5f}" for k, v in terms.items()))
             bar.close()
@@ -270,10 +275,12 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             if os.path.isfile(interrupted_path):  # superseded by a later finished epoch
                 os.remove(interrupted_path)
             append_record(os.path.join(out_dir, "metrics.jsonl"), record)
+            tracker.log_scalars(record, epoch + 1, prefix="epoch/")
             log.info("epoch %d/%d: lr %.2e loss %.5f %s(%.1f patches/s)", epoch + 1, epochs, lr,
                      record["train_loss"] or float("nan"),
                      f"val PSNR {record['val_PSNR']:.2f} dB SAM {record['val_SAM']:.2f} deg " if val_set else "",
                      record["patches_per_s"])
+    tracker.close()
     barrier()
     if not main:
         return {}
