@@ -67,6 +67,9 @@ def run_train(args) -> None:
     config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     if args.resume and not args.config:  # the checkpoint knows the network it holds; the default config may not
         config_path = None
+    if args.resume == "latest":  # the run folder comes from --out or the config's name, not from a checkpoint
+        name = args.name or load_unmixing_config(config_path, {})["name"]
+        args.resume = newest_run_checkpoint(args.out or os.path.join("experiments", "unmixing", name))
     cfg = load_unmixing_config(config_path, {
         "name": args.name, "data.train": args.train, "data.val": args.val, "data.test": args.test,
         "data.key": args.key, "data.bands": args.bands, "train.epochs": args.epochs,
@@ -76,10 +79,6 @@ def run_train(args) -> None:
     out_dir = args.out or os.path.join("experiments", "unmixing", cfg["name"])
     found = [path for path in (os.path.join(out_dir, "checkpoint", name) for name in ("interrupted.pth", "latest.pth"))
              if os.path.exists(path)]
-    if args.resume == "latest":
-        if not found:
-            raise UserError(f"--resume latest: no checkpoint in {os.path.join(out_dir, 'checkpoint')}")
-        args.resume = max(found, key=os.path.getmtime)
     if not args.resume and found:
         newest = max(found, key=os.path.getmtime)
         raise UserError(f"{newest}: a run exists in {out_dir}; resume it with --resume {newest} or choose another --out")
@@ -91,6 +90,15 @@ def run_train(args) -> None:
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with lock, distributed_session(resolve_device(args.device or "auto")) as device:
         train_unmixing(cfg, out_dir, device, resume=args.resume, wandb=args.wandb)
+
+
+def newest_run_checkpoint(out_dir: str) -> str:
+    """What `--resume latest` means for stage 1: the newer of interrupted.pth and latest.pth of the run."""
+    found = [path for path in (os.path.join(out_dir, "checkpoint", name) for name in ("interrupted.pth", "latest.pth"))
+             if os.path.exists(path)]
+    if not found:
+        raise UserError(f"--resume latest: no checkpoint in {os.path.join(out_dir, 'checkpoint')}")
+    return max(found, key=os.path.getmtime)
 
 
 def checkpoint_config(path: str) -> dict:
