@@ -1,7 +1,12 @@
-"""Defaults of the unmixing stage (the paper's settings) and the flag-to-key map of `Unmixing.py train`."""
+"""Defaults of the unmixing stage (the paper's settings) and the flag-to-key map of `Unmixing.py train`.
+
+One config file serves `Unmixing.py train` (profile stage "unmixing") and `Unmixing.py infer` (stage
+"infer", which reads the `infer` section). Precedence: defaults -> profile -> config file -> flags.
+"""
 import copy
 
-from core.config import load_config
+from core.errors import UserError
+from core.profiles import load_profiled_config
 
 UNMIXING_DEFAULTS = {
     "name": "Chikusei_unmixing",
@@ -40,14 +45,26 @@ UNMIXING_DEFAULTS = {
         "log_every": 50,
         "max_steps_per_epoch": None,
         "grad_clip": None,
+        "test_checkpoint": "latest",    # test metrics of the final epoch (the reference); "best": best.pth
     },
-    "infer": {"tile": 256, "overlap": 32},
+    # `checkpoint`: which file of a run folder infer uses: "latest" (the final epoch, as the reference) or "best"
+    "infer": {"tile": 256, "overlap": 32, "checkpoint": "latest"},
 }
 
 # Keys of the reference's argparse that a config may mention but this implementation does not need.
 KNOWN_UNUSED = ("cuda", "gpus", "model_title", "dataset_name", "n_feats")
 
 
-def load_unmixing_config(path: str | None, overrides: dict | None = None) -> dict:
-    return load_config(path, copy.deepcopy(UNMIXING_DEFAULTS), overrides, known_unused=KNOWN_UNUSED,
-                       free_form=("data.bands", "data.wavelengths"))
+CHECKPOINT_CHOICES = ("latest", "best")
+
+
+def load_unmixing_config(path: str | None, overrides: dict | None = None, profile: str | None = None,
+                         stage: str = "unmixing") -> dict:
+    """The resolved config of `Unmixing.py train` (stage "unmixing") or `infer` (stage "infer")."""
+    cfg = load_profiled_config(path, copy.deepcopy(UNMIXING_DEFAULTS), stage, profile, overrides,
+                               known_unused=KNOWN_UNUSED, free_form=("data.bands", "data.wavelengths"))
+    for dotted, value in (("train.test_checkpoint", cfg["train"]["test_checkpoint"]),
+                          ("infer.checkpoint", cfg["infer"]["checkpoint"])):
+        if value not in CHECKPOINT_CHOICES:
+            raise UserError(f"{path or 'config'}: '{dotted}' is {value!r}, expected latest or best")
+    return cfg
