@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     options = SynthesisOptions(endmembers=settings["endmembers"], simplex=settings["simplex"],
                                checkpoint=settings["checkpoint"], end_layout=settings["end_layout"],
                                rgb=settings["rgb"], rgb_bands=settings["rgb_bands"], real=args.real,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, profile=settings["profile"])
     summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")
     print(f"RGB previews:   {summary['rgb_dir']}")

@@ -74,6 +74,7 @@ class SynthesisOptions:
     simplex: bool = False            # project sampled abundances onto the simplex (False: the reference)
     checkpoint: str = "latest"       # newest run's latest.pth (the reference) or best.pth, when no ckpt is given
     end_layout: str = "conv"         # End stored (C, K, 1, 1) as the reference, or "matrix": (C, K)
+    profile: str = "faithful"        # recorded in synthesis.json (the settings above are what it resolved to)
     rgb: str = "bands"               # "bands" or "cie"
     rgb_bands: list | None = None    # three band indices (R, G, B); None: nearest 640/550/460 nm
     real: str | None = None          # folder of real HSIs for the spectra figure; None: the checkpoint's data.train

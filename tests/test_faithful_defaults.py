@@ -47,6 +47,7 @@ def test_default_network_trains_then_infers_with_the_final_epoch(tmp_path):
     # from a random decoder at lr 2e-4 the loss falls slowly but at every epoch (measured: 0.725 -> 0.688)
     assert len(losses) == 6 and all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0] - 0.02
     assert psnr[-1] > psnr[0]
+    assert json.load(open(run / "config.json"))["profile"] == "faithful"
     assert metrics["checkpoint"].endswith("latest.pth") and metrics["epoch"] == 6
     assert np.isfinite(metrics["PSNR"]) and 0 <= metrics["SAM"] < 90
 

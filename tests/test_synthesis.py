@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -179,11 +180,18 @@ def test_cli_reports_user_errors_in_one_line(setup, capsys):
 
 
 def test_cli_runs(setup, capsys):
-    ckpt, abundances, _, tmp_path = setup
+    ckpt, abundances, end, tmp_path = setup
     Synthesis.main(["--abundances", abundances, "--ckpt", ckpt, "--out", str(tmp_path / "cli"), "--device", "cpu",
                     "--rgb", "cie", "--no-simplex"])
     assert "contact sheet" in capsys.readouterr().out
-    assert os.path.isfile(tmp_path / "cli" / "synthesis.json")
+    assert json.load(open(tmp_path / "cli" / "synthesis.json"))["options"]["profile"] == "faithful"
+    Synthesis.main(["--abundances", abundances, "--ckpt", ckpt, "--out", str(tmp_path / "improved"), "--device",
+                    "cpu", "--profile", "improved"])
+    options = json.load(open(tmp_path / "improved" / "synthesis.json"))["options"]
+    assert (options["profile"], options["endmembers"], options["simplex"]) == ("improved", "raw", True)
+    data = read_mat(str(tmp_path / "improved" / "HSI" / "sample_1.mat"))
+    assert np.allclose(data["Abu"].sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(data["End"][:, :, 0, 0], end, rtol=1e-6)  # raw: the decoder weight itself
 
 
 def test_minmax_is_an_affine_map_of_the_raw_cube_on_the_simplex(setup):
