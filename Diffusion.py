@@ -4,7 +4,8 @@
                         [--device auto|cpu|cuda] [--seed S] [--n-iter N] [--batch-size B] [--amp fp16|bf16]
                         [--compile] [-d]
     python Diffusion.py -p val -c CONFIG [--out DIR] [--resume CKPT] [--num-samples N]
-                        [--sampler ancestral|ddim] [--steps N] [--eta X] [--batch-size B] [--raw] [--no-ema]
+                        [--sampler ancestral|ddim] [--steps N] [--eta X] [--batch-size B] [--ema] [--simplex]
+    either phase: [--profile faithful|improved] (default: the config's `profile`, else faithful)
 
 Both phases run in several processes with `torchrun --nproc_per_node N Diffusion.py ...` (DDP; the
 training batch is the global batch, the samples are split over the processes).
@@ -25,6 +26,7 @@ from core.logs import setup_logging
 from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, flag
 from core.overrides import add_set_argument, parse_set_values
 from core.version import add_version_argument
+from core.profiles import add_profile_argument
 
 DEFAULT_CONFIG = "config/Chikusei_256_DDPM.json"
 DEFAULT_OUT = os.path.join("experiments", "ddpm")
@@ -52,13 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=flag(INT_NONNEGATIVE), help="DataLoader workers (datasets.train.num_workers)")
     parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA (train.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
-    parser.add_argument("--num-samples", type=flag(INT_POSITIVE), help="samples to draw (default datasets.val.data_len)")
+    parser.add_argument("--num-samples", type=flag(INT_POSITIVE), help="samples to draw (default sample.num_samples: 40)")
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")
     parser.add_argument("--steps", type=flag(INT_POSITIVE), help="DDIM steps")
     parser.add_argument("--eta", type=flag(PROBABILITY), help="DDIM eta (0: deterministic)")
     parser.add_argument("--raw", action="store_true",
-                        help="store Abu = (SR + 1) / 2 as sampled instead of projecting it onto the simplex")
-    parser.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
+                        help="store Abu = (SR + 1) / 2 as sampled (the default, as the reference)")
+    parser.add_argument("--simplex", action="store_true", help="project Abu onto the simplex (sample.project_simplex)")
+    parser.add_argument("--no-ema", action="store_true", help="sample with the trained weights (the default)")
+    parser.add_argument("--ema", action="store_true", help="sample with the EMA weights (sample.use_ema)")
+    add_profile_argument(parser)
     parser.add_argument("-d", "-debug", "--debug", dest="debug", action="store_true", help="tiny smoke run")
     parser.add_argument("-enable_wandb", "--wandb", dest="enable_wandb", action="store_true",
                         help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
@@ -71,7 +76,7 @@ def debug_overrides(cfg: dict, n_iter: int | None) -> dict:
     steps = n_iter or 4
     return {"name": "debug_" + cfg["name"], "train.n_iter": steps, "train.print_freq": 1, "train.val_freq": steps,
             "train.save_checkpoint_freq": steps, "train.preview_samples": 1, "datasets.train.batch_size": 2,
-            "datasets.train.num_workers": 0, "datasets.val.data_len": 2, "sample.sampler": "ddim",
+            "datasets.train.num_workers": 0, "sample.num_samples": 2, "sample.sampler": "ddim",
             "sample.steps": 5, "sample.batch_size": 2}
 
 
@@ -90,15 +95,20 @@ def main(argv=None) -> int:
     log = setup_logging(level=logging.WARNING if other_rank else logging.INFO)
     from pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config, validate
 
+    for first, second in (("raw", "simplex"), ("no_ema", "ema")):
+        if getattr(args, first) and getattr(args, second):
+            raise UserError(f"--{first.replace('_', '-')} and --{second} contradict each other; choose one")
     if not os.path.isfile(args.config):
         raise UserError(f"{args.config}: config file not found")
     cfg = load_diffusion_config(args.config, {
         "datasets.train.dataroot": args.data, "train.n_iter": args.n_iter, "seed": args.seed,
         "datasets.train.num_workers": args.workers, "train.amp": args.amp, "train.compile": True if args.compile else None,
         "sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
-        "sample.project_simplex": False if args.raw else None, "sample.use_ema": False if args.no_ema else None,
+        "sample.project_simplex": False if args.raw else (True if args.simplex else None),
+        "sample.use_ema": False if args.no_ema else (True if args.ema else None),
         **parse_set_values(args.set_values, DIFFUSION_DEFAULTS),
-    })
+    }, profile=args.profile)
+    log.info("profile: %s", cfg["profile"])
     phase = args.phase or cfg["phase"]
     if phase not in ("train", "val"):
         raise UserError(f"{args.config}: 'phase' is {phase!r}, expected train or val (or pass -p)")

@@ -16,7 +16,8 @@ import torch
 from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.fs import check_output_path
-from core.logs import setup_logging
+from core.logs import get_logger, setup_logging
+from core.profiles import add_profile_argument
 from core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            flag)
 from core.version import add_version_argument
@@ -29,6 +30,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=flag(INT_POSITIVE), help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_profile_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs")
-    rec.add_argument("--ckpt", required=True, help="unmixing checkpoint (best.pth)")
+    rec.add_argument("--ckpt", required=True, help="unmixing checkpoint, or a run folder (its latest.pth; best.pth "
+                     "with --checkpoint best or --profile improved)")
+    rec.add_argument("--checkpoint", choices=("latest", "best"), help="which file of a run folder (default latest)")
     rec.add_argument("--hsi", required=True, help="folder of held-out HSI .mat files")
     rec.add_argument("--tile", type=flag(INT_POSITIVE), default=256, help="inference tile size (default 256)")
     rec.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=32, help="tile overlap (default 32)")
@@ -114,8 +118,14 @@ def run_downstream_command(args, device) -> None:
 
 def run_reconstruction_command(args, device) -> None:
     from evaluation.reconstruction import run_reconstruction
+    from pipeline.unmixing_config import load_unmixing_config
+    from pipeline.unmixing_infer import newest_unmixing_checkpoint
     if args.overlap >= args.tile:
         raise UserError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
+    which = load_unmixing_config(None, {"infer.checkpoint": args.checkpoint}, args.profile, "infer")["infer"]["checkpoint"]
+    if os.path.isdir(args.ckpt):
+        args.ckpt = newest_unmixing_checkpoint(args.ckpt, prefer=which)
+    get_logger().info("profile %s: unmixing checkpoint %s", args.profile or "faithful", args.ckpt)
     run_reconstruction(args.ckpt, args.hsi, args.out, device, args.overwrite, args.key, args.tile, args.overlap,
                        progress=not args.no_progress)
 

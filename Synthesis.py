@@ -1,23 +1,27 @@
 """Stage 3 CLI: sampled abundances x the unmixing checkpoint's endmembers -> synthetic HSIs and pictures.
 
-    python Synthesis.py [--abundances DIR] [--ckpt CKPT] [--out DIR] [--endmembers raw|minmax] [--no-simplex]
+    python Synthesis.py [--abundances DIR] [--ckpt CKPT] [--out DIR] [--endmembers raw|minmax] [--simplex]
                         [--rgb bands|cie] [--rgb-bands R G B] [--real DIR] [--device D] [--overwrite]
+                        [--profile faithful|improved] [-c SETTINGS.json]
 
 Defaults chain the stages: the newest experiments/ddpm/*/mat_results and the newest unmixing
-checkpoint (best.pth, else latest.pth); outputs go to experiments/Synthesis. See docs/synthesis.md.
+checkpoint (latest.pth, or best.pth with --checkpoint best); outputs go to experiments/Synthesis.
+With no options it does what the reference's Synthesis.py does (global min-max endmembers,
+(SR + 1) / 2 as sampled, End stored (C, K, 1, 1)). See docs/synthesis.md and docs/faithfulness.md.
 """
 import argparse
 import dataclasses
 import os
 
 from core.device import resolve_device
-from core.errors import cli_main
+from core.errors import UserError, cli_main
 from core.fs import check_output_path
-from core.logs import setup_logging
-from core.validate import INT_NONNEGATIVE, flag
+from core.logs import get_logger, setup_logging
 from core.overrides import add_set_argument, parse_set_values
+from core.profiles import add_profile_argument
+from core.validate import INT_NONNEGATIVE, flag
 from core.version import add_version_argument
-from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions
+from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions, load_synthesis_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,14 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--abundances", help="folder of sampled abundance .mat files (Abu, or SR in [-1, 1]); "
                         "default: the newest experiments/ddpm/*/mat_results")
     parser.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint; default: the newest "
-                        "experiments/unmixing/*/checkpoint/best.pth (else latest.pth)")
+                        "experiments/unmixing/*/checkpoint/latest.pth (see --checkpoint)")
+    parser.add_argument("--checkpoint", choices=("latest", "best"),
+                        help="which file of the newest unmixing run without --ckpt (default latest, the final epoch)")
     parser.add_argument("--out", "--save_dir", dest="out", default=DEFAULT_OUT,
                         help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--endmembers", choices=("raw", "minmax"), default="raw",
-                        help="raw: decoder weights as trained (default); minmax: the reference's global min-max")
+    parser.add_argument("--endmembers", choices=("raw", "minmax"),
+                        help="minmax: the reference's global min-max (default); raw: decoder weights as trained")
+    parser.add_argument("--simplex", action="store_true", help="project sampled abundances onto the simplex")
     parser.add_argument("--no-simplex", action="store_true",
-                        help="keep sampled abundances as they are instead of projecting them onto the simplex")
-    parser.add_argument("--rgb", choices=("bands", "cie"), default="bands",
+                        help="keep sampled abundances as they are, (SR + 1) / 2 (the default, as the reference)")
+    parser.add_argument("--end-layout", choices=("conv", "matrix"),
+                        help="End stored as (C, K, 1, 1) like the reference (conv, default) or (C, K) (matrix)")
+    parser.add_argument("-c", "--config", help="JSON file of these settings (and `profile`)")
+    add_profile_argument(parser)
+    parser.add_argument("--rgb", choices=("bands", "cie"),
                         help="previews from three bands (default) or true colour via CIE 1931 (visible-range data)")
     parser.add_argument("--rgb-bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
                         help="band indices for the previews (default: nearest 640/550/460 nm, else evenly spread)")
@@ -59,9 +70,19 @@ def main(argv=None) -> None:
     check_output_path(args.out)
     setup_logging(os.path.join(args.out, "synthesis.log"))
     from pipeline.synthesis import run_synthesis
-    options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,
-                               rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite,
-                               format=args.format, sensor=args.sensor, variability=args.variability,
+    if args.simplex and args.no_simplex:
+        raise UserError("--simplex and --no-simplex contradict each other; choose one")
+    settings = load_synthesis_settings(args.config, args.profile, {
+        "checkpoint": args.checkpoint, "endmembers": args.endmembers, "end_layout": args.end_layout,
+        "simplex": True if args.simplex else (False if args.no_simplex else None), "rgb": args.rgb,
+        "rgb_bands": args.rgb_bands})
+    get_logger().info("profile: %s (endmembers %s, %s)", settings["profile"], settings["endmembers"],
+                      "simplex" if settings["simplex"] else "(SR + 1) / 2 as sampled")
+    options = SynthesisOptions(endmembers=settings["endmembers"], simplex=settings["simplex"],
+                               checkpoint=settings["checkpoint"], end_layout=settings["end_layout"],
+                               rgb=settings["rgb"], rgb_bands=settings["rgb_bands"], real=args.real,
+                               overwrite=args.overwrite, profile=settings["profile"], format=args.format,
+                               sensor=args.sensor, variability=args.variability,
                                variability_scale=args.variability_scale)
     options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
     summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)

@@ -15,6 +15,7 @@ from core.errors import UserError, cli_main
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
 from core.overrides import add_set_argument, parse_set_values
+from core.profiles import add_profile_argument
 from core.version import add_version_argument
 from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
 
@@ -44,10 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--wandb", "-enable_wandb", dest="wandb", action="store_true",
                        help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
     add_set_argument(train)
+    add_profile_argument(train)
 
     infer = sub.add_parser("infer", help="abundance maps of RGB image folders (or HSI .mat folders)")
-    infer.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint (default: newest best.pth "
-                       "under experiments/unmixing)")
+    infer.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint or run folder (default: the "
+                       "newest run under experiments/unmixing; its latest.pth, or best.pth with --checkpoint best)")
+    infer.add_argument("-c", "--config", default=None, help="unmixing JSON config: its `infer` section and `profile`")
+    infer.add_argument("--checkpoint", choices=("latest", "best"), help="which checkpoint of a run folder "
+                       "(infer.checkpoint; default latest, the final epoch as the reference)")
+    add_profile_argument(infer)
     infer.add_argument("--rgb", nargs="+", help="RGB image folders (default dataset/RGB)")
     infer.add_argument("--hsi", nargs="+", help="HSI .mat folders (their 3 selected bands are the input)")
     infer.add_argument("--out", default="dataset/inferred_abu", help="output folder (default dataset/inferred_abu)")
@@ -74,7 +80,7 @@ def run_train(args) -> None:
         "name": args.name, "data.train": args.train, "data.val": args.val, "data.test": args.test,
         "data.key": args.key, "data.bands": args.bands, "train.epochs": args.epochs,
         "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed,
-        **parse_set_values(args.set_values, UNMIXING_DEFAULTS)},
+        **parse_set_values(args.set_values, UNMIXING_DEFAULTS)}, profile=args.profile,
         **({"base": checkpoint_config(args.resume)} if args.resume and not args.config else {}))
     out_dir = args.out or os.path.join("experiments", "unmixing", cfg["name"])
     found = [path for path in (os.path.join(out_dir, "checkpoint", name) for name in ("interrupted.pth", "latest.pth"))
@@ -114,15 +120,18 @@ def checkpoint_config(path: str) -> dict:
 def run_infer(args) -> int:
     from pipeline.unmixing_infer import infer_folders, newest_unmixing_checkpoint
     log = setup_logging()
-    ckpt = args.ckpt or newest_unmixing_checkpoint()
+    options = load_unmixing_config(args.config, {"infer.tile": args.tile, "infer.overlap": args.overlap,
+                                                 "infer.checkpoint": args.checkpoint,
+                                                 **parse_set_values(args.set_values,
+                                                                    {"infer": UNMIXING_DEFAULTS["infer"]})},
+                                   profile=args.profile, stage="infer")
+    log.info("profile: %s", options["profile"])
+    ckpt = args.ckpt or newest_unmixing_checkpoint(prefer=options["infer"]["checkpoint"])
     if os.path.isdir(ckpt):
-        ckpt = newest_unmixing_checkpoint(ckpt)
+        ckpt = newest_unmixing_checkpoint(ckpt, prefer=options["infer"]["checkpoint"])
     log.info("unmixing checkpoint: %s", ckpt)
     rgb = args.rgb if args.rgb or args.hsi else ["dataset/RGB"]
-    settings = dict(UNMIXING_DEFAULTS["infer"], **{k.split(".", 1)[1]: v for k, v in parse_set_values(
-        args.set_values, {"infer": UNMIXING_DEFAULTS["infer"]}).items()})
-    tile = args.tile or settings["tile"]
-    overlap = args.overlap if args.overlap is not None else settings["overlap"]
+    tile, overlap = options["infer"]["tile"], options["infer"]["overlap"]
     if overlap >= tile:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,

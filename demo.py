@@ -1,6 +1,10 @@
 """The whole pipeline in one command, on built-in synthetic demo data (or on real files with --data).
 
     python demo.py [--data DIR] [--out DIR] [--device auto|cpu|cuda] [--samples N] [--overwrite]
+                   [--profile improved|faithful]
+
+The demo runs the `improved` profile by default (the measured departures, README "Profiles"); every
+step gets the same `--profile`, and the demo prints which one it uses.
 
 Steps: make the demo data (synthetic HSI scenes mixed from USGS splib07 spectra, and "external" RGB
 images), then run, as a user would, `Unmixing.py train`, `Unmixing.py infer`, `Diffusion.py -p train`,
@@ -18,6 +22,7 @@ import time
 
 from core.errors import UserError, cli_main
 from core.fs import check_output_path, require_folder
+from core.profiles import add_profile_argument
 from core.validate import INT_ANY, INT_POSITIVE, flag
 from core.version import add_version_argument
 
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the demo data")
     parser.add_argument("--size", type=flag(INT_POSITIVE), default=64, help="height and width of the demo scenes and images")
     parser.add_argument("--overwrite", action="store_true", help="delete the outputs of an earlier demo in --out first")
+    add_profile_argument(parser, default="improved")
     return parser
 
 
@@ -161,8 +167,11 @@ def main(argv=None) -> None:
                                     for c in (args.unmixing_config, args.ddpm_config))
     paths = {"unmixing": os.path.join(out, "unmixing"), "abundances": os.path.join(out, "abundances"),
              "ddpm": os.path.join(out, "ddpm"), "synthesis": os.path.join(out, "synthesis")}
-    paths["checkpoint"] = os.path.join(paths["unmixing"], "checkpoint", "best.pth")
+    # the profile decides which checkpoint stage 1 hands on: best.pth (improved) or the final epoch (faithful)
+    paths["checkpoint"] = os.path.join(paths["unmixing"], "checkpoint",
+                                       "best.pth" if args.profile == "improved" else "latest.pth")
     timings = {}
+    print(f"profile: {args.profile} (every step runs with --profile {args.profile})", flush=True)
 
     title = "data: real files from " + args.data if args.data else "data: built-in synthetic demo data"
     print(f"[1/{total}] {title}", flush=True)
@@ -177,24 +186,24 @@ def main(argv=None) -> None:
     timings["data"] = time.perf_counter() - started
     print(f"  HSI crops: {os.path.dirname(folders['train'])}  RGB images: {folders['rgb']}")
 
-    device = ["--device", args.device]
+    shared_flags = ["--device", args.device, "--profile", args.profile]
     timings["unmixing train"] = run_step(2, total, "stage 1: train the unmixing network", [
         python, os.path.join(ROOT, "Unmixing.py"), "train", "-c", unmixing_config, "--train", folders["train"],
-        "--val", folders["val"], "--test", folders["test"], "--out", paths["unmixing"], *device])
+        "--val", folders["val"], "--test", folders["test"], "--out", paths["unmixing"], *shared_flags])
     timings["unmixing infer"] = run_step(3, total, "stage 1: abundances of the external RGB images", [
         python, os.path.join(ROOT, "Unmixing.py"), "infer", "--ckpt", paths["checkpoint"], "--rgb", folders["rgb"],
-        "--out", paths["abundances"], *device])
+        "--out", paths["abundances"], *shared_flags])
     timings["diffusion train"] = run_step(4, total, "stage 2: train the abundance DDPM", [
         python, os.path.join(ROOT, "Diffusion.py"), "-p", "train", "-c", ddpm_config, "--data", paths["abundances"],
-        "--out", paths["ddpm"], *device])
+        "--out", paths["ddpm"], *shared_flags])
     timings["diffusion sample"] = run_step(5, total, "stage 2: sample new abundance maps", [
         python, os.path.join(ROOT, "Diffusion.py"), "-p", "val", "-c", ddpm_config, "--out", paths["ddpm"],
-        "--num-samples", str(args.samples), *device])
+        "--num-samples", str(args.samples), *shared_flags])
     from pipeline.synthesis import newest_abundance_dir
     paths["samples"] = newest_abundance_dir(paths["ddpm"])
     timings["synthesis"] = run_step(6, total, "stage 3: synthesize HSIs", [
         python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["samples"], "--ckpt", paths["checkpoint"],
-        "--out", paths["synthesis"], *device])
+        "--out", paths["synthesis"], *shared_flags])
     report(out, timings, paths)
 
 

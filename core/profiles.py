@@ -12,7 +12,7 @@ train and val), "synthesis" (Synthesis.py). Values are keyed by dotted config pa
 import argparse
 import copy
 
-from core.config import set_by_path
+from core.config import apply_overrides, merge_config, read_json_config, set_by_path
 from core.errors import UserError
 
 PROFILES = ("faithful", "improved")
@@ -21,9 +21,18 @@ DEFAULT_PROFILE = "faithful"
 # Measured departures, per stage. Each key is a dotted config path of that stage's defaults.
 IMPROVED: dict[str, dict[str, object]] = {
     "unmixing": {},
-    "infer": {},
-    "diffusion": {},
-    "synthesis": {},
+    "infer": {
+        "infer.checkpoint": "best",             # best validation PSNR instead of the final epoch
+    },
+    "diffusion": {
+        "sample.use_ema": True,                 # sample with the EMA weights (the reference's EMA is unused)
+        "sample.project_simplex": True,         # Abu projected onto the simplex instead of (SR + 1) / 2
+    },
+    "synthesis": {
+        "checkpoint": "best",                   # best.pth of the newest unmixing run
+        "endmembers": "raw",                    # the decoder weight as trained, no global min-max
+        "simplex": True,                        # sampled abundances projected onto the simplex
+    },
 }
 
 
@@ -59,3 +68,23 @@ def add_profile_argument(parser: argparse.ArgumentParser, default: str | None = 
     parser.add_argument("--profile", choices=PROFILES, default=default,
                         help="faithful: the authors' code (default of the reference CLIs); "
                              "improved: the measured departures (README, 'Profiles')")
+
+
+def resolve_profile(flag: str | None, user_config: dict, source: str = "config") -> str:
+    """`--profile` if given, else the config file's top-level `profile` key, else `faithful`."""
+    if flag is not None:
+        return check_profile(flag)
+    if user_config.get("profile") is not None:
+        return check_profile(user_config["profile"], f"{source}: 'profile'")
+    return DEFAULT_PROFILE
+
+
+def load_profiled_config(path: str | None, defaults: dict, stage: str, profile: str | None = None,
+                         overrides: dict | None = None, known_unused=(), free_form=()) -> dict:
+    """Defaults -> profile -> the user's config file -> flags; the resolved `profile` is recorded in it."""
+    user = read_json_config(path) if path else {}
+    name = resolve_profile(profile, user, path or "config")
+    cfg = merge_config(apply_profile(defaults, stage, name), user, source=path or "defaults",
+                       known_unused=known_unused, free_form=free_form)
+    cfg["profile"] = name
+    return apply_overrides(cfg, overrides or {})

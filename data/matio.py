@@ -248,3 +248,11 @@ def write_mat(path: str, variables: dict, overwrite: bool = True) -> None:
         raise UserError(f"{path}: exists already (use --overwrite to replace it)")
     with atomic_output(path) as tmp:
         sio.savemat(tmp, variables, appendmat=False, do_compression=False)
+
+
+def endmember_matrix(array) -> np.ndarray:
+    """A stored `End` as a (C, K) float32 matrix: the reference writes the decoder weight (C, K, 1, 1)."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 4 and array.shape[2:] == (1, 1):
+        array = array[:, :, 0, 0]
+    return array

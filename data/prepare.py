@@ -1,6 +1,6 @@
 """Dataset preparation: official downloads -> training-ready folders, one command per dataset.
 
-    python -m data.prepare DATASET --src PATH --out DIR [--size 256] [--stride S] [--split ...] [--overwrite]
+    python -m data.prepare DATASET --src PATH --out DIR [--size N] [--stride S] [--split ...] [--overwrite]
 
 DATASET is chikusei, hsrs-sc, arad, harvard, unmixing-benchmark or rgb (docs/datasets.md lists the
 downloads). Hyperspectral crops go to DIR/trains, DIR/evals and DIR/tests (the reference's folder
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", choices=DATASETS, metavar="DATASET", help=" | ".join(DATASETS))
     parser.add_argument("--src", required=True, help="the downloaded file or folder")
     parser.add_argument("--out", default=None, help="output folder (default: dataset, or dataset/RGB for rgb)")
-    parser.add_argument("--size", type=flag(INT_POSITIVE), default=256, help="crop side in pixels (default 256)")
+    parser.add_argument("--size", type=flag(INT_POSITIVE), default=None,
+                        help="crop side in pixels (default: 128 for chikusei, the authors' stored crops; 256 otherwise)")
     parser.add_argument("--stride", type=flag(INT_POSITIVE), default=None, help="step between crops (default: --size, no overlap)")
     parser.add_argument("--region", type=flag(INT_POSITIVE), default=None,
                         help="side of the split regions of a scene (default: --size, or 2 x --size when "
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Default crop sides: the authors' Chikusei crops are 128 x 128 (../shared/data/paper); the others 256.
+DEFAULT_SIZES = {"chikusei": 128}
+
 # Flags that only some datasets read: giving one to another dataset is a mistake worth a message.
 ONLY_FOR = {"bands": ("chikusei", "hsrs-sc"), "wavelength_range": ("unmixing-benchmark",),
             "rgb_mode": ("rgb",), "format": ("rgb",), "scale": tuple(READERS), "key": tuple(READERS),
@@ -81,6 +85,8 @@ def resolve_settings(args) -> dict:
     for name, datasets in ONLY_FOR.items():
         if getattr(args, name) is not None and args.dataset not in datasets:
             raise UserError(f"--{name.replace('_', '-')} applies to {', '.join(datasets)}, not {args.dataset}")
+    if args.size is None:
+        args.size = DEFAULT_SIZES.get(args.dataset, 256)
     if args.size < 1:
         raise UserError(f"--size must be positive, got {args.size}")
     stride = args.stride or args.size

@@ -15,7 +15,7 @@ import torch
 
 from core.errors import UserError
 from core.logs import get_logger
-from data.matio import read_array, read_mat
+from data.matio import endmember_matrix, read_array, read_mat
 from evaluation.sampling import Source
 
 
@@ -35,7 +35,7 @@ def endmembers_from_file(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise UserError(f"{path}: endmember file not found")
     if path.lower().endswith(".mat"):
-        return np.asarray(read_array(path, ("End", "E", "endmembers"))[1], dtype=np.float32)
+        return endmember_matrix(read_array(path, ("End", "E", "endmembers"))[1])
     from pipeline.unmixing_infer import load_unmixing_model
     model, _ = load_unmixing_model(path, torch.device("cpu"))
     return model.endmembers().detach().float().numpy()
@@ -53,7 +53,7 @@ def find_endmembers(explicit: str | None, synthetic_files: list[str], real_dir: 
     for path in synthetic_files[:10]:
         found = read_mat(path, ["End"])
         if "End" in found:
-            return np.asarray(found["End"], dtype=np.float32), path
+            return endmember_matrix(found["End"]), path
     from data.hsi_dataset import HSICropDataset
     from pipeline.unmixing_train import farthest_pixels
     get_logger().info("no End in the synthetic files: Dirichlet baseline uses %d farthest real pixels", k)

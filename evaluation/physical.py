@@ -11,6 +11,8 @@ HSI is `End @ Abu` per pixel. Reported (all pixels of all files, not a sample):
 """
 import numpy as np
 
+from data.matio import endmember_matrix
+
 
 class PhysicalStats:
     """Accumulates the checks over cubes (H, W, C), abundances (H, W, K) and endmembers (C, K)."""
@@ -48,7 +50,7 @@ class PhysicalStats:
         self.abundance_entries += abundances.size
         self.abundance_negative += int((abundances < 0).sum())
         if endmembers is not None:
-            endmembers = np.asarray(endmembers, dtype=np.float64)
+            endmembers = endmember_matrix(endmembers).astype(np.float64)
             if endmembers.shape == (cube.shape[2], abundances.shape[2]):
                 mixed = abundances @ endmembers.T
                 self.mixing_sq += float(((mixed - cube) ** 2).sum())

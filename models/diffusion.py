@@ -18,7 +18,14 @@ from torch import nn
 from core.progress import tqdm  # a line every few percent when not on a terminal
 
 SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50", "const", "jsd")
-LOSS_TYPES = ("l1", "l2", "l1_mean", "l2_mean")
+# "l1"/"l2" back-propagate sum / (b*c*h*w), i.e. the mean, as the reference's DDPM.optimize_parameters does
+# after its reduction='sum' loss; "_mean" spells the same; "_sum" back-propagates the raw sum.
+LOSS_TYPES = ("l1", "l2", "l1_mean", "l2_mean", "l1_sum", "l2_sum")
+
+
+def reduce_loss(per_element: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """The scalar loss of `loss_type` from per-element errors: the mean, or the sum for `*_sum`."""
+    return per_element.sum() if loss_type.endswith("_sum") else per_element.mean()
 SAMPLERS = ("ancestral", "ddim")
 
 
@@ -117,8 +124,9 @@ class GaussianDiffusion(nn.Module):
     """Training loss and samplers around a noise-predicting network and one NoiseSchedule.
 
     `t_per_sample=False` is the reference: one step t per batch (each sample still gets its own
-    gamma in that step's interval); True draws t per sample. Loss types: 'l1' / 'l2' summed over
-    all elements as the reference, 'l1_mean' / 'l2_mean' averaged.
+    gamma in that step's interval); True draws t per sample. Loss types: 'l1' / 'l2' averaged over
+    all elements (the reference back-propagates its summed loss divided by b*c*h*w), 'l1_sum' /
+    'l2_sum' the raw sum.
     """
 
     def __init__(self, denoise_fn: nn.Module, image_size: int, channels: int, schedule: NoiseSchedule,
@@ -156,7 +164,7 @@ class GaussianDiffusion(nn.Module):
         prediction = self.denoise_fn(q_sample(x_start, gamma, noise), gamma)
         error = prediction.float() - noise.float()
         per_element = error.abs() if self.loss_type.startswith("l1") else error ** 2
-        return per_element.mean() if self.loss_type.endswith("_mean") else per_element.sum()
+        return reduce_loss(per_element, self.loss_type)
 
     def forward(self, x_start: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.training_loss(x_start, generator)

@@ -95,7 +95,9 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(self.norm(x)).reshape(n, 3, c, h * w).transpose(2, 3).unbind(1)
         # (N, HW, C) each; softmax(q k^T / sqrt(C)) v
         attended = F.scaled_dot_product_attention(q, k, v)
-        return self.out(attended.transpose(1, 2).reshape(n, c, h, w)) + x
+        # contiguous: a channels-last view here would make the next dropout draw its mask in another
+        # element order than the reference's, so the same seed would give other masks in training
+        return self.out(attended.transpose(1, 2).reshape(n, c, h, w).contiguous()) + x
 
 
 class ResidualAttentionBlock(nn.Module):

@@ -7,9 +7,9 @@ values: `datasets.train.dataroot`, `batch_size`, `num_workers`; the sampler sett
 """
 import copy
 
-from core.config import load_config
 from core.errors import UserError
 from core.logs import get_logger
+from core.profiles import load_profiled_config
 from core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            Number, check_config, check_value)
 from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES, make_beta_schedule
@@ -36,7 +36,7 @@ DIFFUSION_DEFAULTS = {
             "flip": "none",             # "none" (reference), "horizontal" or "both"
         },
         "val": {
-            "data_len": 50,             # how many samples `-p val` draws (--num-samples overrides)
+            "data_len": 50,             # kept from the reference configs and, as there, not used by `-p val`
         },
     },
     "model": {
@@ -57,7 +57,7 @@ DIFFUSION_DEFAULTS = {
             "image_size": 256,
             "channels": 5,
             "conditional": False,       # only unconditional generation is implemented
-            "loss_type": "l1",          # l1 / l2 summed (reference) or l1_mean / l2_mean
+            "loss_type": "l1",          # l1 / l2: sum / (b*c*h*w), the mean (reference); l1_sum / l2_sum: the raw sum
             "t_per_sample": False,      # False: one t per batch as the reference
             "clip_denoised": True,
         },
@@ -85,8 +85,9 @@ DIFFUSION_DEFAULTS = {
         "steps": 50,                    # DDIM steps
         "eta": 0.0,                     # DDIM stochasticity; 0 is deterministic
         "batch_size": 4,
-        "use_ema": True,
-        "project_simplex": True,        # Abu projected onto the simplex; False: (SR + 1) / 2 as sampled
+        "num_samples": 40,              # how many samples `-p val` draws (the reference's loop; --num-samples)
+        "use_ema": False,               # False: the trained weights (the reference); True: the EMA weights
+        "project_simplex": False,       # False: Abu = (SR + 1) / 2 as sampled (the reference); True: projected
     },
 }
 
@@ -171,7 +172,7 @@ def validate(cfg: dict, source: str) -> dict:
     check_attn_res(cfg, source)
     for dotted in ("train.n_iter", "train.val_freq", "train.save_checkpoint_freq", "train.print_freq",
                    "datasets.train.batch_size", "model.diffusion.image_size", "model.diffusion.channels",
-                   "sample.batch_size", "sample.steps", "train.preview_samples",
+                   "sample.batch_size", "sample.steps", "sample.num_samples", "train.preview_samples",
                    "model.beta_schedule.train.n_timestep", "model.beta_schedule.val.n_timestep"):
         _positive_int(cfg, dotted, source, minimum=0 if dotted == "train.preview_samples" else 1)
     for dotted in ("datasets.train.num_workers", "train.keep_checkpoints", "datasets.val.data_len"):
@@ -218,9 +219,10 @@ def validate(cfg: dict, source: str) -> dict:
     return cfg
 
 
-def load_diffusion_config(path: str | None, overrides: dict | None = None) -> dict:
-    """Defaults <- JSON file <- flags, validated."""
-    cfg = load_config(path, copy.deepcopy(DIFFUSION_DEFAULTS), overrides, known_unused=KNOWN_UNUSED)
+def load_diffusion_config(path: str | None, overrides: dict | None = None, profile: str | None = None) -> dict:
+    """Defaults <- profile <- JSON file <- flags, validated."""
+    cfg = load_profiled_config(path, copy.deepcopy(DIFFUSION_DEFAULTS), "diffusion", profile, overrides,
+                               known_unused=KNOWN_UNUSED)
     if cfg.get("gpu_ids"):
         get_logger().info("%s: gpu_ids %s is not used; pick the device with --device", path, cfg["gpu_ids"])
     return validate(cfg, path or "config")

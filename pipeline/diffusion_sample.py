@@ -4,8 +4,8 @@ with training.
 A run folder is `<out>/<name>_<timestamp>/` with the sub-folders named in the config's `path`
 section (`checkpoint`, `logs`, `results`, `mat_results`). Samples are written as
 `mat_results/<step>_<n>_sample_abu.mat` with `SR` (H, W, K) in [-1, 1] (the reference's key) and
-`Abu` (H, W, K) in [0, 1]: projected onto the probability simplex by default, or `(SR + 1) / 2` as
-sampled (`project=False`, the faithful raw output). Numbering continues after the files already
+`Abu` (H, W, K) in [0, 1]: `(SR + 1) / 2` as sampled by default (the reference), or projected onto
+the probability simplex (`sample.project_simplex`, part of the `improved` profile). Numbering continues after the files already
 there, so nothing is overwritten; `mat_results/samples.jsonl` records how each file was made.
 
 Under `torchrun` the requested samples are split over the processes: rank 0 picks the checkpoint,
@@ -298,7 +298,8 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
     """
     main = is_main_process()
     log = setup_logging(level=logging.INFO if main else logging.WARNING)
-    count = num_samples if num_samples is not None else cfg["datasets"]["val"]["data_len"]
+    # the reference draws 40 and, like this, does not use datasets.val.data_len
+    count = num_samples if num_samples is not None else cfg["sample"]["num_samples"]
     if count < 1:
         raise UserError("--num-samples must be at least 1")
 

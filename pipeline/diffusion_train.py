@@ -114,7 +114,7 @@ def step_loss(diffusion, model: torch.nn.Module, shard: torch.Tensor, global_bat
     prediction = model(q_sample(shard, gamma, noise), gamma)
     error = prediction.float() - noise.float()
     per_element = error.abs() if diffusion.loss_type.startswith("l1") else error ** 2
-    return per_element.mean() if diffusion.loss_type.endswith("_mean") else per_element.sum() * processes
+    return per_element.sum() * processes if diffusion.loss_type.endswith("_sum") else per_element.mean()
 
 
 def all_finite(*modules) -> bool:

@@ -3,16 +3,19 @@
 For every sampled abundance map `A` (H, W, K) and the unmixing decoder's endmember matrix `E` (C, K),
 the synthetic cube is `HSI[h, w] = E @ A[h, w]`. Two choices change the spectra:
 
-- endmembers: `raw` uses the decoder weights as trained (the scale of the min-max normalised training
-  cubes); `minmax` rescales the whole matrix to [0, 1] by its global minimum and maximum, as the
-  reference code does (stretches every spectrum by the same factor and shifts it).
-- simplex: by default each sampled pixel is projected onto the probability simplex (abundances >= 0,
-  summing to 1), so every synthetic spectrum is a convex mixture of the endmembers; `simplex=False`
-  keeps the sampler's values as they are (the reference's behaviour).
+- endmembers: `minmax` (default, the reference) rescales the whole matrix to [0, 1] by its global
+  minimum and maximum (stretches every spectrum by the same factor and shifts it); `raw` uses the
+  decoder weights as trained (the scale of the min-max normalised training cubes).
+- simplex: by default (the reference) the sampler's values are used as they are, `(SR + 1) / 2`;
+  `simplex=True` projects each pixel onto the probability simplex (abundances >= 0, summing to 1),
+  so every synthetic spectrum is a convex mixture of the endmembers.
 
-Outputs under `out_dir`: `HSI/<name>.mat` (`HSI`, `Abu`, `End`, `wavelengths` when known),
-`RGB/<name>.png`, `contact_sheet.png`, `spectra.png` and `synthesis.json`.
+Defaults are the `faithful` profile; `improved` (core/profiles.py) picks best.pth, `raw` and the simplex.
+Outputs under `out_dir`: `HSI/<name>.mat` (`HSI`, `Abu`, `End` as (C, K, 1, 1) like the reference, or
+(C, K) with `end_layout="matrix"`, `wavelengths` when known), `RGB/<name>.png`, `contact_sheet.png`,
+`spectra.png` and `synthesis.json`.
 """
+import copy
 import glob
 import json
 import os
@@ -27,6 +30,7 @@ from core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
 from core.errors import UserError
 from core.fs import atomic_output, flat_name, require_folder
 from core.logs import get_logger
+from core.profiles import load_profiled_config
 from core.previews import grid, save_png, to_uint8
 from core.simplex import project_to_simplex
 from data.cubes import FORMATS, write_cube
@@ -44,10 +48,37 @@ ABUNDANCE_HINT = ("--abundances must hold sampled abundance files (the mat_resul
                   "`python Diffusion.py -p val`) or abundance files of `python Unmixing.py infer`")
 
 
+# Settings of `Synthesis.py` that a profile or a config file may set (defaults: the reference's behaviour).
+SYNTHESIS_DEFAULTS = {
+    "checkpoint": "latest",          # which file of the newest unmixing run: "latest" (final epoch) or "best"
+    "endmembers": "minmax",          # "minmax" (the reference's global min-max) or "raw"
+    "simplex": False,                # False: (SR + 1) / 2 as sampled (the reference); True: projected
+    "end_layout": "conv",            # "conv": End stored (C, K, 1, 1) as the reference; "matrix": (C, K)
+    "rgb": "bands",
+    "rgb_bands": None,
+}
+
+
+def load_synthesis_settings(path: str | None = None, profile: str | None = None,
+                            overrides: dict | None = None) -> dict:
+    """Defaults -> profile -> JSON file (optional) -> flags, checked; records the profile."""
+    cfg = load_profiled_config(path, copy.deepcopy(SYNTHESIS_DEFAULTS), "synthesis", profile, overrides)
+    choices = {"checkpoint": ("latest", "best"), "endmembers": ("raw", "minmax"), "end_layout": ("conv", "matrix"),
+               "rgb": ("bands", "cie"), "simplex": (True, False)}
+    for key, allowed in choices.items():
+        if cfg[key] not in allowed:
+            raise UserError(f"{path or 'synthesis settings'}: '{key}' is {cfg[key]!r}, expected one of "
+                            f"{', '.join(map(str, allowed))}")
+    return cfg
+
+
 @dataclass
 class SynthesisOptions:
-    endmembers: str = "raw"          # "raw" or "minmax"
-    simplex: bool = True             # project sampled abundances onto the simplex
+    endmembers: str = "minmax"       # "minmax" (the reference) or "raw"
+    simplex: bool = False            # project sampled abundances onto the simplex (False: the reference)
+    checkpoint: str = "latest"       # newest run's latest.pth (the reference) or best.pth, when no ckpt is given
+    end_layout: str = "conv"         # End stored (C, K, 1, 1) as the reference, or "matrix": (C, K)
+    profile: str = "faithful"        # recorded in synthesis.json (the settings above are what it resolved to)
     rgb: str = "bands"               # "bands" or "cie"
     rgb_bands: list | None = None    # three band indices (R, G, B); None: nearest 640/550/460 nm
     real: str | None = None          # folder of real HSIs for the spectra figure; None: the checkpoint's data.train
@@ -230,7 +261,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     if options.rgb not in ("bands", "cie"):
         raise UserError(f"--rgb {options.rgb}: expected bands or cie")
     abundance_dir = abundance_dir or newest_abundance_dir()
-    ckpt = ckpt or newest_unmixing_checkpoint()
+    ckpt = ckpt or newest_unmixing_checkpoint(prefer=options.checkpoint)
     log.info("sampled abundances: %s", abundance_dir)
     log.info("unmixing checkpoint: %s", ckpt)
     require_folder(abundance_dir, "abundance folder")
@@ -278,7 +309,8 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         abundances, hsi = synthesize(abundances, endmembers, options.simplex, device)
         if not np.all(np.isfinite(hsi)):
             raise UserError(f"{path}: the synthetic HSI came out NaN/Inf; nothing written for it")
-        variables = {"HSI": hsi, "Abu": abundances, "End": endmembers}
+        end = endmembers[:, :, None, None] if options.end_layout == "conv" else endmembers
+        variables = {"HSI": hsi, "Abu": abundances, "End": end}
         if strength:
             hsi, factors = apply_variability(abundances, endmembers, strength, options.variability_scale,
                                              variability_rng)

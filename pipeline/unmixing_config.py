@@ -1,8 +1,13 @@
-"""Defaults of the unmixing stage (the paper's settings) and the flag-to-key map of `Unmixing.py train`."""
+"""Defaults of the unmixing stage (the paper's settings) and the flag-to-key map of `Unmixing.py train`.
+
+One config file serves `Unmixing.py train` (profile stage "unmixing") and `Unmixing.py infer` (stage
+"infer", which reads the `infer` section). Precedence: defaults -> profile -> config file -> flags.
+"""
 import copy
 
-from core.config import load_config, merge_config
+from core.config import apply_overrides, merge_config
 from core.errors import UserError
+from core.profiles import apply_profile, load_profiled_config, resolve_profile
 from core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, Number,
                            check_config, optional)
 
@@ -43,8 +48,10 @@ UNMIXING_DEFAULTS = {
         "log_every": 50,
         "max_steps_per_epoch": None,
         "grad_clip": None,
+        "test_checkpoint": "latest",    # test metrics of the final epoch (the reference); "best": best.pth
     },
-    "infer": {"tile": 256, "overlap": 32},
+    # `checkpoint`: which file of a run folder infer uses: "latest" (the final epoch, as the reference) or "best"
+    "infer": {"tile": 256, "overlap": 32, "checkpoint": "latest"},
 }
 
 # Keys of the reference's argparse that a config may mention but this implementation does not need.
@@ -80,8 +87,10 @@ UNMIXING_RULES = {
     "train.log_every": INT_POSITIVE,
     "train.max_steps_per_epoch": optional(INT_POSITIVE),
     "train.grad_clip": optional(FLOAT_POSITIVE),
+    "train.test_checkpoint": ("latest", "best"),
     "infer.tile": INT_POSITIVE,
     "infer.overlap": INT_NONNEGATIVE,
+    "infer.checkpoint": ("latest", "best"),
 }
 
 
@@ -100,12 +109,20 @@ def validate_unmixing_config(cfg: dict, source: str) -> dict:
     return cfg
 
 
-def load_unmixing_config(path: str | None, overrides: dict | None = None, base: dict | None = None) -> dict:
-    """Defaults <- `base` (a checkpoint's config, for --resume without -c) <- the file <- flags, validated."""
-    defaults = copy.deepcopy(UNMIXING_DEFAULTS)
-    if base is not None:
-        defaults = merge_config(defaults, base, source="the checkpoint's config", known_unused=KNOWN_UNUSED,
-                                free_form=("data.bands", "data.wavelengths"))
-    cfg = load_config(path, defaults, overrides, known_unused=KNOWN_UNUSED,
-                      free_form=("data.bands", "data.wavelengths"))
+def load_unmixing_config(path: str | None, overrides: dict | None = None, profile: str | None = None,
+                         stage: str = "unmixing", base: dict | None = None) -> dict:
+    """The resolved config of `Unmixing.py train` (stage "unmixing") or `infer` (stage "infer"), validated.
+
+    Defaults -> profile -> `base` (a checkpoint's config, for --resume without -c) -> the file -> flags.
+    """
+    free_form = ("data.bands", "data.wavelengths")
+    if base is None:
+        cfg = load_profiled_config(path, copy.deepcopy(UNMIXING_DEFAULTS), stage, profile, overrides,
+                                   known_unused=KNOWN_UNUSED, free_form=free_form)
+    else:
+        name = resolve_profile(profile, base, "the checkpoint's config")
+        cfg = merge_config(apply_profile(UNMIXING_DEFAULTS, stage, name), base, source="the checkpoint's config",
+                           known_unused=KNOWN_UNUSED, free_form=free_form)
+        cfg["profile"] = name
+        cfg = apply_overrides(cfg, overrides or {})
     return validate_unmixing_config(cfg, path or ("the checkpoint's config" if base is not None else "config"))

@@ -85,17 +85,21 @@ def tile_infer(model: UnmixingAutoencoder, image: torch.Tensor, device: torch.de
     return total / weight_sum
 
 
-def newest_unmixing_checkpoint(root: str = "experiments/unmixing") -> str:
-    """`checkpoint/best.pth` (else `latest.pth`) of the most recently updated run under `root`."""
+def newest_unmixing_checkpoint(root: str = "experiments/unmixing", prefer: str = "latest") -> str:
+    """`checkpoint/latest.pth` (the final epoch, as the reference; `prefer="best"`: best.pth), else the
+    other one, of the most recently updated run under `root`."""
+    if prefer not in ("latest", "best"):
+        raise UserError(f"checkpoint choice {prefer!r}: expected latest or best")
+    order = (f"{prefer}.pth", "best.pth" if prefer == "latest" else "latest.pth")
     found = []
     for run in glob.glob(os.path.join(root, "*")):
-        for name in ("best.pth", "latest.pth"):
+        for name in order:
             path = os.path.join(run, "checkpoint", name)
             if os.path.isfile(path):
                 found.append(path)
                 break
     if os.path.isdir(os.path.join(root, "checkpoint")):  # `root` is itself a run folder
-        found += [os.path.join(root, "checkpoint", n) for n in ("best.pth", "latest.pth")
+        found += [os.path.join(root, "checkpoint", n) for n in order
                   if os.path.isfile(os.path.join(root, "checkpoint", n))][:1]
     if not found:
         raise UserError(f"no unmixing checkpoint under {os.path.join(root, '*', 'checkpoint')}; "

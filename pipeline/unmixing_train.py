@@ -308,9 +308,11 @@ def save_interrupted(cfg, net, optimizer, epoch, best, train_set, progress, path
 
 
 def test_unmixing(cfg: dict, out_dir: str, device: torch.device) -> dict:
-    """Metrics of the best checkpoint on the test folder, written to test_metrics.json beside it."""
+    """Test metrics of `train.test_checkpoint` ("latest": the final epoch, as the reference; "best"),
+    written to test_metrics.json beside it."""
     log = get_logger()
-    best_path = os.path.join(out_dir, "checkpoint", "best.pth")
+    which = cfg["train"].get("test_checkpoint", "latest")
+    best_path = os.path.join(out_dir, "checkpoint", f"{which}.pth")
     if not cfg["data"]["test"]:
         return {}
     state = load_checkpoint(best_path, "unmixing")
@@ -327,7 +329,7 @@ def test_unmixing(cfg: dict, out_dir: str, device: torch.device) -> dict:
             json.dump(metrics, f, indent=2)
     except OSError as err:
         raise UserError(f"{out_dir}: could not write test_metrics.json ({err.strerror or err})") from None
-    log.info("test (%d files, best epoch %d): PSNR %.2f dB, SSIM %.4f, SAM %.2f deg, ERGAS %.3f",
+    log.info("test (%d files, " + which + " epoch %d): PSNR %.2f dB, SSIM %.4f, SAM %.2f deg, ERGAS %.3f",
              len(test_set.files), metrics["epoch"], metrics["PSNR"], metrics["SSIM"], metrics["SAM"], metrics["ERGAS"])
     return metrics
 

@@ -206,7 +206,8 @@ def test_cli_train_then_val(tmp_path, abundance_dir, capsys):
     assert [x["step"] for x in lines] == [2, 4] and all(np.isfinite(x["loss"]) for x in lines)
     assert json.load(open(os.path.join(run, "config.json")))["seed"] == 1
 
-    Diffusion.main(["-p", "val", "-c", config, "--out", out, "--num-samples", "3", "--device", "cpu"])
+    Diffusion.main(["-p", "val", "-c", config, "--out", out, "--num-samples", "3", "--device", "cpu",
+                    "--profile", "improved"])
     mats = sorted(glob.glob(os.path.join(run, "mat_results", "*.mat")))
     assert [os.path.basename(m) for m in mats] == [f"4_{i}_sample_abu.mat" for i in (1, 2, 3)]
     sample = read_mat(mats[0])
@@ -216,15 +217,16 @@ def test_cli_train_then_val(tmp_path, abundance_dir, capsys):
     np.testing.assert_allclose(sample["Abu"].sum(-1), 1.0, atol=1e-5)
     assert os.path.isfile(os.path.join(run, "results", "4_samples_1-3.png"))
 
-    # a second run numbers after the existing files; --raw stores (SR + 1) / 2 as sampled
-    Diffusion.main(["-p", "val", "-c", config, "--out", out, "--num-samples", "2", "--device", "cpu", "--raw",
+    # a second run numbers after the existing files; by default (faithful) Abu = (SR + 1) / 2 as sampled
+    Diffusion.main(["-p", "val", "-c", config, "--out", out, "--num-samples", "2", "--device", "cpu",
                     "--sampler", "ancestral", "--batch-size", "1"])
     raw = read_mat(os.path.join(run, "mat_results", "4_5_sample_abu.mat"))
     np.testing.assert_allclose(raw["Abu"], (raw["SR"] + 1) / 2, atol=1e-6)
     assert not np.allclose(raw["Abu"].sum(-1), 1.0, atol=1e-3)
     records = [json.loads(x) for x in open(os.path.join(run, "mat_results", "samples.jsonl"))]
     assert [r["sampler"] for r in records] == ["ddim"] * 3 + ["ancestral"] * 2
-    assert records[0]["weights"] == "EMA weights" and records[-1]["projected"] is False
+    assert records[0]["weights"] == "EMA weights" and records[0]["projected"] is True
+    assert records[-1]["weights"] == "raw weights" and records[-1]["projected"] is False
     assert len(glob.glob(os.path.join(run, "mat_results", "*.mat"))) == 5
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -49,10 +50,13 @@ def setup(tmp_path):
     return ckpt, str(abundances), end, tmp_path
 
 
+IMPROVED = SynthesisOptions(endmembers="raw", simplex=True, end_layout="matrix")
+
+
 def test_every_spectrum_is_end_times_abu(setup):
     ckpt, abundances, end, tmp_path = setup
     out = str(tmp_path / "out")
-    summary = run_synthesis(abundances, ckpt, out)
+    summary = run_synthesis(abundances, ckpt, out, options=IMPROVED)
     assert summary["files"] == 3 and summary["real_spectra"] is not None
     for i in range(3):
         data = read_mat(os.path.join(out, "HSI", f"sample_{i}.mat"))
@@ -62,20 +66,26 @@ def test_every_spectrum_is_end_times_abu(setup):
         np.testing.assert_allclose(hsi, abu @ end.T, rtol=1e-5, atol=1e-6)
         assert abu.min() >= 0 and np.allclose(abu.sum(-1), 1, atol=1e-5)
         np.testing.assert_allclose(data["wavelengths"].ravel(), chikusei_wavelengths())
-    for name in ["contact_sheet.png", "spectra.png"] + [f"RGB/sample_{i}.png" for i in range(3)]:
-        with Image.open(os.path.join(out, name)) as image:
-            image.load()
-            assert image.size[0] > 0
-    with Image.open(os.path.join(out, "RGB", "sample_0.png")) as image:
-        assert image.size == (8, 8) and image.mode == "RGB"
+    for i in range(3):  # every preview is the stored cube's bands, scaled by the endmembers' range there
+        data = read_mat(os.path.join(out, "HSI", f"sample_{i}.mat"))
+        bands = [47, 29, 12]  # nearest 640 / 550 / 460 nm on the Chikusei grid (test_bands_images)
+        lo, hi = end[bands].min(), end[bands].max()
+        with Image.open(os.path.join(out, "RGB", f"sample_{i}.png")) as image:
+            assert image.size == (8, 8) and image.mode == "RGB"
+            rgb = np.asarray(image, dtype=np.float64) / 255
+        np.testing.assert_allclose(rgb, (data["HSI"][..., bands] - lo) / (hi - lo), atol=1 / 255 + 1e-6)
+    with Image.open(os.path.join(out, "spectra.png")) as image:
+        assert image.size[0] >= 300 and image.size[1] >= 200  # a readable figure, not an empty file
     with Image.open(os.path.join(out, "contact_sheet.png")) as image:
         assert image.size == (2 * 128 + 32, 2 * 128 + 32)  # 3 previews, 2 columns, enlarged x16
 
 
-def test_no_simplex_keeps_mapped_sr_and_minmax_endmembers(setup):
+def test_defaults_are_the_reference_minmax_endmembers_and_unprojected_sr(setup):
+    """The reference's Synthesis.py: End = (W - min W) / (max W - min W) over the whole matrix, saved
+    (C, K, 1, 1); Abu = (SR + 1) / 2 with no projection; HSI = the 1x1 convolution of Abu by End."""
     ckpt, abundances, end, tmp_path = setup
     out = str(tmp_path / "raw")
-    run_synthesis(abundances, ckpt, out, options=SynthesisOptions(endmembers="minmax", simplex=False))
+    run_synthesis(abundances, ckpt, out)
     sr = read_mat(os.path.join(abundances, "sample_1.mat"))["SR"]
     data = read_mat(os.path.join(out, "HSI", "sample_1.mat"))
     np.testing.assert_allclose(data["Abu"], (sr + 1) / 2, atol=1e-6)  # SR read, not the projected Abu
@@ -83,7 +93,8 @@ def test_no_simplex_keeps_mapped_sr_and_minmax_endmembers(setup):
     only_abu = read_mat(os.path.join(abundances, "sample_0.mat"))["Abu"]
     np.testing.assert_allclose(read_mat(os.path.join(out, "HSI", "sample_0.mat"))["Abu"], only_abu)
     expected_end = (end - end.min()) / (end.max() - end.min())
-    np.testing.assert_allclose(data["End"], expected_end, atol=1e-6)
+    assert data["End"].shape == (C, K, 1, 1)
+    np.testing.assert_allclose(data["End"][:, :, 0, 0], expected_end, atol=1e-6)
     assert data["End"].min() == 0 and np.isclose(data["End"].max(), 1)
     np.testing.assert_allclose(data["HSI"], data["Abu"] @ expected_end.T, rtol=1e-5, atol=1e-6)
 
@@ -104,7 +115,7 @@ def test_k_mismatch_names_both_numbers(setup, tmp_path):
 def test_never_overwrites_silently(setup):
     ckpt, abundances, _, tmp_path = setup
     out = str(tmp_path / "twice")
-    run_synthesis(abundances, ckpt, out)
+    run_synthesis(abundances, ckpt, out, options=IMPROVED)
     before = os.path.getmtime(os.path.join(out, "HSI", "sample_0.mat"))
     with pytest.raises(UserError, match="exists already"):
         run_synthesis(abundances, ckpt, out)
@@ -125,7 +136,7 @@ def test_cie_needs_wavelengths_and_renders_with_them(setup):
 def test_rgb_bands_choose_the_preview_channels(setup):
     ckpt, abundances, end, tmp_path = setup
     out = str(tmp_path / "bands")
-    run_synthesis(abundances, ckpt, out, options=SynthesisOptions(rgb_bands=[10, 20, 30]))
+    run_synthesis(abundances, ckpt, out, options=SynthesisOptions(endmembers="raw", simplex=True, rgb_bands=[10, 20, 30]))
     data = read_mat(os.path.join(out, "HSI", "sample_0.mat"))
     rgb = np.asarray(Image.open(os.path.join(out, "RGB", "sample_0.png")), dtype=np.float64) / 255
     lo, hi = end[[10, 20, 30]].min(), end[[10, 20, 30]].max()
@@ -146,7 +157,10 @@ def test_defaults_pick_the_newest_runs(tmp_path):
         for name in names:
             fabricate_checkpoint(str(tmp_path / "unmixing" / run / "checkpoint" / name))
     os.utime(tmp_path / "unmixing" / "r1" / "checkpoint" / "latest.pth", (1, 1))
-    assert newest_unmixing_checkpoint(str(tmp_path / "unmixing")).endswith(os.path.join("r2", "checkpoint", "best.pth"))
+    newest = newest_unmixing_checkpoint(str(tmp_path / "unmixing"))
+    assert newest.endswith(os.path.join("r2", "checkpoint", "latest.pth"))  # the final epoch, as the reference
+    best = newest_unmixing_checkpoint(str(tmp_path / "unmixing"), prefer="best")
+    assert best.endswith(os.path.join("r2", "checkpoint", "best.pth"))
     with pytest.raises(UserError, match="Diffusion.py"):
         newest_abundance_dir(str(tmp_path / "nothing"))
     with pytest.raises(UserError, match="Unmixing.py"):
@@ -166,18 +180,25 @@ def test_cli_reports_user_errors_in_one_line(setup, capsys):
 
 
 def test_cli_runs(setup, capsys):
-    ckpt, abundances, _, tmp_path = setup
+    ckpt, abundances, end, tmp_path = setup
     Synthesis.main(["--abundances", abundances, "--ckpt", ckpt, "--out", str(tmp_path / "cli"), "--device", "cpu",
                     "--rgb", "cie", "--no-simplex"])
     assert "contact sheet" in capsys.readouterr().out
-    assert os.path.isfile(tmp_path / "cli" / "synthesis.json")
+    assert json.load(open(tmp_path / "cli" / "synthesis.json"))["options"]["profile"] == "faithful"
+    Synthesis.main(["--abundances", abundances, "--ckpt", ckpt, "--out", str(tmp_path / "improved"), "--device",
+                    "cpu", "--profile", "improved"])
+    options = json.load(open(tmp_path / "improved" / "synthesis.json"))["options"]
+    assert (options["profile"], options["endmembers"], options["simplex"]) == ("improved", "raw", True)
+    data = read_mat(str(tmp_path / "improved" / "HSI" / "sample_1.mat"))
+    assert np.allclose(data["Abu"].sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(data["End"][:, :, 0, 0], end, rtol=1e-6)  # raw: the decoder weight itself
 
 
 def test_minmax_is_an_affine_map_of_the_raw_cube_on_the_simplex(setup):
     """With sum(a) = 1: E' a = (E a - m) / (M - m) for E' = (E - m) / (M - m)."""
     ckpt, abundances, end, tmp_path = setup
-    run_synthesis(abundances, ckpt, str(tmp_path / "r"))
-    run_synthesis(abundances, ckpt, str(tmp_path / "m"), options=SynthesisOptions(endmembers="minmax"))
+    run_synthesis(abundances, ckpt, str(tmp_path / "r"), options=IMPROVED)
+    run_synthesis(abundances, ckpt, str(tmp_path / "m"), options=SynthesisOptions(endmembers="minmax", simplex=True))
     raw = read_mat(str(tmp_path / "r" / "HSI" / "sample_2.mat"))["HSI"]
     scaled = read_mat(str(tmp_path / "m" / "HSI" / "sample_2.mat"))["HSI"]
     np.testing.assert_allclose(scaled, (raw - end.min()) / (end.max() - end.min()), atol=1e-5)
