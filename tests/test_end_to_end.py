@@ -80,7 +80,9 @@ def test_demo_runs_every_step_and_outputs_are_consistent(tmp_path, capsys):
     for path in hsis:
         data = read_mat(path)
         hsi, abu, end = data["HSI"], data["Abu"], data["End"]
-        assert hsi.shape == (16, 16, 59) and abu.shape == (16, 16, 5) and end.shape == (59, 5)
+        assert end.shape == (59, 5, 1, 1)  # the reference's layout: the decoder weight as it is
+        end = end[:, :, 0, 0]
+        assert hsi.shape == (16, 16, 59) and abu.shape == (16, 16, 5)
         assert np.all(np.isfinite(hsi)) and on_simplex(abu)
         np.testing.assert_allclose(hsi, abu @ end.T, rtol=1e-5, atol=1e-6)
         # convex mixtures stay between the endmembers' extremes in every band
