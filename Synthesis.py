@@ -9,6 +9,7 @@ checkpoint (best.pth, else latest.pth); outputs go to experiments/Synthesis. See
 import argparse
 import os
 
+from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
 from core.errors import cli_main
 from core.logs import setup_logging
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "training folder)")
     parser.add_argument("--device", "--gpus", dest="device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
+    add_trust_flag(parser)
     return parser
 
 
@@ -45,7 +47,8 @@ def main(argv=None) -> None:
     from pipeline.synthesis import run_synthesis
     options = SynthesisOptions(endmembers=args.endmembers, simplex=not args.no_simplex, rgb=args.rgb,
                                rgb_bands=args.rgb_bands, real=args.real, overwrite=args.overwrite)
-    summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
+    with trust_checkpoint_code(args.trust_checkpoint_code):
+        summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")
     print(f"RGB previews:   {summary['rgb_dir']}")
     print(f"contact sheet:  {summary['contact_sheet']}")

@@ -48,6 +48,7 @@ from pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, checkpo
                                        draw_samples,
                                        new_run_dir, plain_state_dict, preview_sheet, process_seed,
                                        run_dir_of_checkpoint, run_subdirs, to_abundance)
+from pipeline.reference_checkpoints import load_diffusion_resume
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -134,7 +135,7 @@ def restore_process_rng(state: dict, seed: int) -> None:
     per_rank = state.get("rng_ranks")
     if per_rank and len(per_rank) == world_size():
         restore_rng_state(per_rank[rank()])
-    elif rank() == 0:
+    elif rank() == 0 and state.get("rng") is not None:
         restore_rng_state(state["rng"])
     else:
         torch.manual_seed(process_seed(seed * 1_000_003 + int(state["step"]), rank()))
@@ -232,7 +233,9 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     main = is_main_process()
     log = setup_logging(level=logging.INFO if main else logging.WARNING)
     resume = resume or cfg["path"]["resume_state"]
-    state = load_checkpoint(resume, "diffusion") if resume else None
+    # a reference *_gen.pth + *_opt.pth pair, else one of our checkpoints
+    state = (load_diffusion_resume(resume, cfg) or load_checkpoint(resume, "diffusion")) if resume else None
+    from_reference = state is not None and state.get("format") == "reference"
     if state is not None:
         check_resume_compatible(state, cfg, resume)
         if int(state.get("seed", seed)) != seed:
@@ -244,7 +247,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     batch_size = per_process_batch(global_batch, "datasets.train.batch_size")
     start_step = int(state["step"]) if state else 0
     run_dir, paths, config_path = decided_by_main_process(
-        lambda: prepare_run_folder(cfg, out_root, run_dir, resume, start_step, seed))
+        lambda: prepare_run_folder(cfg, out_root, run_dir, None if from_reference else resume, start_step, seed))
     if main:
         log = setup_logging(os.path.join(paths["log"], "train.log"))
 
@@ -283,9 +286,11 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(plain_state_dict(state["ema"] if state.get("ema") is not None else state["model"]))
-        scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         restore_process_rng(state, seed)
-        generator.set_state(state["generator"])
+        if state.get("generator") is not None:
+            generator.set_state(state["generator"])
         log.info("resumed from %s at step %d", resume, start_step)
     model = wrap_model(unet, device)
     if train_cfg["compile"]:
