@@ -12,7 +12,7 @@ difference between the two results (they must agree). Kernels:
   Skipped when scikit-image is not installed. The load average is printed beside the times.
 
     python bench/bench_metrics.py [--hsi ../shared/data/paper/chikusei/block_118.mat] [--queries 2000]
-                                  [--repeats 7] [--only ssim]
+                                  [--repeats 7] [--only ssim] [--dtype float32|float64]
 """
 import argparse
 import json
@@ -84,13 +84,14 @@ def ssim_pair(hsi: str, rng) -> tuple[np.ndarray, np.ndarray, str]:
     return cube, noisy, source
 
 
-def bench_ssim(hsi: str, repeats: int, rng) -> None:
+def bench_ssim(hsi: str, repeats: int, rng, dtype: str = "float32") -> None:
     try:
         from skimage.metrics import structural_similarity
     except ImportError:
         print(json.dumps({"kernel": "ssim", "skipped": "scikit-image is not installed"}))
         return
     gt, pred, source = ssim_pair(hsi, rng)
+    gt, pred = gt.astype(dtype), pred.astype(dtype)  # both codes compute in the inputs' precision
 
     def skimage_mean(**options) -> float:  # the reference's compare_mssim: one call per band, data_range 1
         return float(np.mean([structural_similarity(gt[..., b], pred[..., b], data_range=1.0, **options)
@@ -113,7 +114,7 @@ def bench_ssim(hsi: str, repeats: int, rng) -> None:
                 else:
                     reference = value
         ours_s, skimage_s = float(np.median(times["ours"])), float(np.median(times["skimage"]))
-        print(json.dumps({"kernel": name, "data": source, "shape": list(gt.shape), "repeats": repeats,
+        print(json.dumps({"kernel": name, "data": source, "shape": list(gt.shape), "dtype": dtype, "repeats": repeats,
                           "ours_median_s": round(ours_s, 4), "skimage_median_s": round(skimage_s, 4),
                           "speedup": round(skimage_s / ours_s, 2),
                           "ours_range_s": [round(min(times["ours"]), 4), round(max(times["ours"]), 4)],
@@ -128,9 +129,11 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=2000, help="query pixels for the nearest-cosine kernel")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats of the SSIM timings")
     parser.add_argument("--only", choices=["ssim"], help="run only the SSIM comparison")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="precision of the SSIM inputs (float32: what the networks produce)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(1)
-    bench_ssim(args.hsi, args.repeats, rng)
+    bench_ssim(args.hsi, args.repeats, rng, args.dtype)
     if args.only:
         return 0
     cube, source = load_cube(args.hsi)

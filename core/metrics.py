@@ -168,11 +168,12 @@ def _ssim_bands(gt: torch.Tensor, pred: torch.Tensor, weights: np.ndarray, cov_n
         torch.mul(x, y, out=maps[4 * n:])
         means = torch.from_numpy(_window_means(maps, weights, rows[:5 * n], out[:5 * n]))
         mu_x, mu_y, xx, yy, xy = means.split(n)
-        # xx -> var_x + var_y + c2, xy -> 2 cov + c2 (sample or population covariance by cov_norm)
-        xx.add_(yy).addcmul_(mu_x, mu_x, value=-1.0).addcmul_(mu_y, mu_y, value=-1.0).mul_(cov_norm).add_(c2)
-        xy.addcmul_(mu_x, mu_y, value=-1.0).mul_(2.0 * cov_norm).add_(c2)
-        numerator = torch.mul(mu_x, mu_y).mul_(2.0).add_(c1).mul_(xy)
-        denominator = mu_x.mul_(mu_x).addcmul_(mu_y, mu_y).add_(c1).mul_(xx)
+        # in scikit-image's order of operations, so that identical bands give exactly 1
+        xx.addcmul_(mu_x, mu_x, value=-1.0).mul_(cov_norm)      # var_x
+        yy.addcmul_(mu_y, mu_y, value=-1.0).mul_(cov_norm)      # var_y
+        xy.addcmul_(mu_x, mu_y, value=-1.0).mul_(cov_norm)      # cov
+        numerator = torch.mul(mu_x, mu_y).mul_(2.0).add_(c1).mul_(xy.mul_(2.0).add_(c2))
+        denominator = mu_x.mul_(mu_x).add_(mu_y.mul_(mu_y)).add_(c1).mul_(xx.add_(yy).add_(c2))
         values.append(numerator.div_(denominator).mean(dim=(1, 2), dtype=torch.float64))
     return torch.cat(values)
 
