@@ -20,6 +20,14 @@ def test_psnr_is_band_averaged():
     assert psnr(gt, pred) == pytest.approx(30.0)
 
 
+def test_a_perfect_band_counts_as_100_db():
+    gt = np.full((4, 4, 2), 0.5)
+    pred = gt.copy()
+    pred[..., 1] += 0.1                                     # band 1: 20 dB; band 0 exact (the reference: inf)
+    assert psnr(gt, pred) == pytest.approx((100.0 + 20.0) / 2)
+    assert psnr(gt, gt) == 100.0
+
+
 def test_sam_hand_values():
     gt = np.array([[[1.0, 0.0], [1.0, 1.0]]])          # (1, 2, 2): two pixels
     pred = np.array([[[0.0, 2.0], [2.0, 2.0]]])        # 90 deg and 0 deg
