@@ -69,19 +69,25 @@ def nearest_loop(queries: np.ndarray, refs: np.ndarray) -> np.ndarray:
 def ssim_pair(hsi: str, rng) -> tuple[np.ndarray, np.ndarray, str]:
     """A 256 x 256 x 59 float32 pair: a 2 x 2 mosaic of the real crops beside `hsi` (flipped), and it plus noise."""
     folder = os.path.dirname(hsi)
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".mat")) if os.path.isdir(folder) else []
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    files = [os.path.join(folder, f) for f in names if f.endswith(".mat")]
     if files:
         tiles = [load_cube(files[i % len(files)])[0] for i in range(4)]
         tiles = [tiles[0], tiles[1][:, ::-1], tiles[2][::-1], tiles[3][::-1, ::-1]]
         cube = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
-        cube = np.ascontiguousarray(np.resize(cube, (256, 256, cube.shape[2]))[:, :, :59]) if cube.shape[:2] != (256, 256) \
-            else cube[:, :, :59]
+        if cube.shape[:2] != (256, 256):  # crops of another size: repeat or cut to 256 x 256
+            cube = np.resize(cube, (256, 256, cube.shape[2]))
+        cube = np.ascontiguousarray(cube[:, :, :59])
         source = f"2x2 mosaic of {len(files)} crop(s) in {folder}"
     else:
         cube, source = rng.random((256, 256, 59)), "random 256x256x59"
     cube = cube.astype(np.float32)
     noisy = np.clip(cube + rng.normal(0, 0.02, cube.shape), 0, 1).astype(np.float32)
     return cube, noisy, source
+
+
+def load_average() -> list[str] | None:
+    return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
 
 
 def bench_ssim(hsi: str, repeats: int, rng, dtype: str = "float32") -> None:
@@ -120,7 +126,7 @@ def bench_ssim(hsi: str, repeats: int, rng, dtype: str = "float32") -> None:
                           "ours_range_s": [round(min(times["ours"]), 4), round(max(times["ours"]), 4)],
                           "skimage_range_s": [round(min(times["skimage"]), 4), round(max(times["skimage"]), 4)],
                           "abs_diff": abs(mine - reference), "threads": torch.get_num_threads(),
-                          "loadavg": open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None}))
+                          "loadavg": load_average()}))
 
 
 def main(argv=None) -> int:

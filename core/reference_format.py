@@ -86,7 +86,8 @@ def _unmixing_key_from_reference(key: str) -> str:
 def unmixing_from_reference(state_dict: dict) -> tuple[dict, dict]:
     """(our state dict, our `model` config section) from the reference's UnmixingAE state dict."""
     weights = {_unmixing_key_from_reference(k): v for k, v in strip_prefix(state_dict).items()}
-    missing = [k for k in ("encoder.stem.weight", "decoder.weight", "encoder.stages.4.project.weight") if k not in weights]
+    needed = ("encoder.stem.weight", "decoder.weight", "encoder.stages.4.project.weight")
+    missing = [k for k in needed if k not in weights]
     if missing:
         raise ReferenceFormatError(f"no {missing[0]} (the reference's layerup1, layer3 and decoderlayer are needed)")
     blocks = {int(k.split(".")[4]) for k in weights if k.startswith("encoder.stages.0.blocks.")}

@@ -128,7 +128,8 @@ def reference_buffers(linear_start: float, linear_end: float, timesteps: int) ->
     posterior = betas * (1.0 - prev) / (1.0 - cumprod)
     values = {"betas": betas, "alphas_cumprod": cumprod, "alphas_cumprod_prev": prev,
               "sqrt_alphas_cumprod": np.sqrt(cumprod), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - cumprod),
-              "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod), "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
+              "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod),
+              "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
               "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / cumprod - 1), "posterior_variance": posterior,
               "posterior_log_variance_clipped": np.log(np.maximum(posterior, 1e-20)),
               "posterior_mean_coef1": betas * np.sqrt(prev) / (1.0 - cumprod),

@@ -99,7 +99,8 @@ def test_our_stage1_checkpoint_exports_and_refuses_what_the_reference_cannot_hol
     from pipeline.unmixing_config import UNMIXING_DEFAULTS
     cfg = json.loads(json.dumps(UNMIXING_DEFAULTS))
     model = UnmixingAutoencoder(out_bands=31, n_blocks=2)
-    state = {"stage": "unmixing", "model": model.state_dict(), "config": dict(cfg, model=dict(cfg["model"], n_blocks=2)),
+    config = dict(cfg, model=dict(cfg["model"], n_blocks=2))
+    state = {"stage": "unmixing", "model": model.state_dict(), "config": config,
              "epoch": 9, "band_indices": [25, 15, 5], "in_channels": 3, "out_bands": 31}
     save_checkpoint(state, str(tmp_path / "ours.pth"))
     assert export_main(["unmixing", str(tmp_path / "ours.pth"), str(tmp_path / "ref.pth")]) == 0
@@ -131,7 +132,8 @@ def test_resuming_training_from_a_reference_stage1_checkpoint_is_refused_clearly
     from pipeline.unmixing_train import train_unmixing
     path, _ = reference_unmixing
     (tmp_path / "crops").mkdir()
-    sio.savemat(tmp_path / "crops" / "c.mat", {"Y": np.random.default_rng(0).random((16, 16, BANDS)).astype(np.float32)})
+    crop = np.random.default_rng(0).random((16, 16, BANDS)).astype(np.float32)
+    sio.savemat(tmp_path / "crops" / "c.mat", {"Y": crop})
     cfg = load_unmixing_config(None, {"data.train": str(tmp_path / "crops")})
     cfg["data"].update(val=None, test=None)
     with pytest.raises(UserError, match="stage-1 checkpoint of the reference code"):
@@ -147,8 +149,8 @@ TINY_CONFIG = {
     "datasets": {"train": {"batch_size": 2, "num_workers": 0}, "val": {"data_len": 2}},
     "model": {"unet": {"in_channel": 3, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
                        "channel_multiplier": [1, 2], "attn_res": [4], "res_blocks": 1, "dropout": 0.0},
-              "beta_schedule": {"train": {"schedule": "linear", "n_timestep": 30, "linear_start": 1e-3, "linear_end": 0.2},
-                                "val": {"schedule": "linear", "n_timestep": 30, "linear_start": 1e-3, "linear_end": 0.2}},
+              "beta_schedule": {phase: {"schedule": "linear", "n_timestep": 30, "linear_start": 1e-3, "linear_end": 0.2}
+                                for phase in ("train", "val")},
               "diffusion": {"image_size": 8, "channels": 3}},
     "train": {"print_freq": 1, "val_freq": 1000, "save_checkpoint_freq": 1000, "preview_samples": 0},
     "sample": {"sampler": "ddim", "steps": 4, "batch_size": 2, "project_simplex": False},
