@@ -18,6 +18,8 @@ import re
 import numpy as np
 import torch
 
+from core.distributed import strip_module_prefix
+
 REFERENCE_STAGES = ("layerup2", "layerup3", "layer1", "layer2", "layer3")
 REFERENCE_WIDTHS = [32, 64, 128, 96, 48]
 REFERENCE_ENDMEMBERS = 5
@@ -38,11 +40,9 @@ class ReferenceFormatError(ValueError):
     """A state dict that does not have the reference's layout (the caller names the file)."""
 
 
-def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
-    """Keys without a wrapper prefix (`module.` of DataParallel/DDP) when every key has it."""
-    if state_dict and all(str(k).startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+def strip_prefix(state_dict: dict) -> dict:
+    """Keys without the `module.` prefix of DataParallel/DDP (when every key has it), as a new dict."""
+    return dict(strip_module_prefix(state_dict))
 
 
 # stage 1 ----------------------------------------------------------------------------------------
