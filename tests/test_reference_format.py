@@ -79,6 +79,20 @@ def test_infer_and_synthesis_accept_a_reference_checkpoint(tmp_path, reference_u
     assert np.allclose(read_mat(hsi_file)["HSI"], abundances @ end.T, atol=1e-5)
 
 
+def test_evaluate_reconstruction_accepts_a_reference_checkpoint(tmp_path, reference_unmixing):
+    import Evaluate
+    path, weights = reference_unmixing
+    (tmp_path / "hsi").mkdir()
+    for i in range(2):
+        sio.savemat(tmp_path / "hsi" / f"c{i}.mat",
+                    {"Y": np.random.default_rng(i).random((12, 12, BANDS)).astype(np.float32)})
+    assert Evaluate.main(["reconstruction", "--ckpt", path, "--hsi", str(tmp_path / "hsi"), "--out",
+                          str(tmp_path / "report"), "--device", "cpu", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["n_files"] == 2 and report["band_indices"] == "53,33,14" and report["num_endmembers"] == 5
+    assert np.isfinite(report["psnr"]) and 0 <= report["sam"] < 90
+
+
 def test_stage1_round_trip_reference_ours_reference(tmp_path, reference_unmixing):
     path, weights = reference_unmixing
     out = str(tmp_path / "exported.pth")
