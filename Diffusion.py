@@ -19,6 +19,7 @@ import os
 import torch
 
 from core.config import apply_overrides
+from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
 from core.distributed import distributed_session, launched_with_several_processes
 from core.errors import UserError, cli_main
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-enable_wandb", "--wandb", dest="enable_wandb", action="store_true",
                         help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
     parser.add_argument("-log_wandb_ckpt", action="store_true", help="accepted for the reference; not used")
+    add_trust_flag(parser)
     return parser
 
 
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
-    with distributed_session(device) as device:
+    with distributed_session(device) as device, trust_checkpoint_code(args.trust_checkpoint_code):
         if phase == "train":
             from pipeline.diffusion_train import train_diffusion
             checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,

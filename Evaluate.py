@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.fs import check_output_path
@@ -31,6 +32,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_profile_argument(parser)
+    add_trust_flag(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,8 +142,9 @@ def main(argv=None) -> int:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
-    {"generation": run_generation_command, "downstream": run_downstream_command,
-     "reconstruction": run_reconstruction_command}[args.command](args, device)
+    with trust_checkpoint_code(args.trust_checkpoint_code):
+        {"generation": run_generation_command, "downstream": run_downstream_command,
+         "reconstruction": run_reconstruction_command}[args.command](args, device)
     return 0
 
 

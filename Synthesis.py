@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import os
 
+from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.fs import check_output_path
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variability", metavar="auto|S", help="per-pixel endmember scaling (extended linear mixing "
                         "model) with smooth fields; S = std of log scale, auto = measured on the training HSIs")
     parser.add_argument("--variability-scale", type=float, default=16.0, help="field smoothness in pixels (default 16)")
+    add_trust_flag(parser)
     return parser
 
 
@@ -85,7 +87,8 @@ def main(argv=None) -> None:
                                sensor=args.sensor, variability=args.variability,
                                variability_scale=args.variability_scale)
     options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
-    summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
+    with trust_checkpoint_code(args.trust_checkpoint_code):
+        summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")
     print(f"RGB previews:   {summary['rgb_dir']}")
     print(f"contact sheet:  {summary['contact_sheet']}")

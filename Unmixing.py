@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
 from core.errors import UserError, cli_main
 from core.logs import setup_logging
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
     add_set_argument(train)
     add_profile_argument(train)
+    add_trust_flag(train)
 
     infer = sub.add_parser("infer", help="abundance maps of RGB image folders (or HSI .mat folders)")
     infer.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint or run folder (default: the "
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
     infer.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
     add_set_argument(infer)
+    add_trust_flag(infer)
     return parser
 
 
@@ -149,10 +152,11 @@ def run_infer(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    if args.command == "train":
-        run_train(args)
-        return 0
-    return run_infer(args)
+    with trust_checkpoint_code(args.trust_checkpoint_code):
+        if args.command == "train":
+            run_train(args)
+            return 0
+        return run_infer(args)
 
 
 if __name__ == "__main__":

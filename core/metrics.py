@@ -3,14 +3,17 @@
 Every function takes ground truth and prediction as (H, W, C) arrays (numpy or torch) on the same
 scale and returns a Python float. The definitions follow the usual hyperspectral super-resolution
 toolbox (band-averaged PSNR/SSIM/CC, SAM in degrees averaged over pixels, ERGAS with a resolution
-ratio), so numbers are comparable with the reference's `quality_assessment`.
+ratio), so numbers are comparable with the reference's `quality_assessment`. `ssim` is its SSIM
+(scikit-image's defaults); `ssim_gaussian` the Gaussian-window SSIM of Wang et al. Edge cases (a
+perfectly reproduced band, an all-zero pixel, a constant band) are listed beside the reference's
+behaviour in docs/evaluation.md.
 """
 
 import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy import ndimage
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -26,6 +29,25 @@ def _pair(gt, pred) -> tuple[torch.Tensor, torch.Tensor]:
     if gt.ndim == 2:
         gt, pred = gt[..., None], pred[..., None]
     return gt, pred
+
+
+def _bands_first(x, dtype: torch.dtype) -> torch.Tensor:
+    """(H, W, C) or (H, W) array -> a contiguous (C, H, W) CPU tensor of `dtype`, in one copy."""
+    x = x[..., None] if x.ndim == 2 else x
+    out = torch.empty((x.shape[2], x.shape[0], x.shape[1]), dtype=dtype)
+    return out.copy_(x.permute(2, 0, 1))
+
+
+def _pair_bands_first(gt, pred) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both cubes as (C, H, W) tensors: float32 when both are float32 (as scikit-image computes, and
+    so the reference on its float32 network outputs), else float64."""
+    gt = torch.from_numpy(np.asarray(gt)) if not isinstance(gt, torch.Tensor) else gt.detach().cpu()
+    pred = torch.from_numpy(np.asarray(pred)) if not isinstance(pred, torch.Tensor) else pred.detach().cpu()
+    if tuple(gt.shape) != tuple(pred.shape):
+        raise ValueError(f"shape mismatch: ground truth {tuple(gt.shape)} vs prediction {tuple(pred.shape)}")
+    single = gt.dtype == torch.float32 and pred.dtype == torch.float32
+    dtype = torch.float32 if single else torch.float64
+    return _bands_first(gt, dtype), _bands_first(pred, dtype)
 
 
 def spectral_angles(a, b, eps: float = 1e-12) -> torch.Tensor:
@@ -63,10 +85,19 @@ def rmse(gt, pred) -> float:
 
 
 def sam(gt, pred) -> float:
-    """Spectral angle mapper: mean angle (degrees) between ground-truth and predicted pixel spectra."""
+    """Spectral angle mapper: mean angle (degrees) between ground-truth and predicted pixel spectra.
+
+    As the reference's `compare_sam`, pixels where either spectrum is all zero are left out of the
+    mean (0.0 when none is left; the reference divides by zero there). Unlike it, the angle never
+    turns NaN on near-parallel spectra (see `spectral_angles`).
+    """
     gt, pred = _pair(gt, pred)
     channels = gt.shape[-1]
-    return float(spectral_angles(gt.reshape(-1, channels), pred.reshape(-1, channels)).mean())
+    gt, pred = gt.reshape(-1, channels), pred.reshape(-1, channels)
+    kept = (gt != 0).any(dim=1) & (pred != 0).any(dim=1)
+    if not bool(kept.any()):
+        return 0.0
+    return float(spectral_angles(gt[kept], pred[kept]).mean())
 
 
 def ergas(gt, pred, ratio: float = 4.0) -> float:
@@ -88,27 +119,89 @@ def cc(gt, pred) -> float:
     return float(((g * p).sum(0) / denom).mean())
 
 
-def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
-    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2.0
-    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+def _window_means(maps: torch.Tensor, weights: np.ndarray, rows: torch.Tensor, out: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N, H-size+1, W-size+1): weighted means over every size x size window inside the image.
+
+    Separable, weights outer(w, w): along H as a weighted sum of `size` shifted slices (one fused
+    multiply-add pass each, into the preallocated `rows`), along W with scipy's 1-D filter (uniform
+    or correlate, into `out`). Only windows inside the image are kept, so no border mode enters.
+    """
+    size = len(weights)
+    height = maps.shape[1] - size + 1
+    uniform = bool(np.all(weights == weights[0]))
+    rows.copy_(maps[:, :height])
+    if not uniform:
+        rows.mul_(float(weights[0]))
+    for k in range(1, size):
+        rows.add_(maps[:, k:k + height], alpha=1.0 if uniform else float(weights[k]))
+    if uniform:
+        rows.mul_(float(weights[0]))
+    if uniform:
+        ndimage.uniform_filter1d(rows.numpy(), size, axis=2, output=out)
+    else:
+        ndimage.correlate1d(rows.numpy(), weights, axis=2, output=out)
+    half = (size - 1) // 2
+    return out[:, :, half:maps.shape[2] - (size - 1 - half)]
 
 
-def ssim(gt, pred, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> float:
-    """Mean over bands of SSIM (Wang et al. 2004: Gaussian 11x11 window, sigma 1.5, valid region)."""
-    gt, pred = _pair(gt, pred)
-    x = gt.permute(2, 0, 1)[:, None]  # (C, 1, H, W): every band is its own image
-    y = pred.permute(2, 0, 1)[:, None]
-    size = min(window, x.shape[-1], x.shape[-2])
-    kernel = _gaussian_window(size, sigma, x.dtype, x.device)[None, None]
+def _ssim_bands(gt: torch.Tensor, pred: torch.Tensor, weights: np.ndarray, cov_norm: float, data_range: float,
+                chunk: int = 4) -> torch.Tensor:
+    """Mean SSIM map value of every band (C,) of (C, H, W) cubes, over the valid windows (in their dtype).
+
+    Bands go `chunk` at a time through preallocated buffers (fresh large arrays cost page faults);
+    the arithmetic is done in place with fused torch operations.
+    """
+    size = len(weights)
+    bands, height, width = gt.shape
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = F.conv2d(x, kernel), F.conv2d(y, kernel)
-    sxx = F.conv2d(x * x, kernel) - mu_x ** 2
-    syy = F.conv2d(y * y, kernel) - mu_y ** 2
-    sxy = F.conv2d(x * y, kernel) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return float(ssim_map.mean(dim=(1, 2, 3)).mean())
+    stack = torch.empty((5 * chunk, height, width), dtype=gt.dtype)
+    rows = torch.empty((5 * chunk, height - size + 1, width), dtype=gt.dtype)
+    out = np.empty((5 * chunk, height - size + 1, width), dtype=rows.numpy().dtype)
+    values = []
+    for first in range(0, bands, chunk):
+        n = min(chunk, bands - first)
+        maps = stack[:5 * n]
+        x, y = gt[first:first + n], pred[first:first + n]
+        maps[:n], maps[n:2 * n] = x, y
+        torch.mul(x, x, out=maps[2 * n:3 * n])
+        torch.mul(y, y, out=maps[3 * n:4 * n])
+        torch.mul(x, y, out=maps[4 * n:])
+        means = torch.from_numpy(_window_means(maps, weights, rows[:5 * n], out[:5 * n]))
+        mu_x, mu_y, xx, yy, xy = means.split(n)
+        # in scikit-image's order of operations, so that identical bands give exactly 1
+        xx.addcmul_(mu_x, mu_x, value=-1.0).mul_(cov_norm)      # var_x
+        yy.addcmul_(mu_y, mu_y, value=-1.0).mul_(cov_norm)      # var_y
+        xy.addcmul_(mu_x, mu_y, value=-1.0).mul_(cov_norm)      # cov
+        numerator = torch.mul(mu_x, mu_y).mul_(2.0).add_(c1).mul_(xy.mul_(2.0).add_(c2))
+        denominator = mu_x.mul_(mu_x).add_(mu_y.mul_(mu_y)).add_(c1).mul_(xx.add_(yy).add_(c2))
+        values.append(numerator.div_(denominator).mean(dim=(1, 2), dtype=torch.float64))
+    return torch.cat(values)
+
+
+def ssim(gt, pred, data_range: float = 1.0, window: int = 7) -> float:
+    """Mean over bands of scikit-image's default SSIM (the reference's `compare_mssim`).
+
+    Per band: 7 x 7 uniform windows, sample covariance (N / (N - 1)), K1 = 0.01, K2 = 0.03, the mean
+    over the windows that lie inside the image (skimage filters the whole band and crops 3 pixels).
+    Bands smaller than the window use the largest odd window that fits (skimage raises instead); a
+    1-pixel window falls back to the population covariance.
+    """
+    gt, pred = _pair_bands_first(gt, pred)
+    size = min(window, gt.shape[1], gt.shape[2])
+    size -= 1 - size % 2
+    points = size * size
+    cov_norm = points / (points - 1) if points > 1 else 1.0
+    return float(_ssim_bands(gt, pred, np.full(size, 1.0 / size), cov_norm, data_range).mean())
+
+
+def ssim_gaussian(gt, pred, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean over bands of the SSIM of Wang et al. 2004: Gaussian 11 x 11 window (sigma 1.5), population
+    covariance, valid windows only (= skimage with gaussian_weights=True, use_sample_covariance=False)."""
+    gt, pred = _pair_bands_first(gt, pred)
+    size = min(window, gt.shape[1], gt.shape[2])
+    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    weights = np.exp(-(coords ** 2) / (2 * sigma ** 2))
+    return float(_ssim_bands(gt, pred, weights / weights.sum(), 1.0, data_range).mean())
 
 
 def mrae(gt, pred, floor: float = 0.01) -> float:
@@ -139,5 +232,5 @@ def average_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(sum(r[key] for r in results) / len(results)) for key in results[0]}
 
 
-__all__ = ["psnr", "ssim", "sam", "ergas", "rmse", "cc", "quality_assessment", "spectral_angles",
+__all__ = ["psnr", "ssim", "ssim_gaussian", "sam", "ergas", "rmse", "cc", "quality_assessment", "spectral_angles",
            "average_metrics", "band_mse", "mrae"]

@@ -184,17 +184,9 @@ def build_diffusion(model_cfg: dict, unet: torch.nn.Module, phase: str) -> Gauss
 
 def _reference_weights(path: str) -> dict | None:
     """A state dict from the reference code's `I<step>_E<epoch>_gen.pth` (or its `resume_state` prefix)."""
-    if not path.endswith("_gen.pth") and os.path.isfile(f"{path}_gen.pth"):
-        path = f"{path}_gen.pth"
-    if not path.endswith("_gen.pth") or not os.path.isfile(path):
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is a user problem here
-        raise UserError(f"{path}: not a readable weights file ({str(err).splitlines()[0][:120]})") from None
-    prefix = "denoise_fn."
-    # drop the schedule buffers the reference stored beside the network
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} or state
+    from pipeline.reference_checkpoints import read_reference_weights, reference_gen_path
+    gen_path = reference_gen_path(path)
+    return read_reference_weights(gen_path) if gen_path else None
 
 
 def load_weights_for_sampling(path: str, cfg: dict, device: torch.device, use_ema: bool = True):

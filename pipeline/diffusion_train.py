@@ -51,6 +51,7 @@ from pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, checkpo
                                        discard_unused_run_folder, draw_samples, lock_run_folder, new_run_dir,
                                        plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
                                        run_subdirs, to_abundance, unlock_run_folder)
+from pipeline.reference_checkpoints import load_diffusion_resume
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -137,7 +138,7 @@ def restore_process_rng(state: dict, seed: int) -> None:
     per_rank = state.get("rng_ranks")
     if per_rank and len(per_rank) == world_size():
         restore_rng_state(per_rank[rank()])
-    elif rank() == 0:
+    elif rank() == 0 and state.get("rng") is not None:
         restore_rng_state(state["rng"])
     else:
         torch.manual_seed(process_seed(seed * 1_000_003 + int(state["step"]), rank()))
@@ -236,7 +237,9 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     main = is_main_process()
     log = setup_logging(level=logging.INFO if main else logging.WARNING)
     resume = resume or cfg["path"]["resume_state"]
-    state = load_checkpoint(resume, "diffusion") if resume else None
+    # a reference *_gen.pth + *_opt.pth pair, else one of our checkpoints
+    state = (load_diffusion_resume(resume, cfg) or load_checkpoint(resume, "diffusion")) if resume else None
+    from_reference = state is not None and state.get("format") == "reference"
     if state is not None:
         check_resume_compatible(state, cfg, resume)
         if int(state.get("seed", seed)) != seed:
@@ -252,7 +255,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"])
     fresh = not run_dir and not (resume and run_dir_of_checkpoint(resume, cfg))
     run_dir, paths, config_path = decided_by_main_process(
-        lambda: prepare_run_folder(cfg, out_root, run_dir, resume, start_step, seed))
+        lambda: prepare_run_folder(cfg, out_root, run_dir, None if from_reference else resume, start_step, seed))
     if main:
         log = setup_logging(os.path.join(paths["log"], "train.log"))
     samples_seen = int(state["samples_seen"]) if state else 0
@@ -288,9 +291,11 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(plain_state_dict(state["ema"] if state.get("ema") is not None else state["model"]))
-        scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         restore_process_rng(state, seed)
-        generator.set_state(state["generator"])
+        if state.get("generator") is not None:
+            generator.set_state(state["generator"])
         log.info("resumed from %s at step %d", resume, start_step)
     model = wrap_model(unet, device)
     if train_cfg["compile"]:

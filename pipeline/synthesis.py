@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from core.progress import tqdm  # a line every few percent when not on a terminal
 
-from core.checkpoint import load_checkpoint
 from core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
 from core.errors import UserError
 from core.fs import atomic_output, flat_name, require_folder
@@ -38,6 +37,7 @@ from data.hsi_dataset import list_mat_files
 from data.matio import read_array, read_hsi
 from data.normalize import minmax
 from pipeline.plots import plot_spectra
+from pipeline.reference_checkpoints import load_unmixing_checkpoint
 from pipeline.unmixing_infer import newest_unmixing_checkpoint
 from pipeline.variability import apply_variability, measure_strength
 
@@ -108,7 +108,7 @@ def newest_abundance_dir(root: str = DEFAULT_DDPM_ROOT) -> str:
 
 def load_endmembers(path: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """(C, K) float32 decoder weight, wavelengths (C,) or None, and the checkpoint dict."""
-    state = load_checkpoint(path, "unmixing")
+    state = load_unmixing_checkpoint(path, for_model=False)  # ours, or the reference's {"epoch", "model"}
     weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state["model"].items()}
     if "decoder.weight" not in weights:
         raise UserError(f"{path}: no 'decoder.weight' in the model (not an unmixing autoencoder?)")

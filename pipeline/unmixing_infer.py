@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from core.progress import tqdm  # a line every few percent when not on a terminal
 
-from core.checkpoint import load_checkpoint
 from core.errors import UserError
 from core.fs import ensure_folder, flat_name, remove_stale_temp_files
 from core.logs import get_logger
@@ -25,11 +24,12 @@ from data.images import list_images, read_rgb
 from data.matio import write_mat
 from data.normalize import minmax
 from models.unmixing import UnmixingAutoencoder, build_unmixing_model
+from pipeline.reference_checkpoints import load_unmixing_checkpoint
 
 
 def load_unmixing_model(path: str, device: torch.device) -> tuple[UnmixingAutoencoder, dict]:
     """The autoencoder of an unmixing checkpoint, in eval mode on `device`, and the checkpoint dict."""
-    state = load_checkpoint(path, "unmixing")
+    state = load_unmixing_checkpoint(path)  # ours, or the reference's {"epoch", "model"}
     model = build_unmixing_model(state["config"]["model"], state.get("in_channels", 3), state["out_bands"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state

@@ -248,22 +248,36 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 
 def test_val_reads_reference_gen_weights(tmp_path):
-    """The reference saves the GaussianDiffusion state dict (`denoise_fn.` + schedule buffers) as I<step>_E<epoch>_gen.pth."""
+    """The reference saves its GaussianDiffusion state dict (schedule buffers + `denoise_fn.` UNet) as
+    I<step>_E<epoch>_gen.pth; the file is built here from the reference's key names and shapes."""
+    from reference_layouts import ddpm_layout, random_state, reference_buffers
     cfg = copy.deepcopy(TINY)
     cfg["model"]["unet"]["dropout"] = 0.0
     config = write_json(tmp_path / "tiny.json", cfg)
-    torch.manual_seed(0)
-    unet = unet_from_config(load_diffusion_config(config)["model"])
-    state = {f"denoise_fn.{k}": v for k, v in unet.state_dict().items()}
-    state["betas"] = torch.linspace(1e-3, 0.2, 30)
+    layout = ddpm_layout(in_channel=3, out_channel=3, inner=8, groups=4, mults=(1, 2), attn_res=(4,), res_blocks=1,
+                         image_size=8, timesteps=30)
+    unet_keys = {k: v for k, v in layout.items() if k.startswith("denoise_fn.")}
+    state = {**reference_buffers(1e-3, 0.2, 30), **random_state(unet_keys, seed=0, scale=0.1)}
+    assert set(state) == set(layout)
     torch.save(state, tmp_path / "I10_E1_gen.pth")
     out = str(tmp_path / "runs")
     # the reference's resume_state is the prefix without _gen.pth
     Diffusion.main(["-p", "val", "-c", config, "--resume", str(tmp_path / "I10_E1"), "--out", out, "--num-samples", "1",
-                    "--device", "cpu"])
+                    "--device", "cpu", "--sampler", "ddim", "--steps", "3", "--raw"])
     (mat,) = glob.glob(os.path.join(out, "tiny_*", "mat_results", "10_1_sample_abu.mat"))
     record = json.loads(open(os.path.join(os.path.dirname(mat), "samples.jsonl")).readline())
     assert record["weights"] == "reference weights" and record["step"] == 10
+    # the same sample from our UNet holding those tensors under the reference's names minus `denoise_fn.`
+    from models.diffusion import GaussianDiffusion, NoiseSchedule
+    model_cfg = load_diffusion_config(config)["model"]
+    unet = unet_from_config(model_cfg)
+    unet.load_state_dict({k[len("denoise_fn."):]: v for k, v in state.items()
+                          if k.startswith("denoise_fn.")})
+    diffusion = GaussianDiffusion(unet.eval(), 8, 3, NoiseSchedule.from_config(model_cfg["beta_schedule"]["val"]))
+    seed = load_diffusion_config(config)["seed"]
+    expected = diffusion.sample(1, torch.device("cpu"), sampler="ddim", steps=3, eta=0.0,
+                                generator=torch.Generator().manual_seed(seed), progress=False).clamp(-1, 1)
+    assert np.allclose(read_mat(mat)["SR"], expected[0].permute(1, 2, 0).numpy(), atol=1e-6)
 
 
 def test_training_never_overwrites_checkpoints(tmp_path, abundance_dir):

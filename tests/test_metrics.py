@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from core.metrics import cc, ergas, psnr, quality_assessment, rmse, sam, spectral_angles, ssim
+from core.metrics import cc, ergas, psnr, quality_assessment, rmse, sam, spectral_angles, ssim, ssim_gaussian
 
 
 def test_psnr_of_constant_offset_is_closed_form():
@@ -18,6 +18,14 @@ def test_psnr_is_band_averaged():
     pred[..., 0] = 0.1   # band 0: 20 dB
     pred[..., 1] = 0.01  # band 1: 40 dB
     assert psnr(gt, pred) == pytest.approx(30.0)
+
+
+def test_a_perfect_band_counts_as_100_db():
+    gt = np.full((4, 4, 2), 0.5)
+    pred = gt.copy()
+    pred[..., 1] += 0.1                                     # band 1: 20 dB; band 0 exact (the reference: inf)
+    assert psnr(gt, pred) == pytest.approx((100.0 + 20.0) / 2)
+    assert psnr(gt, gt) == 100.0
 
 
 def test_sam_hand_values():
@@ -56,13 +64,83 @@ def slow_ssim_band(x, y, window, sigma, data_range=1.0):
     return np.mean(values)
 
 
-def test_ssim_matches_a_direct_loop():
+def test_ssim_gaussian_matches_a_direct_loop():
     rng = np.random.default_rng(0)
     gt = rng.random((16, 15, 2))
     pred = np.clip(gt + 0.1 * rng.standard_normal(gt.shape), 0, 1)
     expected = np.mean([slow_ssim_band(gt[..., b], pred[..., b], 11, 1.5) for b in range(2)])
-    assert ssim(gt, pred) == pytest.approx(expected, rel=1e-9)
-    assert ssim(gt, gt) == pytest.approx(1.0)
+    assert ssim_gaussian(gt, pred) == pytest.approx(expected, rel=1e-9)
+    assert ssim_gaussian(gt, gt) == pytest.approx(1.0)
+
+
+def hand_ssim_window(a, b, c1=1e-4, c2=9e-4):
+    """SSIM of one window with the sample (N - 1) variances and covariance, written out by hand."""
+    a, b = a.ravel(), b.ravel()
+    n = a.size
+    ma, mb = a.sum() / n, b.sum() / n
+    va, vb = ((a - ma) ** 2).sum() / (n - 1), ((b - mb) ** 2).sum() / (n - 1)
+    cov = ((a - ma) * (b - mb)).sum() / (n - 1)
+    return (2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+
+
+def test_ssim_is_the_mean_over_7x7_windows_with_sample_covariance():
+    """8 x 7 band: two 7 x 7 windows (rows 0-6 and 1-7); 2 bands averaged. No scikit-image needed."""
+    x = (np.arange(56, dtype=float).reshape(8, 7) % 11) / 10
+    y = np.sqrt(x) * 0.8 + 0.05
+    gt, pred = np.stack([x, y], 2), np.stack([y, 1 - x], 2)
+    band0 = (hand_ssim_window(x[:7], y[:7]) + hand_ssim_window(x[1:], y[1:])) / 2
+    band1 = (hand_ssim_window(y[:7], 1 - x[:7]) + hand_ssim_window(y[1:], 1 - x[1:])) / 2
+    assert ssim(gt, pred) == pytest.approx((band0 + band1) / 2, rel=1e-12)
+    assert ssim(gt[..., :1], pred[..., :1], data_range=2.0) == pytest.approx(
+        (hand_ssim_window(x[:7], y[:7], 4e-4, 3.6e-3) + hand_ssim_window(x[1:], y[1:], 4e-4, 3.6e-3)) / 2, rel=1e-12)
+
+
+def test_ssim_of_constant_bands_is_the_luminance_term():
+    a = np.full((9, 9, 1), 0.3)
+    assert ssim(a, a) == 1.0
+    # no variance: (2ab + c1) / (a^2 + b^2 + c1) with a = 0.3, b = 0.4
+    assert ssim(a, a + 0.1) == pytest.approx(0.2401 / 0.2501, rel=1e-12)
+
+
+def test_ssim_matches_scikit_image_the_references_metric():
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(3)
+    gt = rng.random((40, 33, 4))
+    gt[..., 1] = np.linspace(0, 1, 33)[None, :] ** 2  # a smooth band
+    pred = np.clip(gt + 0.05 * rng.standard_normal(gt.shape), 0, 1)
+
+    def reference(a, b, **options):  # the reference's compare_mssim: per band, data_range 1, mean
+        return np.mean([metrics.structural_similarity(a[..., i], b[..., i], data_range=1.0, **options)
+                        for i in range(a.shape[2])])
+
+    assert ssim(gt, pred) == pytest.approx(reference(gt, pred), rel=1e-10)
+    assert ssim_gaussian(gt, pred) == pytest.approx(
+        reference(gt, pred, gaussian_weights=True, use_sample_covariance=False), rel=1e-10)
+    # float32 inputs (the network's outputs): both compute in float32
+    g32, p32 = gt.astype(np.float32), pred.astype(np.float32)
+    assert abs(ssim(g32, p32) - reference(g32, p32)) < 1e-5
+    assert ssim(gt, gt) == 1.0 and ssim(g32, g32) == 1.0  # identical bands: exactly 1, as scikit-image
+
+
+def test_ssim_of_bands_smaller_than_the_window():
+    rng = np.random.default_rng(4)
+    gt, pred = rng.random((5, 6, 2)), rng.random((5, 6, 2))
+    # the largest odd window that fits is 5 x 5: two windows per band
+    expected = np.mean([(hand_ssim_window(gt[:, :5, b], pred[:, :5, b]) +
+                         hand_ssim_window(gt[:, 1:, b], pred[:, 1:, b])) / 2 for b in range(2)])
+    assert ssim(gt, pred) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sam_is_never_nan_and_skips_zero_pixels_as_the_reference():
+    spectrum = np.array([0.1, 0.2, 0.3, 0.7], np.float32)
+    gt = np.tile(spectrum, (8, 8, 1))
+    pred = gt * np.float32(1.0000001)   # arccos of the float32 cosine (> 1) is NaN in the reference
+    assert sam(gt, pred) == pytest.approx(0.0, abs=1e-3)
+    gt2 = np.array([[[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]])
+    pred2 = np.array([[[0.0, 2.0], [1.0, 1.0], [0.0, 0.0]]])
+    # pixel 1 (zero ground truth) and pixel 2 (zero prediction) are left out: only the 90 deg pixel counts
+    assert sam(gt2, pred2) == pytest.approx(90.0)
+    assert sam(np.zeros((2, 2, 3)), np.zeros((2, 2, 3))) == 0.0
 
 
 def test_quality_assessment_moves_the_right_way_with_noise():
