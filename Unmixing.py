@@ -12,6 +12,7 @@ import sys
 
 from core.device import resolve_device
 from core.errors import UserError, cli_main
+from core.fs import remove_stale_temp_files
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
 from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
@@ -78,6 +79,8 @@ def run_train(args) -> None:
     lock = RunLock(out_dir, "Unmixing.py train") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with lock, distributed_session(resolve_device(args.device or "auto")) as device:
+        if os.environ.get("RANK", "0") == "0":  # a run killed while saving left its half-written file
+            remove_stale_temp_files(os.path.join(out_dir, "checkpoint"))
         train_unmixing(cfg, out_dir, device, resume=args.resume)
 
 
