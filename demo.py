@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_step_configs(unmixing_config: str, ddpm_config: str) -> None:
+    """Load (and so validate) both configs before step 1, so a bad value stops the demo before any work."""
+    from pipeline.diffusion_config import load_diffusion_config
+    from pipeline.unmixing_config import load_unmixing_config
+    load_unmixing_config(unmixing_config if os.path.isfile(unmixing_config) else os.path.join(ROOT, unmixing_config))
+    load_diffusion_config(ddpm_config if os.path.isfile(ddpm_config) else os.path.join(ROOT, ddpm_config))
+
+
 def prepare_output(out: str, overwrite: bool) -> None:
     """Refuse to mix with an earlier demo unless --overwrite, which removes only the demo's own outputs."""
     earlier = [name for name in OWNED if os.path.exists(os.path.join(out, name))]
@@ -151,6 +159,7 @@ def main(argv=None) -> None:
             raise UserError(f"{config}: demo config not found")
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
+    check_step_configs(args.unmixing_config, args.ddpm_config)
     out = os.path.abspath(args.out)
     check_output_path(out)
     prepare_output(out, args.overwrite)

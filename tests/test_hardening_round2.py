@@ -414,6 +414,28 @@ def test_stage1_resume_without_config_uses_the_checkpoints(tmp_path):
     assert not os.path.exists(os.path.join(run, LOCK_NAME))
 
 
+def test_stage1_resume_with_a_config_of_another_network_is_one_line(tmp_path, capsys):
+    train = crops_folder(tmp_path / "crops")
+    cfg = json.loads(json.dumps(TINY_TRAIN))
+    cfg["model"]["num_endmembers"] = 3
+    run = str(tmp_path / "run")
+    Unmixing.main(["train", "-c", write_json(tmp_path / "c3.json", cfg), "--train", train, "--out", run,
+                   "--device", "cpu"])
+    cfg["model"]["num_endmembers"] = 4
+    line = one_line_error(capsys, lambda: Unmixing.main([
+        "train", "-c", write_json(tmp_path / "c4.json", cfg), "--train", train, "--out", run, "--epochs", "2",
+        "--resume", os.path.join(run, "checkpoint", "latest.pth"), "--device", "cpu"]))
+    assert "model.num_endmembers 3 in the checkpoint, 4 now" in line and "resume without -c" in line
+
+
+def test_demo_checks_its_configs_before_making_data(tmp_path, capsys):
+    cfg = json.loads(json.dumps(TINY_TRAIN))
+    cfg["train"]["lr"] = "fast"
+    bad = write_json(tmp_path / "u.json", cfg)
+    line = one_line_error(capsys, lambda: demo.main(["--unmixing-config", bad, "--out", str(tmp_path / "d")]))
+    assert "'train.lr' must be a number > 0, got 'fast'" in line and not (tmp_path / "d").exists()
+
+
 # ---------------------------------------------------------------- one writer per run folder
 
 def test_second_training_into_a_locked_run_folder_is_refused(tmp_path, capsys):
