@@ -243,7 +243,8 @@ def test_training_on_bands_first_crops_is_refused_before_any_step(tmp_path, caps
     ({"train": {"epochs": 0}}, "'train.epochs' must be an integer >= 1, got 0"),
     ({"model": {"widths": [8, -1]}}, "'model.widths'[1] must be an integer >= 1, got -1"),
     ({"infer": {"overlap": -3}}, "'infer.overlap' must be an integer >= 0, got -3"),
-    ({"data": {"bands": [-1, 3, 1]}}, "band indices [-1] out of range for a 8-band cube (0 to 7)"),
+    ({"data": {"bands": [-1, 3, 1]}}, "'data.bands'[0] must be an integer >= 0, got -1"),
+    ({"data": {"bands": [5, 3, 9]}}, "band indices [9] out of range for a 8-band cube (0 to 7)"),
 ])
 def test_stage1_config_values_are_checked_before_any_data_is_read(tmp_path, capsys, change, needle):
     cfg = json.loads(json.dumps(TINY_TRAIN))
@@ -390,6 +391,7 @@ def test_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
     ({"model": {"unet": {"dropuot": 0.1}}}, "did you mean 'model.unet.dropout'?"),
     ({"model": {"beta_schedule": {"train": {"linear_strat": 1e-4}}}},
      "did you mean 'model.beta_schedule.train.linear_start'?"),
+    ({"train": {"optimiser": {"lr": 1}}}, "did you mean 'train.optimizer'?"),
 ])
 def test_nested_config_typo_suggests_the_key(user, hint):
     with pytest.raises(UserError) as info:
@@ -590,7 +592,7 @@ def test_file_where_a_folder_is_expected_says_so(tmp_path, capsys):
     ]
     for call in calls:
         line = one_line_error(capsys, call)
-        assert f"{a_file}: is a file, but a" in line and "folder" in line and "not found" not in line
+        assert f"{a_file}: is a file, but a" in line and "expected here" in line and "not found" not in line
 
 
 def test_evaluate_band_mismatch_names_the_file_and_the_checkpoint(tmp_path, capsys):
