@@ -207,9 +207,9 @@ class LazyMatArray:
     v7.3 files are read window by window through h5py; v5 files cannot be streamed and are loaded once.
     """
 
-    def __init__(self, path: str, key: str | None = None, candidates=HSI_KEYS):
+    def __init__(self, path: str, key: str | None = None, candidates=HSI_KEYS, hint: str = KEY_HINT):
         self.path = path
-        self.key = find_key(path, mat_keys(path), candidates, key)
+        self.key = find_key(path, mat_keys(path), candidates, key, hint)
         self._v73 = is_v73(path)
         if self._v73:
             self._file = h5py.File(path, "r")

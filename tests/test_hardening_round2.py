@@ -578,6 +578,15 @@ def test_synthesis_names_no_key_flag_it_does_not_have(tmp_path, capsys):
     assert "Diffusion.py -p val" in line
 
 
+def test_diffusion_names_no_key_flag_it_does_not_have(tmp_path, capsys):
+    (tmp_path / "abu").mkdir()
+    sio.savemat(tmp_path / "abu" / "a.mat", {"Y": np.zeros((10, 10, 3), np.float32)})
+    line = one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", write_json(tmp_path / "d.json", TINY_DDPM),
+                                                            "--data", str(tmp_path / "abu"),
+                                                            "--out", str(tmp_path / "runs")]))
+    assert "a.mat: no key among Abu, SR (found: Y)" in line and "--key" not in line
+
+
 def test_file_where_a_folder_is_expected_says_so(tmp_path, capsys):
     a_file = tmp_path / "crops.mat"
     a_file.write_text("x")
