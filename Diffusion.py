@@ -20,7 +20,7 @@ import torch
 from core.config import apply_overrides
 from core.device import resolve_device
 from core.distributed import distributed_session, launched_with_several_processes
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.logs import setup_logging
 from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, flag
 
@@ -29,7 +29,7 @@ DEFAULT_OUT = os.path.join("experiments", "ddpm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Stage 2: DDPM on abundance maps (SR3-style)")
+    parser = OneLineParser(description="Stage 2: DDPM on abundance maps (SR3-style)")
     parser.add_argument("-p", "--phase", choices=["train", "val"], help="train, or val (sample); default: the config's")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"JSON config (default {DEFAULT_CONFIG})")
     parser.add_argument("--data", help="folder of abundance .mat files (overrides datasets.train.dataroot)")

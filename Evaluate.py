@@ -14,7 +14,7 @@ import sys
 import torch
 
 from core.device import resolve_device
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
@@ -31,7 +31,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate the unmixing network and synthetic HSIs")
+    parser = OneLineParser(description="Evaluate the unmixing network and synthetic HSIs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs")

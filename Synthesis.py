@@ -10,7 +10,7 @@ import argparse
 import os
 
 from core.device import resolve_device
-from core.errors import cli_main
+from core.errors import OneLineParser, cli_main
 from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import INT_NONNEGATIVE, flag
@@ -18,7 +18,7 @@ from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Stage 3: synthesize HSIs from sampled abundances and endmembers")
+    parser = OneLineParser(description="Stage 3: synthesize HSIs from sampled abundances and endmembers")
     parser.add_argument("--abundances", help="folder of sampled abundance .mat files (Abu, or SR in [-1, 1]); "
                         "default: the newest experiments/ddpm/*/mat_results")
     parser.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint; default: the newest "

@@ -11,7 +11,7 @@ import os
 import sys
 
 from core.device import resolve_device
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import remove_stale_temp_files
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
@@ -21,7 +21,7 @@ DEFAULT_CONFIG = "config/Chikusei_unmixing.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Stage 1: RGB-to-abundance unmixing network")
+    parser = OneLineParser(description="Stage 1: RGB-to-abundance unmixing network")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train on HSI crops (.mat)")

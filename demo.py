@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import check_output_path, require_folder
 from core.validate import INT_ANY, INT_POSITIVE, flag
 
@@ -28,7 +28,7 @@ OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "timings.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run the five pipeline steps end to end on demo data")
+    parser = OneLineParser(description="Run the five pipeline steps end to end on demo data")
     parser.add_argument("--data", help="run on real files instead: a folder with HSI crops (.mat, e.g. "
                         "chikusei/*.mat) and RGB images (e.g. aid/*.jpg), such as ../shared/data/paper")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

@@ -20,7 +20,7 @@ import os
 
 from tqdm import tqdm
 
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import check_output_path
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_POSITIVE, flag
@@ -35,7 +35,7 @@ MANIFEST_COLUMNS = ("output", "source", "split", "class", "row", "col", "height"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m data.prepare", description="Turn a downloaded dataset into training-ready crops.",
         epilog="Splits are spatially disjoint: by region for single scenes, by file for collections "
                "(see docs/datasets.md).")

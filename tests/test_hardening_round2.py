@@ -334,6 +334,15 @@ def test_evaluate_flags(tmp_path, capsys, argv, needle):
     assert needle in line and not (tmp_path / "rep").exists()
 
 
+def test_flag_errors_are_one_line_without_the_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        Unmixing.main(["infer", "--tile", "-5"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()  # prog is sys.argv[0]: Unmixing.py when run as a script
+    assert line.startswith("error: ") and line.endswith(
+        " infer: argument --tile: must be an integer >= 1, got -5 (see " + line.split(" ")[1] + " infer --help)")
+
+
 def test_synthesis_and_demo_flags(tmp_path, capsys):
     line = one_line_error(capsys, lambda: Synthesis.main(["--rgb-bands", "-1", "2", "3", "--out", str(tmp_path / "s")]))
     assert "--rgb-bands: must be an integer >= 0, got -1" in line
