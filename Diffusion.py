@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=flag(INT_NONNEGATIVE), help="DataLoader workers (datasets.train.num_workers)")
     parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA (train.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
-    parser.add_argument("--num-samples", type=flag(INT_POSITIVE), help="samples to draw (default datasets.val.data_len)")
+    parser.add_argument("--num-samples", type=flag(INT_POSITIVE),
+                        help="samples to draw (default datasets.val.data_len)")
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")
     parser.add_argument("--steps", type=flag(INT_POSITIVE), help="DDIM steps")
     parser.add_argument("--eta", type=flag(PROBABILITY), help="DDIM eta (0: deterministic)")

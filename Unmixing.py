@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=flag(INT_POSITIVE))
     train.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE))
     train.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE))
-    train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"), help="input band indices")
+    train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
+                       help="input band indices")
     train.add_argument("--key", help="variable name of the cube in the .mat files")
     train.add_argument("--resume", help="checkpoint to resume from (latest.pth)")
     train.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
@@ -47,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--hsi", nargs="+", help="HSI .mat folders (their 3 selected bands are the input)")
     infer.add_argument("--out", default="dataset/inferred_abu", help="output folder (default dataset/inferred_abu)")
     infer.add_argument("--tile", type=flag(INT_POSITIVE), default=None, help="tile size for large images (default 256)")
-    infer.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=None, help="tile overlap in pixels (default 32)")
+    infer.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=None,
+                       help="tile overlap in pixels (default 32)")
     infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
-    infer.add_argument("--tile-batch", type=flag(INT_POSITIVE), default=1, help="tiles per forward pass (speed option, default 1)")
+    infer.add_argument("--tile-batch", type=flag(INT_POSITIVE), default=1,
+                       help="tiles per forward pass (speed option, default 1)")
     infer.add_argument("--channels-last", action="store_true", help="channels-last memory format (speed option)")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")

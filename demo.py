@@ -33,11 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "chikusei/*.mat) and RGB images (e.g. aid/*.jpg), such as ../shared/data/paper")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] for every step")
-    parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8, help="abundance maps to sample = synthetic HSIs (default 8)")
+    parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8,
+                        help="abundance maps to sample = synthetic HSIs (default 8)")
     parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG)
     parser.add_argument("--ddpm-config", default=DDPM_CONFIG)
     parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the demo data")
-    parser.add_argument("--size", type=flag(INT_POSITIVE), default=64, help="height and width of the demo scenes and images")
+    parser.add_argument("--size", type=flag(INT_POSITIVE), default=64,
+                        help="height and width of the demo scenes and images")
     parser.add_argument("--overwrite", action="store_true", help="delete the outputs of an earlier demo in --out first")
     return parser
 

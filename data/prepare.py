@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--src", required=True, help="the downloaded file or folder")
     parser.add_argument("--out", default=None, help="output folder (default: dataset, or dataset/RGB for rgb)")
     parser.add_argument("--size", type=flag(INT_POSITIVE), default=256, help="crop side in pixels (default 256)")
-    parser.add_argument("--stride", type=flag(INT_POSITIVE), default=None, help="step between crops (default: --size, no overlap)")
+    parser.add_argument("--stride", type=flag(INT_POSITIVE), default=None,
+                        help="step between crops (default: --size, no overlap)")
     parser.add_argument("--region", type=flag(INT_POSITIVE), default=None,
                         help="side of the split regions of a scene (default: --size, or 2 x --size when "
                              "--stride < --size)")
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", default=None,
                         help="factor for stored values (default auto: integers are reflectance x 10000)")
     parser.add_argument("--key", default=None, help="name of the cube variable, when it is not the usual one")
-    parser.add_argument("--wavelength-range", type=flag(FLOAT_POSITIVE), nargs=2, metavar=("FIRST", "LAST"), default=None,
+    parser.add_argument("--wavelength-range", type=flag(FLOAT_POSITIVE), nargs=2, metavar=("FIRST", "LAST"),
+                        default=None,
                         help="unmixing-benchmark: evenly spaced band centres (nm) for files that store none")
     parser.add_argument("--rgb-mode", choices=MODES, default=None,
                         help="rgb: resize the centred square (default), crop the centre, or cut tiles")
