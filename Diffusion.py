@@ -22,7 +22,7 @@ from core.config import apply_overrides
 from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
 from core.distributed import distributed_session, launched_with_several_processes
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.logs import setup_logging
 from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, flag
 from core.overrides import add_set_argument, parse_set_values
@@ -34,7 +34,7 @@ DEFAULT_OUT = os.path.join("experiments", "ddpm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Stage 2: DDPM on abundance maps (SR3-style)")
+    parser = OneLineParser(description="Stage 2: DDPM on abundance maps (SR3-style)")
     add_version_argument(parser)
     add_set_argument(parser)
     parser.add_argument("-p", "--phase", choices=["train", "val"], help="train, or val (sample); default: the config's")

@@ -15,7 +15,7 @@ import torch
 
 from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import check_output_path
 from core.logs import get_logger, setup_logging
 from core.profiles import add_profile_argument
@@ -36,7 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate the unmixing network and synthetic HSIs")
+    parser = OneLineParser(description="Evaluate the unmixing network and synthetic HSIs")
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -52,16 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generation", help="synthetic vs real HSIs: F_p, D_b, precision/recall, FD/KID, plots")
     gen.add_argument("--real", required=True, help="folder of real HSI .mat files (min-max normalised per file)")
     gen.add_argument("--synthetic", required=True, help="folder of synthetic HSI .mat files (taken as they are)")
-    gen.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of every sub-sample and of the feature network")
-    gen.add_argument("--pixel-cap", type=flag(INT_POSITIVE), default=20000, help="spectra sampled per set (default 20000)")
-    gen.add_argument("--prdc-cap", type=flag(INT_POSITIVE), default=10000, help="spectra used for precision/recall (default 10000)")
+    gen.add_argument("--seed", type=flag(INT_ANY), default=0,
+                     help="seed of every sub-sample and of the feature network")
+    gen.add_argument("--pixel-cap", type=flag(INT_POSITIVE), default=20000,
+                     help="spectra sampled per set (default 20000)")
+    gen.add_argument("--prdc-cap", type=flag(INT_POSITIVE), default=10000,
+                     help="spectra used for precision/recall (default 10000)")
     gen.add_argument("--k", type=flag(INT_POSITIVE), default=3, help="k of the k-NN manifolds (default 3)")
-    gen.add_argument("--patch-cap", type=flag(INT_POSITIVE), default=4000, help="feature patches per set (default 4000)")
+    gen.add_argument("--patch-cap", type=flag(INT_POSITIVE), default=4000,
+                     help="feature patches per set (default 4000)")
     gen.add_argument("--patch-size", type=flag(INT_POSITIVE), default=8, help="feature patch side (default 8)")
     gen.add_argument("--block-cap", type=flag(INT_POSITIVE), default=64, help="synthetic blocks for D_b (default 64)")
     gen.add_argument("--block-size", type=flag(INT_POSITIVE), default=16, help="D_b block side (default 16)")
-    gen.add_argument("--image-cap", type=flag(INT_POSITIVE), default=32, help="real images searched by D_b (default 32)")
-    gen.add_argument("--feature-steps", type=flag(INT_POSITIVE), default=300, help="training steps of the feature network")
+    gen.add_argument("--image-cap", type=flag(INT_POSITIVE), default=32,
+                     help="real images searched by D_b (default 32)")
+    gen.add_argument("--feature-steps", type=flag(INT_POSITIVE), default=300,
+                     help="training steps of the feature network")
     gen.add_argument("--feature-cache", default=os.path.join("experiments", "evaluation", "feature_cache"),
                      help="folder caching the feature network per real set ('none' to disable)")
     gen.add_argument("--endmembers", help="End for the Dirichlet baseline: .mat with End or an unmixing checkpoint "
@@ -79,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=2e-3)
     down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
-    down.add_argument("--test-fraction", type=flag(FRACTION_OPEN), default=0.5, help="share of real files held out (default 0.5)")
-    down.add_argument("--synthetic-cap", type=flag(INT_POSITIVE), default=256, help="synthetic files loaded at most (default 256)")
+    down.add_argument("--test-fraction", type=flag(FRACTION_OPEN), default=0.5,
+                      help="share of real files held out (default 0.5)")
+    down.add_argument("--synthetic-cap", type=flag(INT_POSITIVE), default=256,
+                      help="synthetic files loaded at most (default 256)")
     down.add_argument("--rgb-bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
                       help="input band indices (default: Chikusei RGB bands for 59 bands, else evenly spread)")
     _common(down)

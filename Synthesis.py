@@ -15,7 +15,7 @@ import os
 
 from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import check_output_path
 from core.logs import get_logger, setup_logging
 from core.overrides import add_set_argument, parse_set_values
@@ -26,7 +26,7 @@ from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions, load_synthesis_set
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Stage 3: synthesize HSIs from sampled abundances and endmembers")
+    parser = OneLineParser(description="Stage 3: synthesize HSIs from sampled abundances and endmembers")
     add_version_argument(parser)
     add_set_argument(parser)
     parser.add_argument("--abundances", help="folder of sampled abundance .mat files (Abu, or SR in [-1, 1]); "

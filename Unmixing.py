@@ -12,7 +12,8 @@ import sys
 
 from core.checkpoint import add_trust_flag, trust_checkpoint_code
 from core.device import resolve_device
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
+from core.fs import remove_stale_temp_files
 from core.logs import setup_logging
 from core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
 from core.overrides import add_set_argument, parse_set_values
@@ -24,7 +25,7 @@ DEFAULT_CONFIG = "config/Chikusei_unmixing.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Stage 1: RGB-to-abundance unmixing network")
+    parser = OneLineParser(description="Stage 1: RGB-to-abundance unmixing network")
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=flag(INT_POSITIVE))
     train.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE))
     train.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE))
-    train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"), help="input band indices")
+    train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
+                       help="input band indices")
     train.add_argument("--key", help="variable name of the cube in the .mat files")
     train.add_argument("--resume", help="checkpoint to resume from (latest.pth), or 'latest': the newest of the run")
     train.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
@@ -60,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--hsi", nargs="+", help="HSI .mat folders (their 3 selected bands are the input)")
     infer.add_argument("--out", default="dataset/inferred_abu", help="output folder (default dataset/inferred_abu)")
     infer.add_argument("--tile", type=flag(INT_POSITIVE), default=None, help="tile size for large images (default 256)")
-    infer.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=None, help="tile overlap in pixels (default 32)")
+    infer.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=None,
+                       help="tile overlap in pixels (default 32)")
     infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
-    infer.add_argument("--tile-batch", type=flag(INT_POSITIVE), default=1, help="tiles per forward pass (speed option, default 1)")
+    infer.add_argument("--tile-batch", type=flag(INT_POSITIVE), default=1,
+                       help="tiles per forward pass (speed option, default 1)")
     infer.add_argument("--channels-last", action="store_true", help="channels-last memory format (speed option)")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
@@ -98,6 +102,8 @@ def run_train(args) -> None:
     lock = RunLock(out_dir, "Unmixing.py train") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with lock, distributed_session(resolve_device(args.device or "auto")) as device:
+        if os.environ.get("RANK", "0") == "0":  # a run killed while saving left its half-written file
+            remove_stale_temp_files(os.path.join(out_dir, "checkpoint"))
         train_unmixing(cfg, out_dir, device, resume=args.resume, wandb=args.wandb)
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import check_output_path, require_folder
 from core.profiles import add_profile_argument
 from core.validate import INT_ANY, INT_POSITIVE, flag
@@ -34,20 +34,30 @@ OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "timings.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run the five pipeline steps end to end on demo data")
+    parser = OneLineParser(description="Run the five pipeline steps end to end on demo data")
     add_version_argument(parser)
     parser.add_argument("--data", help="run on real files instead: a folder with HSI crops (.mat, e.g. "
                         "chikusei/*.mat) and RGB images (e.g. aid/*.jpg), such as ../shared/data/paper")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] for every step")
-    parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8, help="abundance maps to sample = synthetic HSIs (default 8)")
+    parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8,
+                        help="abundance maps to sample = synthetic HSIs (default 8)")
     parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG)
     parser.add_argument("--ddpm-config", default=DDPM_CONFIG)
     parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the demo data")
-    parser.add_argument("--size", type=flag(INT_POSITIVE), default=64, help="height and width of the demo scenes and images")
+    parser.add_argument("--size", type=flag(INT_POSITIVE), default=64,
+                        help="height and width of the demo scenes and images")
     parser.add_argument("--overwrite", action="store_true", help="delete the outputs of an earlier demo in --out first")
     add_profile_argument(parser, default="improved")
     return parser
+
+
+def check_step_configs(unmixing_config: str, ddpm_config: str) -> None:
+    """Load (and so validate) both configs before step 1, so a bad value stops the demo before any work."""
+    from pipeline.diffusion_config import load_diffusion_config
+    from pipeline.unmixing_config import load_unmixing_config
+    load_unmixing_config(unmixing_config if os.path.isfile(unmixing_config) else os.path.join(ROOT, unmixing_config))
+    load_diffusion_config(ddpm_config if os.path.isfile(ddpm_config) else os.path.join(ROOT, ddpm_config))
 
 
 def prepare_output(out: str, overwrite: bool) -> None:
@@ -159,6 +169,7 @@ def main(argv=None) -> None:
             raise UserError(f"{config}: demo config not found")
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
+    check_step_configs(args.unmixing_config, args.ddpm_config)
     out = os.path.abspath(args.out)
     check_output_path(out)
     prepare_output(out, args.overwrite)

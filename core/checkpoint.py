@@ -18,6 +18,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import warnings
 import zipfile
 
@@ -90,9 +91,11 @@ def save_checkpoint(state: dict, path: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120] or type(err).__name__
+        if isinstance(err, RuntimeError) and shutil.disk_usage(folder).free < (1 << 20):
+            reason = f"No space left on device; torch.save: {reason}"
         if os.path.exists(tmp):
             os.remove(tmp)
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120] or type(err).__name__
         raise UserError(f"{path}: could not write checkpoint ({reason})") from None
     except BaseException:  # Ctrl-C or a programming error mid-write: no half-written file stays behind
         if os.path.exists(tmp):

@@ -98,10 +98,7 @@ def nearest_key(dotted: str, key: str, base: dict, prefix: str, root: dict) -> s
     for candidate in everywhere:
         by_last.setdefault(candidate.rsplit(".", 1)[-1], candidate)
     close = difflib.get_close_matches(key, list(by_last), n=1, cutoff=0.75)
-    if close:
-        return by_last[close[0]]
-    close = difflib.get_close_matches(dotted, everywhere, n=1)
-    return close[0] if close else None
+    return by_last[close[0]] if close else None
 
 
 def _matches(dotted: str, patterns: Iterable[str]) -> bool:

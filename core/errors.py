@@ -3,6 +3,7 @@
 Library code raises `UserError("path/file.mat: no key 'Y' (found: cube, bands)")`; the CLI entry
 points turn it into a one-line message and exit status 2 instead of a traceback.
 """
+import argparse
 import functools
 import logging
 import sys
@@ -28,3 +29,11 @@ def cli_main(func):
             sys.exit(130)
 
     return wrapper
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line like every other user error: the usage stays behind --help."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

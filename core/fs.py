@@ -23,7 +23,8 @@ def require_folder(path: str, what: str = "folder", hint: str = "") -> str:
         return path
     tail = f" ({hint})" if hint else ""
     if os.path.exists(path):
-        raise UserError(f"{path}: is a file, but a {what} is expected here{tail}")
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise UserError(f"{path}: is a file, but {article} {what} is expected here{tail}")
     raise UserError(f"{path}: {what} not found{tail}")
 
 

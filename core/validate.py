@@ -134,8 +134,7 @@ def check_config(cfg: dict, rules: dict[str, Any], source: str) -> dict:
                 raise UserError(f"{name} must be true or false, got {value!r}")
         elif isinstance(rule, tuple) and len(rule) == 2 and rule[0] == "list":
             if not isinstance(value, (list, tuple)) or not value:
-                raise UserError(f"{name} must be a non-empty list of {rule[1].describe().split(' ', 1)[1]}s, "
-                                f"got {value!r}")
+                raise UserError(f"{name} must be a non-empty list, each item {rule[1].describe()}, got {value!r}")
             parent[key] = [check_value(item, rule[1], f"{name}[{index}]") for index, item in enumerate(value)]
         else:
             if value not in rule:

@@ -23,6 +23,7 @@ FLIPS = ("none", "horizontal", "both")
 # Abundances may leave [0, 1] a little (raw DDPM samples); beyond this margin they are something else.
 RANGE_SLACK = 0.5
 _HOW_TO_MAKE = "create abundance files with `python Unmixing.py infer` or point --data at them"
+ABUNDANCE_HINT = "the training data must be abundance maps (`Abu`, as `python Unmixing.py infer` writes them)"
 
 
 def list_abundance_files(root: str, limit: int = -1) -> list[str]:
@@ -55,7 +56,7 @@ class AbundanceDataset(Dataset):
     def read(self, index: int, u_row: float, u_col: float) -> np.ndarray:
         """The (S, S, K) crop of file `index` mapped to [-1, 1]."""
         path, size = self.files[index], self.image_size
-        with LazyMatArray(path, candidates=ABUNDANCE_KEYS) as array:
+        with LazyMatArray(path, candidates=ABUNDANCE_KEYS, hint=ABUNDANCE_HINT) as array:
             if len(array.shape) != 3:
                 raise UserError(f"{path}: '{array.key}' has shape {array.shape}, expected H x W x K")
             height, width, k = array.shape

@@ -48,7 +48,8 @@ def resolve_bands(spec, n_bands: int, wavelengths=None) -> list[int]:
         indices = nearest_bands(wavelengths, spec["wavelengths"])
     else:
         if not isinstance(spec, (list, tuple)):
-            raise UserError(f"band selection must be a preset name, 3 indices or {{'wavelengths': [...]}}, got {spec!r}")
+            raise UserError(f"band selection must be a preset name, 3 indices or {{'wavelengths': [...]}}, "
+                            f"got {spec!r}")
         indices = list(spec)
     return check_three_bands(indices, n_bands, "band selection")
 

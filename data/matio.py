@@ -172,12 +172,14 @@ def orient_cube(path: str, name: str, cube: np.ndarray, expected_bands: int | No
         return cube
     if width == bands and height != width:
         raise UserError(f"{path}: variable '{name}' is {height} x {width} x {bands}, which looks like bands first "
-                        f"(C x H x W: {height} bands of {width} x {bands} pixels) rather than H x W x C; store it as "
-                        "H x W x C, or state the band count (a 'wavelengths' variable in the file, or data.wavelengths)")
+                        f"(C x H x W: {height} bands of {width} x {bands} pixels) rather than H x W x C; store it "
+                        "as H x W x C, or state the band count (a 'wavelengths' variable in the file, or "
+                        "data.wavelengths)")
     return cube
 
 
-def read_hsi(path: str, key: str | None = None, expected_bands: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def read_hsi(path: str, key: str | None = None,
+             expected_bands: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """A hyperspectral cube as float32 (H, W, C) and its wavelengths (C,) or None.
 
     Recognises the unmixing-benchmark layout (`Y` bands x pixels with `lines`/`cols`) and a cube
@@ -207,9 +209,9 @@ class LazyMatArray:
     v7.3 files are read window by window through h5py; v5 files cannot be streamed and are loaded once.
     """
 
-    def __init__(self, path: str, key: str | None = None, candidates=HSI_KEYS):
+    def __init__(self, path: str, key: str | None = None, candidates=HSI_KEYS, hint: str = KEY_HINT):
         self.path = path
-        self.key = find_key(path, mat_keys(path), candidates, key)
+        self.key = find_key(path, mat_keys(path), candidates, key, hint)
         self._v73 = is_v73(path)
         if self._v73:
             self._file = h5py.File(path, "r")

@@ -20,7 +20,7 @@ import os
 
 from core.progress import tqdm  # a line every few percent when not on a terminal
 
-from core.errors import UserError, cli_main
+from core.errors import OneLineParser, UserError, cli_main
 from core.fs import check_output_path
 from core.version import add_version_argument
 from core.logs import setup_logging
@@ -36,7 +36,7 @@ MANIFEST_COLUMNS = ("output", "source", "split", "class", "row", "col", "height"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m data.prepare", description="Turn a downloaded dataset into training-ready crops.",
         epilog="Splits are spatially disjoint: by region for single scenes, by file for collections "
                "(see docs/datasets.md).")
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", default=None,
                         help="factor for stored values (default auto: integers are reflectance x 10000)")
     parser.add_argument("--key", default=None, help="name of the cube variable, when it is not the usual one")
-    parser.add_argument("--wavelength-range", type=flag(FLOAT_POSITIVE), nargs=2, metavar=("FIRST", "LAST"), default=None,
+    parser.add_argument("--wavelength-range", type=flag(FLOAT_POSITIVE), nargs=2, metavar=("FIRST", "LAST"),
+                        default=None,
                         help="unmixing-benchmark: evenly spaced band centres (nm) for files that store none")
     parser.add_argument("--rgb-mode", choices=MODES, default=None,
                         help="rgb: resize the centred square (default), crop the centre, or cut tiles")

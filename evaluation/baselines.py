@@ -35,7 +35,8 @@ def endmembers_from_file(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise UserError(f"{path}: endmember file not found")
     if path.lower().endswith(".mat"):
-        return endmember_matrix(read_array(path, ("End", "E", "endmembers"))[1])
+        return endmember_matrix(read_array(path, ("End", "E", "endmembers"),
+                                           hint="store the endmembers as 'End' (C x K)")[1])
     from pipeline.unmixing_infer import load_unmixing_model
     model, _ = load_unmixing_model(path, torch.device("cpu"))
     return model.endmembers().detach().float().numpy()

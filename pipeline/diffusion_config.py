@@ -158,7 +158,8 @@ def check_betas(cfg: dict, source: str) -> None:
             if key in opt:
                 opt[key] = check_value(opt[key], BETA_BOUND, f"{source}: 'model.beta_schedule.{phase}.{key}'")
         if "cosine_s" in opt:
-            opt["cosine_s"] = check_value(opt["cosine_s"], FLOAT_POSITIVE, f"{source}: 'model.beta_schedule.{phase}.cosine_s'")
+            opt["cosine_s"] = check_value(opt["cosine_s"], FLOAT_POSITIVE,
+                                          f"{source}: 'model.beta_schedule.{phase}.cosine_s'")
         betas = make_beta_schedule(opt["schedule"], int(opt["n_timestep"]), opt.get("linear_start", 1e-4),
                                    opt.get("linear_end", 2e-2), opt.get("cosine_s", 8e-3))
         if not (betas > 0).all() or not (betas <= 1).all():

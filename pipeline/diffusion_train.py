@@ -40,6 +40,7 @@ from core.config import save_config
 from core.distributed import (all_reduce_mean, is_distributed, is_main_process, per_process_batch, rank,
                               world_size, wrap_model)
 from core.errors import UserError
+from core.fs import remove_stale_temp_files
 from core.logs import setup_logging
 from core.previews import save_png
 from core.signals import StopRequest, ignore_stop_signals, signals_ignored
@@ -212,6 +213,7 @@ def prepare_run_folder(cfg: dict, out_root: str, run_dir: str | None, resume: st
     run_dir = run_dir or (run_dir_of_checkpoint(resume, cfg) if resume else None) or new_run_dir(out_root, cfg["name"])
     lock_run_folder(run_dir, "Diffusion.py train")
     paths = run_subdirs(run_dir, cfg)
+    remove_stale_temp_files(paths["checkpoint"])  # a run killed while saving left its half-written file
     later = [name for name in os.listdir(paths["checkpoint"])
              if (m := CHECKPOINT_FILE.match(name)) and int(m.group(1)) > start_step]
     if later:

@@ -101,6 +101,14 @@ def validate_unmixing_config(cfg: dict, source: str) -> dict:
         folder = cfg["data"][role]
         if not (folder is None and role != "train") and not isinstance(folder, str):
             raise UserError(f"{source}: 'data.{role}' must be a folder name, got {folder!r}")
+    bands = cfg["data"]["bands"]
+    if isinstance(bands, (list, tuple)):
+        if len(bands) != 3:
+            raise UserError(f"{source}: 'data.bands' needs 3 band indices (R G B), got {bands!r}")
+        check_config(cfg, {"data.bands": ("list", INT_NONNEGATIVE)}, source)
+    elif not isinstance(bands, (str, dict)):
+        raise UserError(f"{source}: 'data.bands' must be 3 indices, a preset name or {{\"wavelengths\": [...]}}, "
+                        f"got {bands!r}")
     if cfg["data"]["key"] is not None and not isinstance(cfg["data"]["key"], str):
         raise UserError(f"{source}: 'data.key' must be a variable name, got {cfg['data']['key']!r}")
     if cfg["infer"]["overlap"] >= cfg["infer"]["tile"]:

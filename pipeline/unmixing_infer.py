@@ -227,8 +227,12 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             continue
         entry = {"input": absolute, "output": os.path.abspath(mat_path), "kind": kind, "shape": list(abu.shape),
                  "checkpoint": os.path.abspath(ckpt)}
-        with open(manifest_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        try:
+            with open(manifest_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as err:  # the outputs so far are recorded; without a manifest nothing more can be
+            raise UserError(f"{manifest_path}: could not write ({err.strerror or err}); {len(result['written'])} "
+                            "files were written and recorded before this one") from None
         done[absolute] = entry
         result["written"].append(mat_path)
     return result

@@ -177,7 +177,14 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
         if state["out_bands"] != train_set.n_bands:
             raise UserError(f"{resume}: checkpoint has {state['out_bands']} bands, the training data "
                             f"({train_set.files[0]}) has {train_set.n_bands}")
-        net.load_state_dict(strip_module_prefix(state["model"]))
+        try:
+            net.load_state_dict(strip_module_prefix(state["model"]))
+        except RuntimeError:  # another network: say which settings differ instead of 100 lines of sizes
+            changed = [f"model.{k} {state['config']['model'].get(k)!r} in the checkpoint, {v!r} now"
+                       for k, v in cfg["model"].items() if state.get("config", {}).get("model", {}).get(k, v) != v]
+            raise UserError(f"{resume}: the checkpoint's network does not fit this config "
+                            f"({'; '.join(changed) or 'shapes differ'}); resume without -c to use the checkpoint's "
+                            "own config") from None
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         if state.get("partial"):  # an interrupted epoch: continue after its last finished step

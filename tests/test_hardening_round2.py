@@ -243,7 +243,8 @@ def test_training_on_bands_first_crops_is_refused_before_any_step(tmp_path, caps
     ({"train": {"epochs": 0}}, "'train.epochs' must be an integer >= 1, got 0"),
     ({"model": {"widths": [8, -1]}}, "'model.widths'[1] must be an integer >= 1, got -1"),
     ({"infer": {"overlap": -3}}, "'infer.overlap' must be an integer >= 0, got -3"),
-    ({"data": {"bands": [-1, 3, 1]}}, "band indices [-1] out of range for a 8-band cube (0 to 7)"),
+    ({"data": {"bands": [-1, 3, 1]}}, "'data.bands'[0] must be an integer >= 0, got -1"),
+    ({"data": {"bands": [5, 3, 9]}}, "band indices [9] out of range for a 8-band cube (0 to 7)"),
 ])
 def test_stage1_config_values_are_checked_before_any_data_is_read(tmp_path, capsys, change, needle):
     cfg = json.loads(json.dumps(TINY_TRAIN))
@@ -333,6 +334,15 @@ def test_evaluate_flags(tmp_path, capsys, argv, needle):
     assert needle in line and not (tmp_path / "rep").exists()
 
 
+def test_flag_errors_are_one_line_without_the_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        Unmixing.main(["infer", "--tile", "-5"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()  # prog is sys.argv[0]: Unmixing.py when run as a script
+    assert line.startswith("error: ") and line.endswith(
+        " infer: argument --tile: must be an integer >= 1, got -5 (see " + line.split(" ")[1] + " infer --help)")
+
+
 def test_synthesis_and_demo_flags(tmp_path, capsys):
     line = one_line_error(capsys, lambda: Synthesis.main(["--rgb-bands", "-1", "2", "3", "--out", str(tmp_path / "s")]))
     assert "--rgb-bands: must be an integer >= 0, got -1" in line
@@ -390,6 +400,7 @@ def test_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
     ({"model": {"unet": {"dropuot": 0.1}}}, "did you mean 'model.unet.dropout'?"),
     ({"model": {"beta_schedule": {"train": {"linear_strat": 1e-4}}}},
      "did you mean 'model.beta_schedule.train.linear_start'?"),
+    ({"train": {"optimiser": {"lr": 1}}}, "did you mean 'train.optimizer'?"),
 ])
 def test_nested_config_typo_suggests_the_key(user, hint):
     with pytest.raises(UserError) as info:
@@ -405,10 +416,35 @@ def test_stage1_resume_without_config_uses_the_checkpoints(tmp_path):
     run = str(tmp_path / "run")
     Unmixing.main(["train", "-c", config, "--train", train, "--out", run, "--device", "cpu"])
     latest = os.path.join(run, "checkpoint", "latest.pth")
+    killed_write = os.path.join(run, "checkpoint", ".latest.pth.tmp999999999")  # a save cut short by kill -9
+    open(killed_write, "wb").write(b"\0" * 1000)
     Unmixing.main(["train", "--resume", latest, "--out", run, "--epochs", "2", "--device", "cpu"])
+    assert not os.path.exists(killed_write)
     state = load_checkpoint(latest, "unmixing")
     assert state["epoch"] == 1 and state["config"]["model"]["num_endmembers"] == 3
     assert not os.path.exists(os.path.join(run, LOCK_NAME))
+
+
+def test_stage1_resume_with_a_config_of_another_network_is_one_line(tmp_path, capsys):
+    train = crops_folder(tmp_path / "crops")
+    cfg = json.loads(json.dumps(TINY_TRAIN))
+    cfg["model"]["num_endmembers"] = 3
+    run = str(tmp_path / "run")
+    Unmixing.main(["train", "-c", write_json(tmp_path / "c3.json", cfg), "--train", train, "--out", run,
+                   "--device", "cpu"])
+    cfg["model"]["num_endmembers"] = 4
+    line = one_line_error(capsys, lambda: Unmixing.main([
+        "train", "-c", write_json(tmp_path / "c4.json", cfg), "--train", train, "--out", run, "--epochs", "2",
+        "--resume", os.path.join(run, "checkpoint", "latest.pth"), "--device", "cpu"]))
+    assert "model.num_endmembers 3 in the checkpoint, 4 now" in line and "resume without -c" in line
+
+
+def test_demo_checks_its_configs_before_making_data(tmp_path, capsys):
+    cfg = json.loads(json.dumps(TINY_TRAIN))
+    cfg["train"]["lr"] = "fast"
+    bad = write_json(tmp_path / "u.json", cfg)
+    line = one_line_error(capsys, lambda: demo.main(["--unmixing-config", bad, "--out", str(tmp_path / "d")]))
+    assert "'train.lr' must be a number > 0, got 'fast'" in line and not (tmp_path / "d").exists()
 
 
 # ---------------------------------------------------------------- one writer per run folder
@@ -452,3 +488,226 @@ def test_diffusion_run_folder_in_use_is_refused(tmp_path, capsys):
     line = one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", str(abu),
                                                             "--run-dir", str(run), "--device", "cpu"]))
     assert "in use by another" in line and sorted(os.listdir(run)) == [LOCK_NAME]
+
+
+# ---------------------------------------------------------------- failures while writing
+
+def test_disk_full_inside_torch_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "latest.pth")
+    save_checkpoint({"stage": "unmixing", "model": {"w": torch.ones(2)}}, path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"x" * 1000)  # part of the file made it to disk
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 1000 vs 998")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"latest.pth: could not write checkpoint \(\[enforce fail"):
+        save_checkpoint({"stage": "unmixing", "model": {"w": torch.zeros(2)}}, path)
+    assert os.listdir(tmp_path) == ["latest.pth"]  # no temporary file left
+    monkeypatch.undo()
+    assert float(load_checkpoint(path)["model"]["w"].sum()) == 2.0
+
+
+def test_failed_config_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    from core.config import save_config
+    path = tmp_path / "config.json"
+    path.write_text('{"old": true}')
+
+    def broken_dump(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", broken_dump)
+    with pytest.raises(UserError, match=r"config.json: could not write \(No space left on device\)"):
+        save_config({"new": True}, str(path))
+    assert os.listdir(tmp_path) == ["config.json"] and path.read_text() == '{"old": true}'
+
+
+# ---------------------------------------------------------------- output paths
+
+def cli_calls(tmp_path, out):
+    """One call per CLI that writes into `out` (the inputs need not be valid: the output is checked first)."""
+    return {
+        "Synthesis.py": lambda: Synthesis.main(["--abundances", str(tmp_path), "--ckpt", "c.pth", "--out", out]),
+        "Evaluate.py": lambda: Evaluate.main(["reconstruction", "--ckpt", "c.pth", "--hsi", str(tmp_path),
+                                              "--out", out]),
+        "data.prepare": lambda: prepare_main(["rgb", "--src", str(tmp_path), "--out", out]),
+        "demo.py": lambda: demo.main(["--out", out]),
+    }
+
+
+@pytest.mark.parametrize("cli", ["Synthesis.py", "Evaluate.py", "data.prepare", "demo.py"])
+def test_output_path_that_is_a_file_is_one_line(tmp_path, capsys, cli):
+    (tmp_path / "a_file").write_text("keep me")
+    line = one_line_error(capsys, cli_calls(tmp_path, str(tmp_path / "a_file"))[cli])
+    assert line == f"error: {tmp_path / 'a_file'}: is a file, not a folder; choose another output folder"
+    line = one_line_error(capsys, cli_calls(tmp_path, str(tmp_path / "a_file" / "sub"))[cli])
+    assert f"cannot create the output folder, {tmp_path / 'a_file'} is a file" in line
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_read_only_output_folder_is_one_line(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    # as root chmod does not stop writes; the check asks os.access, so ask it to say no
+    monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(folder))
+    with pytest.raises(UserError, match=r"ro/out: the output folder is not writable \(Permission denied on .*ro\)"):
+        check_output_path(str(folder / "out"))
+
+
+# ---------------------------------------------------------------- tiny non-MAT files in every CLI that reads .mat
+
+def test_tiny_non_mat_file_is_one_line_in_every_cli(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.mat").write_bytes(b"hello")  # 5 bytes
+    ckpt = tiny_checkpoint(tmp_path / "u.pth")
+    config = write_json(tmp_path / "c.json", TINY_TRAIN)
+    ddpm = write_json(tmp_path / "d.json", TINY_DDPM)
+    calls = [
+        lambda: Unmixing.main(["train", "-c", config, "--train", str(bad), "--out", str(tmp_path / "r1")]),
+        lambda: Diffusion.main(["-p", "train", "-c", ddpm, "--data", str(bad), "--out", str(tmp_path / "r2")]),
+        lambda: Synthesis.main(["--abundances", str(bad), "--ckpt", ckpt, "--out", str(tmp_path / "r3")]),
+        lambda: Evaluate.main(["reconstruction", "--ckpt", ckpt, "--hsi", str(bad), "--out", str(tmp_path / "r4")]),
+        lambda: prepare_main(["chikusei", "--src", str(bad / "x.mat"), "--out", str(tmp_path / "r5")]),
+    ]
+    for call in calls:
+        assert "x.mat: not a readable .mat file" in one_line_error(capsys, call)
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r5").exists()
+
+
+# ---------------------------------------------------------------- clearer messages
+
+def test_synthesis_names_no_key_flag_it_does_not_have(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "u.pth", out_bands=12)
+    (tmp_path / "abu").mkdir()
+    sio.savemat(tmp_path / "abu" / "a.mat", {"samples": np.zeros((4, 4, 5), np.float32)})
+    line = one_line_error(capsys, lambda: Synthesis.main(["--abundances", str(tmp_path / "abu"), "--ckpt", ckpt,
+                                                            "--out", str(tmp_path / "out")]))
+    assert "a.mat: no key among SR, Abu (found: samples)" in line and "--key" not in line
+    assert "Diffusion.py -p val" in line
+
+
+def test_diffusion_names_no_key_flag_it_does_not_have(tmp_path, capsys):
+    (tmp_path / "abu").mkdir()
+    sio.savemat(tmp_path / "abu" / "a.mat", {"Y": np.zeros((10, 10, 3), np.float32)})
+    line = one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", write_json(tmp_path / "d.json", TINY_DDPM),
+                                                            "--data", str(tmp_path / "abu"),
+                                                            "--out", str(tmp_path / "runs")]))
+    assert "a.mat: no key among Abu, SR (found: Y)" in line and "--key" not in line
+
+
+def test_file_where_a_folder_is_expected_says_so(tmp_path, capsys):
+    a_file = tmp_path / "crops.mat"
+    a_file.write_text("x")
+    ckpt = tiny_checkpoint(tmp_path / "u.pth")
+    calls = [
+        lambda: Unmixing.main(["train", "-c", write_json(tmp_path / "c.json", TINY_TRAIN), "--train", str(a_file),
+                               "--out", str(tmp_path / "r")]),
+        lambda: Unmixing.main(["infer", "--ckpt", ckpt, "--rgb", str(a_file), "--out", str(tmp_path / "o")]),
+        lambda: Diffusion.main(["-c", write_json(tmp_path / "d.json", TINY_DDPM), "--data", str(a_file),
+                                "--out", str(tmp_path / "runs")]),
+        lambda: Synthesis.main(["--abundances", str(a_file), "--ckpt", ckpt, "--out", str(tmp_path / "s")]),
+    ]
+    for call in calls:
+        line = one_line_error(capsys, call)
+        assert f"{a_file}: is a file, but a" in line and "expected here" in line and "not found" not in line
+
+
+def test_evaluate_band_mismatch_names_the_file_and_the_checkpoint(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "u.pth", out_bands=12)
+    hsi = crops_folder(tmp_path / "hsi", count=1, bands=10)
+    line = one_line_error(capsys, lambda: Evaluate.main(["reconstruction", "--ckpt", ckpt, "--hsi", hsi,
+                                                           "--out", str(tmp_path / "rep")]))
+    assert line == f"error: {os.path.join(hsi, 'crop_0.mat')}: 10 bands, but the checkpoint {ckpt} has 12"
+
+
+# ---------------------------------------------------------------- no partial outputs, no empty leftovers
+
+def test_synthesis_checks_every_input_before_writing(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "u.pth", out_bands=12)
+    abu = tmp_path / "abu"
+    abu.mkdir()
+    sio.savemat(abu / "a.mat", {"Abu": np.full((4, 4, 5), 0.2, np.float32)})
+    bad = np.full((4, 4, 5), 0.2, np.float32)
+    bad[1, 1, 1] = np.nan
+    sio.savemat(abu / "b.mat", {"Abu": bad})
+    out = tmp_path / "out"
+    line = one_line_error(capsys, lambda: Synthesis.main(["--abundances", str(abu), "--ckpt", ckpt,
+                                                            "--out", str(out)]))
+    assert "b.mat: 'Abu' contains NaN/Inf values" in line
+    assert not glob.glob(str(out / "HSI" / "*")) and not glob.glob(str(out / "RGB" / "*"))
+
+
+def test_prepare_leaves_nothing_after_nan_found_part_way(tmp_path, capsys):
+    cube = np.random.default_rng(0).random((32, 32, 59)).astype(np.float32)
+    cube[20, 20, 5] = np.nan  # in the last of the four 16 x 16 crops
+    sio.savemat(tmp_path / "c.mat", {"chikusei": cube})
+    out = tmp_path / "out"
+    line = one_line_error(capsys, lambda: prepare_main(["chikusei", "--src", str(tmp_path / "c.mat"), "--out",
+                                                          str(out), "--size", "16", "--split", "train=3,test=1"]))
+    assert "c.mat: NaN/Inf values in rows 16-32, cols 16-32" in line
+    assert not out.exists()
+
+
+def abundance_folder(folder, value=1 / 3, count=2):
+    for i in range(count):
+        write_mat(os.path.join(folder, f"a{i}.mat"), {"Abu": np.full((10, 10, 3), value, np.float32)})
+    return str(folder)
+
+
+def test_failed_diffusion_start_leaves_no_run_folder(tmp_path, capsys):
+    config = write_json(tmp_path / "d.json", TINY_DDPM)
+    out = tmp_path / "runs"
+    out.mkdir()
+    abu = tmp_path / "abu"
+    write_mat(str(abu / "a0.mat"), {"Abu": np.full((10, 10, 4), 0.25, np.float32)})  # K = 4, config says 3
+    one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", str(abu),
+                                                     "--out", str(out), "--device", "cpu"]))
+    # a bad crop found only during training (file 2 of 2): no checkpoint yet, so no run folder stays
+    abundance_folder(tmp_path / "abu2")
+    sio.savemat(tmp_path / "abu2" / "a1.mat", {"Abu": np.full((10, 10, 3), np.nan, np.float32)})
+    one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", str(tmp_path / "abu2"),
+                                                     "--out", str(out), "--device", "cpu"]))
+    assert os.listdir(out) == []
+
+
+def test_abundances_far_outside_zero_one_are_refused_for_ddpm_training(tmp_path, capsys):
+    config = write_json(tmp_path / "d.json", TINY_DDPM)
+    abu = abundance_folder(tmp_path / "abu", value=40.0)  # e.g. reflectance, not abundances
+    line = one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", abu,
+                                                            "--out", str(tmp_path / "runs"), "--device", "cpu"]))
+    assert "a0.mat: 'Abu' has values from 40 to 40, far outside [0, 1]" in line
+    assert not (tmp_path / "runs").exists() or os.listdir(tmp_path / "runs") == []
+
+
+def test_val_with_resume_honours_out(tmp_path):
+    config = write_json(tmp_path / "d.json", TINY_DDPM)
+    abu = abundance_folder(tmp_path / "abu")
+    train_root = tmp_path / "runs"
+    Diffusion.main(["-p", "train", "-c", config, "--data", abu, "--out", str(train_root), "--device", "cpu"])
+    (run,) = glob.glob(str(train_root / "tiny_*"))
+    (ckpt,) = glob.glob(os.path.join(run, "checkpoint", "*.pth"))
+    other = tmp_path / "samples_here"
+    Diffusion.main(["-p", "val", "-c", config, "--resume", ckpt, "--out", str(other), "--device", "cpu"])
+    assert os.listdir(os.path.join(run, "mat_results")) == []  # the checkpoint's run folder is untouched
+    assert len(glob.glob(str(other / "tiny_*" / "mat_results" / "*_sample_abu.mat"))) == 2
+    assert not glob.glob(str(other / "tiny_*" / LOCK_NAME)) and not os.path.exists(os.path.join(run, LOCK_NAME))
+
+
+def test_nan_samples_are_never_written(tmp_path):
+    paths = {"mat_results": str(tmp_path / "m"), "results": str(tmp_path / "r")}
+    os.makedirs(paths["mat_results"])
+    samples = torch.zeros(2, 3, 4, 4)
+    samples[1, 0, 0, 0] = float("nan")
+    with pytest.raises(UserError, match="the sampler produced NaN/Inf values"):
+        write_samples(samples, paths, step=1, start=1, project=True, record={})
+    assert os.listdir(paths["mat_results"]) == []
+
+
+def test_stale_temp_file_helper_keeps_live_writers(tmp_path):
+    (tmp_path / f".a.mat.tmp{os.getpid()}").write_text("mine, in progress")
+    (tmp_path / ".b.mat.tmp999999999").write_text("gone")
+    (tmp_path / "c.mat.tmp1").write_text("not hidden: not ours")
+    removed = remove_stale_temp_files(str(tmp_path))
+    assert [os.path.basename(p) for p in removed] == [".b.mat.tmp999999999"]
+    assert sorted(os.listdir(tmp_path)) == sorted([f".a.mat.tmp{os.getpid()}", "c.mat.tmp1"])
