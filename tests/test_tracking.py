@@ -102,3 +102,15 @@ def test_diffusion_training_logs_the_losses_it_writes(tmp_path):
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in records], rel=1e-6)
     assert [v for _, v in scalars["train/lr"]] == pytest.approx([r["lr"] for r in records])
     assert images == ["preview"]
+
+
+def test_unmixing_training_logs_its_epoch_records(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    from pipeline.unmixing_train import train_unmixing
+    from test_unmixing_train import crop_folders, tiny_config
+    cfg = tiny_config(crop_folders(tmp_path), epochs=2)
+    train_unmixing(cfg, str(tmp_path / "run"), torch.device("cpu"))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    scalars, _ = read_events(str(tmp_path / "run" / "tb_logger"))
+    for key in ("train_loss", "lr", "val_PSNR", "val_SAM"):
+        assert scalars[f"epoch/{key}"] == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in records], key
