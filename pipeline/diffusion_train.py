@@ -314,7 +314,8 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     last_good = resume
     loss_log = open(os.path.join(paths["log"], "train_loss.jsonl"), "a", encoding="utf-8") if main else None
     iterator = iter(make_loader(samples_seen, data_cfg["num_workers"]))
-    tracker = start_tracking(os.path.join(run_dir, cfg["path"].get("tb_logger") or "tb_logger"), cfg, cfg["name"],
+    tb_dir = os.path.join(run_dir, cfg["path"].get("tb_logger") or "tb_logger")
+    tracker = start_tracking(tb_dir, cfg, cfg["name"],
                              wandb=wandb, project=(cfg.get("wandb") or {}).get("project") or "unmixing-before-fusion",
                              enabled=main)
 
@@ -389,7 +390,8 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                     raise KeyboardInterrupt
     except BaseException:
         if main and fresh:
-            discard_unused_run_folder(run_dir, paths)
+            tracker.close()  # a failed start's event file is not worth a run folder either
+            discard_unused_run_folder(run_dir, {**paths, "tb_logger": tb_dir})
         raise
     finally:
         tracker.close()

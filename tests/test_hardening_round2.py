@@ -688,7 +688,8 @@ def test_val_with_resume_honours_out(tmp_path):
     (run,) = glob.glob(str(train_root / "tiny_*"))
     (ckpt,) = glob.glob(os.path.join(run, "checkpoint", "*.pth"))
     other = tmp_path / "samples_here"
-    Diffusion.main(["-p", "val", "-c", config, "--resume", ckpt, "--out", str(other), "--device", "cpu"])
+    Diffusion.main(["-p", "val", "-c", config, "--resume", ckpt, "--out", str(other), "--device", "cpu",
+                   "--num-samples", "2"])
     assert os.listdir(os.path.join(run, "mat_results")) == []  # the checkpoint's run folder is untouched
     assert len(glob.glob(str(other / "tiny_*" / "mat_results" / "*_sample_abu.mat"))) == 2
     assert not glob.glob(str(other / "tiny_*" / LOCK_NAME)) and not os.path.exists(os.path.join(run, LOCK_NAME))
