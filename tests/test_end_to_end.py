@@ -55,6 +55,7 @@ def test_demo_runs_every_step_and_outputs_are_consistent(tmp_path, capsys):
                "--unmixing-config", configs["unmixing"], "--ddpm-config", configs["ddpm"]])
     printed = capsys.readouterr().out
     assert "Demo finished" in printed and "contact_sheet.png" in printed
+    assert "profile: improved" in printed  # the demo shows the improved pipeline and says so
 
     # stage 1: checkpoint with the 59-band decoder, inferred abundances on the simplex
     checkpoint = out / "unmixing" / "checkpoint" / "best.pth"
@@ -80,9 +81,8 @@ def test_demo_runs_every_step_and_outputs_are_consistent(tmp_path, capsys):
     for path in hsis:
         data = read_mat(path)
         hsi, abu, end = data["HSI"], data["Abu"], data["End"]
-        assert end.shape == (59, 5, 1, 1)  # the reference's layout: the decoder weight as it is
+        assert hsi.shape == (16, 16, 59) and abu.shape == (16, 16, 5) and end.shape == (59, 5, 1, 1)  # as the reference
         end = end[:, :, 0, 0]
-        assert hsi.shape == (16, 16, 59) and abu.shape == (16, 16, 5)
         assert np.all(np.isfinite(hsi)) and on_simplex(abu)
         np.testing.assert_allclose(hsi, abu @ end.T, rtol=1e-5, atol=1e-6)
         # convex mixtures stay between the endmembers' extremes in every band
