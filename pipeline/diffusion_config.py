@@ -49,6 +49,7 @@ DIFFUSION_DEFAULTS = {
             "res_blocks": 2,
             "dropout": 0.2,
             "with_noise_level_emb": True,
+            "fused_attention": True,    # F.scaled_dot_product_attention; false: two matmuls (same numbers)
         },
         "beta_schedule": {"train": dict(_SCHEDULE), "val": dict(_SCHEDULE)},
         "diffusion": {
@@ -76,6 +77,7 @@ DIFFUSION_DEFAULTS = {
         "grad_clip": 0.0,               # max gradient norm; 0 disables
         "amp": False,                   # mixed precision, CUDA only: false, "fp16" (or true) or "bf16"
         "compile": False,               # torch.compile the UNet for training (CUDA speed option)
+        "channels_last": False,         # channels-last memory format for the UNet and its batches (speed option)
         "preview_samples": 4,
     },
     "sample": {
@@ -143,6 +145,10 @@ def validate(cfg: dict, source: str) -> dict:
     amp = cfg["train"]["amp"]
     if amp not in (False, True, "off", "fp16", "bf16"):
         raise UserError(f"{source}: 'train.amp' is {amp!r}, expected false, true, \"fp16\" or \"bf16\"")
+    for dotted, value in (("train.channels_last", cfg["train"]["channels_last"]),
+                          ("model.unet.fused_attention", cfg["model"]["unet"]["fused_attention"])):
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: '{dotted}' must be true or false, got {value!r}")
     if not isinstance(cfg["train"]["compile"], bool):
         raise UserError(f"{source}: 'train.compile' must be true or false, got {cfg['train']['compile']!r}")
     for dotted, value, allowed in checks:
