@@ -109,7 +109,7 @@ def inputs(batch: int, size: int, seed: int):
 
 
 def bench_steps(args, reference) -> None:
-    names = ["ours", "channels_last", "bf16", "matmul_attention", "channels_last+bf16"]
+    names = args.variants or ["ours", "channels_last", "bf16", "matmul_attention", "channels_last+bf16"]
     if args.compile:
         names += ["compile", "channels_last+bf16+compile"]
     variants = make_variants(PAPER, args.size, reference, names)
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--curve-steps", type=int, default=200)
+    parser.add_argument("--variants", nargs="+", help="our variants to time (default: all but compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reference = load_reference(args.reference) if args.reference else None

@@ -84,7 +84,7 @@ DIFFUSION_DEFAULTS = {
         "sampler": "ancestral",         # "ancestral" (reference, all T steps) or "ddim"
         "steps": 50,                    # DDIM steps
         "eta": 0.0,                     # DDIM stochasticity; 0 is deterministic
-        "batch_size": 4,
+        "batch_size": 4,                # 0: as many as fill the device (pipeline.diffusion_sample.AUTO_BATCH)
         "use_ema": True,
         "project_simplex": True,        # Abu projected onto the simplex; False: (SR + 1) / 2 as sampled
     },
@@ -120,7 +120,7 @@ def validate(cfg: dict, source: str) -> dict:
                    "datasets.train.batch_size", "model.diffusion.image_size", "model.diffusion.channels",
                    "sample.batch_size", "sample.steps", "train.preview_samples",
                    "model.beta_schedule.train.n_timestep", "model.beta_schedule.val.n_timestep"):
-        _positive_int(cfg, dotted, source, minimum=0 if dotted == "train.preview_samples" else 1)
+        _positive_int(cfg, dotted, source, minimum=0 if dotted in ("train.preview_samples", "sample.batch_size") else 1)
     for dotted in ("datasets.train.num_workers", "train.keep_checkpoints", "datasets.val.data_len"):
         _positive_int(cfg, dotted, source, minimum=0)
     model = cfg["model"]

@@ -68,3 +68,30 @@ def test_bf16_autocast_only_where_it_has_kernels():
     assert not autocast_usable(torch.float16, cpu)  # fp16 autocast is a CUDA option here
     assert autocast_usable(torch.bfloat16, cpu) == cpu_supports_bf16()
     assert autocast_usable(torch.float16, torch.device("cuda"))
+
+
+class CountingDiffusion:
+    """Stands in for GaussianDiffusion: records batch sizes, runs out of memory above `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit, self.batches = limit, []
+
+    def sample(self, n, device, **_):
+        if n > self.limit:
+            raise torch.OutOfMemoryError("fake")
+        self.batches.append(n)
+        return torch.zeros(n, 3, 4, 4)
+
+
+def test_batch_size_zero_fills_the_device_and_halves_on_out_of_memory():
+    from pipeline.diffusion_sample import AUTO_BATCH, draw_samples
+    cpu = torch.device("cpu")
+    run = lambda diffusion, count, batch: [b.shape[0] for b in draw_samples(
+        diffusion, count, batch, cpu, "ddim", 2, 0.0, torch.Generator(), progress=False)]
+    assert run(CountingDiffusion(10 ** 6), 5, 0) == [5]
+    cap = AUTO_BATCH["cpu"]
+    assert run(CountingDiffusion(10 ** 6), 2 * cap + 3, 0) == [cap, cap, 3]
+    assert run(CountingDiffusion(10 ** 6), 5, 2) == [2, 2, 1]  # an explicit batch is kept
+    assert run(CountingDiffusion(3), 7, 0) == [3, 3, 1]  # 7 -> 3 after two halvings
+    with pytest.raises(torch.OutOfMemoryError):
+        run(CountingDiffusion(0), 2, 0)
