@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tile", type=int, default=None, help="tile size for large images (default 256)")
     infer.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 32)")
     infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
-    infer.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default 4; same numbers)")
+    infer.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass (speed option, default 1)")
     infer.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                        help="channels-last memory format (default on; same numbers)")
     infer.add_argument("--workers", type=int, default=1, help="processes decoding images ahead of the network "

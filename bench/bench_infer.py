@@ -7,7 +7,7 @@ in ../shared/data/paper/aid when present, smooth noise otherwise) goes through
 `pipeline.unmixing_infer.infer_folders` (decode, tiles, blend, .mat and PNG writing) with the demo
 and the paper network (random weights: the time does not depend on them). Settings:
   before:   the former defaults (one tile per pass, contiguous memory, decoding in the network's process);
-  defaults: the current defaults of infer_folders (4 tiles per pass, channels-last, 1 decoding worker).
+  defaults: the current defaults of infer_folders (one tile per pass, channels-last, 1 decoding worker).
 They alternate round after round in this process; the medians give the speed-up, and the largest
 difference of the written abundances between them is printed. `--torchrun N` also times the CLI
 alone and under `torchrun --nproc_per_node N` (one thread each) on the same folder.
@@ -96,6 +96,34 @@ def bench_settings(work: str, images: str, config: str, count: int, size: int, r
          max_abs_difference=difference)
 
 
+def bench_network(config: str, size: int, rounds: int) -> None:
+    """`tile_infer` alone (no decoding, no writing) on one image: one tile per pass and contiguous
+    memory against 4 tiles per pass, channels-last, and both, interleaved."""
+    from pipeline.unmixing_infer import tile_infer
+    cfg = load_unmixing_config(os.path.join(ROOT, CONFIGS[config]))
+    torch.manual_seed(0)
+    model = build_unmixing_model(cfg["model"], 3, N_BANDS).eval()
+    image = torch.rand(3, size, size)
+    channels_last = build_unmixing_model(cfg["model"], 3, N_BANDS).eval()
+    channels_last.load_state_dict(model.state_dict())
+    channels_last.to(memory_format=torch.channels_last)
+    variants = {"before": (model, 1, False), "batch4": (model, 4, False), "channels_last": (channels_last, 1, True),
+                "defaults": (channels_last, 4, True)}
+    times, outputs = {name: [] for name in variants}, {}
+    for _ in range(rounds):
+        for name, (net, batch, channels_last) in variants.items():
+            started = time.perf_counter()
+            outputs[name] = tile_infer(net, image, torch.device("cpu"), tile_batch=batch, channels_last=channels_last)
+            times[name].append(time.perf_counter() - started)
+    for name, values in times.items():
+        emit(bench="infer_network", config=config, setting=name, size=size, rounds=rounds,
+             median_s=round(statistics.median(values), 2), seconds=[round(v, 2) for v in values],
+             megapixels_per_s=round(size * size / 1e6 / statistics.median(values), 4), load_avg=os.getloadavg()[0])
+    emit(bench="infer_network_speedup", config=config,
+         speedup=round(statistics.median(times["before"]) / statistics.median(times["defaults"]), 2),
+         max_abs_difference=float((outputs["before"] - outputs["defaults"]).abs().max()))
+
+
 def bench_torchrun(work: str, images: str, count: int, size: int, processes: int) -> None:
     """The CLI in one process (2 threads) against torchrun with `processes` processes (1 thread each)."""
     ckpt = os.path.join(work, "demo.pth")
@@ -126,11 +154,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("demo", "paper"), action="append")
+    parser.add_argument("--network-rounds", type=int, default=0,
+                        help="also time tile_infer alone on one --size image, this many rounds per network")
     parser.add_argument("--torchrun", type=int, default=0, help="also time torchrun with N processes (demo net)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     emit(bench="machine", nproc=os.cpu_count(), torch=torch.__version__, threads=args.threads,
          load_avg=[round(v, 2) for v in os.getloadavg()])
+    for config in (args.only or ["demo", "paper"]) if args.network_rounds else []:
+        bench_network(config, args.size, args.network_rounds)
+    if args.network_rounds and not args.images:
+        return
     with tempfile.TemporaryDirectory() as work:
         for config in args.only or ["demo", "paper"]:
             count = args.images if config == "demo" else args.paper_images

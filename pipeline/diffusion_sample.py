@@ -43,7 +43,7 @@ CHECKPOINT_FILE = re.compile(r"^I(\d+)_E(\d+)\.pth$")
 MAX_SHEET = 64  # samples shown on the preview sheet of one `-p val` call
 # `sample.batch_size: 0` ("fill the device"): the largest batch tried; on the CPU more samples per batch
 # stop paying beyond this (bench/bench_sampling.py), on CUDA the batch halves on out-of-memory
-AUTO_BATCH = {"cpu": 16, "cuda": 256}
+AUTO_BATCH = {"cpu": 8, "cuda": 256}
 
 
 # run folders ------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def read_manifest(path: str) -> dict:
 
 def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 256,
                   overlap: int = 32, overwrite: bool = False, key: str | None = None,
-                  save_reconstruction: bool = True, tile_batch: int = 4, channels_last: bool = True,
+                  save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = True,
                   workers: int = 1) -> dict:
     """Write `<out>/<name>.mat` (Abu, GT, Y) and `<out>/previews/<name>.png` for every input.
 
