@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
     infer.add_argument("--tile-batch", type=flag(INT_POSITIVE), default=1,
                        help="tiles per forward pass (speed option, default 1)")
-    infer.add_argument("--channels-last", action="store_true", help="channels-last memory format (speed option)")
+    infer.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="channels-last memory format (default on; same numbers)")
+    infer.add_argument("--workers", type=flag(INT_NONNEGATIVE), default=1, help="processes decoding images ahead of "
+                       "the network (default 1; 0: decode in this process). Several processes: torchrun --nproc_per_node N")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
     infer.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
@@ -146,7 +149,7 @@ def run_infer(args) -> int:
     result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
                            save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,
-                           channels_last=args.channels_last)
+                           channels_last=args.channels_last, workers=args.workers)
     log.info("wrote %d abundance files to %s (%d already done, %d failed)", len(result["written"]), args.out,
              len(result["skipped"]), len(result["failed"]))
     for path, message in result["failed"]:

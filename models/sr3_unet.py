@@ -32,6 +32,13 @@ class NoiseLevelEncoding(nn.Module):
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when a 4-D tensor is stored pixel-major, else the default (N, C, H, W) order."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class Swish(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(x)
@@ -84,30 +91,41 @@ class ResidualBlock(nn.Module):
 class SelfAttention(nn.Module):
     """Single-head self-attention over all pixels with a residual connection."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, fused: bool = True):
         super().__init__()
+        self.fused = fused  # F.scaled_dot_product_attention; False: softmax(q k^T / sqrt(C)) v in two matmuls
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, channels * 3, 1, bias=False)
         self.out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, c, h * w).transpose(2, 3).unbind(1)
+        qkv = self.qkv(self.norm(x))
+        layout = memory_format_of(qkv)
+        if layout is torch.channels_last:  # (N, H, W, 3C) in memory: the pixel-major view costs nothing
+            q, k, v = qkv.permute(0, 2, 3, 1).reshape(n, h * w, 3 * c).split(c, dim=2)
+        else:
+            q, k, v = qkv.reshape(n, 3, c, h * w).transpose(2, 3).unbind(1)
         # (N, HW, C) each; softmax(q k^T / sqrt(C)) v
-        attended = F.scaled_dot_product_attention(q, k, v)
-        # contiguous: a channels-last view here would make the next dropout draw its mask in another
-        # element order than the reference's, so the same seed would give other masks in training
-        return self.out(attended.transpose(1, 2).reshape(n, c, h, w).contiguous()) + x
+        if self.fused:
+            attended = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) / math.sqrt(c), dim=-1)
+            attended = torch.bmm(weights, v)
+        # (N, C, H, W) in the input's layout: the transposed view would otherwise be channels-last, and
+        # every later convolution would reorder its weights (the copy_ calls of issue 16)
+        mixed = attended.transpose(1, 2).reshape(n, c, h, w).contiguous(memory_format=layout)
+        return self.out(mixed) + x
 
 
 class ResidualAttentionBlock(nn.Module):
     """A residual block, optionally followed by self-attention."""
 
     def __init__(self, dim: int, dim_out: int, *, embed_dim: int | None, groups: int, dropout: float,
-                 with_attn: bool):
+                 with_attn: bool, fused_attention: bool = True):
         super().__init__()
         self.res_block = ResidualBlock(dim, dim_out, embed_dim, groups, dropout)
-        self.attn = SelfAttention(dim_out, groups) if with_attn else None
+        self.attn = SelfAttention(dim_out, groups, fused_attention) if with_attn else None
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
         x = self.res_block(x, embedding)
@@ -136,13 +154,14 @@ class SR3UNet(nn.Module):
     """Noise predictor eps(x, noise_level): (N, in_channel, H, W), (N,) -> (N, out_channel, H, W).
 
     H and W must be divisible by 2 ** (len(channel_mults) - 1). `image_size` only decides at which
-    levels attention sits (where the feature map side equals an entry of `attn_res`).
+    levels attention sits (where the feature map side equals an entry of `attn_res`). The forward
+    keeps the input's memory format (contiguous or channels-last) through every layer.
     """
 
     def __init__(self, in_channel: int = 5, out_channel: int = 5, inner_channel: int = 64,
                  norm_groups: int = 32, channel_mults=(1, 2, 4, 8, 8), attn_res=(16,),
                  res_blocks: int = 2, dropout: float = 0.0, with_noise_level_emb: bool = True,
-                 image_size: int = 256):
+                 image_size: int = 256, fused_attention: bool = True):
         super().__init__()
         self.levels = len(channel_mults)
         attn_res = tuple(attn_res) if isinstance(attn_res, (list, tuple)) else (attn_res,)
@@ -159,7 +178,7 @@ class SR3UNet(nn.Module):
 
         def block(dim, dim_out, with_attn):
             return ResidualAttentionBlock(dim, dim_out, embed_dim=embed_dim, groups=norm_groups,
-                                          dropout=dropout, with_attn=with_attn)
+                                          dropout=dropout, with_attn=with_attn, fused_attention=fused_attention)
 
         channels = inner_channel
         skip_channels = [channels]
@@ -225,6 +244,7 @@ def unet_from_config(model_cfg: dict) -> SR3UNet:
         dropout=unet["dropout"],
         with_noise_level_emb=unet["with_noise_level_emb"],
         image_size=model_cfg["diffusion"]["image_size"],
+        fused_attention=unet.get("fused_attention", True),
     )
 
 

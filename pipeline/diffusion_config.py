@@ -51,6 +51,7 @@ DIFFUSION_DEFAULTS = {
             "res_blocks": 2,
             "dropout": 0.2,
             "with_noise_level_emb": True,
+            "fused_attention": True,    # F.scaled_dot_product_attention; false: two matmuls (same numbers)
         },
         "beta_schedule": {"train": dict(_SCHEDULE), "val": dict(_SCHEDULE)},
         "diffusion": {
@@ -78,13 +79,14 @@ DIFFUSION_DEFAULTS = {
         "grad_clip": 0.0,               # max gradient norm; 0 disables
         "amp": False,                   # mixed precision, CUDA only: false, "fp16" (or true) or "bf16"
         "compile": False,               # torch.compile the UNet for training (CUDA speed option)
+        "channels_last": False,         # channels-last memory format for the UNet and its batches (speed option)
         "preview_samples": 4,
     },
     "sample": {
         "sampler": "ancestral",         # "ancestral" (reference, all T steps) or "ddim"
         "steps": 50,                    # DDIM steps
         "eta": 0.0,                     # DDIM stochasticity; 0 is deterministic
-        "batch_size": 4,
+        "batch_size": 4,                # 0: as many as fill the device (pipeline.diffusion_sample.AUTO_BATCH)
         "num_samples": 40,              # how many samples `-p val` draws (the reference's loop; --num-samples)
         "use_ema": False,               # False: the trained weights (the reference); True: the EMA weights
         "project_simplex": False,       # False: Abu = (SR + 1) / 2 as sampled (the reference); True: projected
@@ -175,7 +177,7 @@ def validate(cfg: dict, source: str) -> dict:
                    "datasets.train.batch_size", "model.diffusion.image_size", "model.diffusion.channels",
                    "sample.batch_size", "sample.steps", "sample.num_samples", "train.preview_samples",
                    "model.beta_schedule.train.n_timestep", "model.beta_schedule.val.n_timestep"):
-        _positive_int(cfg, dotted, source, minimum=0 if dotted == "train.preview_samples" else 1)
+        _positive_int(cfg, dotted, source, minimum=0 if dotted in ("train.preview_samples", "sample.batch_size") else 1)
     for dotted in ("datasets.train.num_workers", "train.keep_checkpoints", "datasets.val.data_len"):
         _positive_int(cfg, dotted, source, minimum=0)
     model = cfg["model"]
@@ -200,6 +202,10 @@ def validate(cfg: dict, source: str) -> dict:
     amp = cfg["train"]["amp"]
     if amp not in (False, True, "off", "fp16", "bf16"):
         raise UserError(f"{source}: 'train.amp' is {amp!r}, expected false, true, \"fp16\" or \"bf16\"")
+    for dotted, value in (("train.channels_last", cfg["train"]["channels_last"]),
+                          ("model.unet.fused_attention", cfg["model"]["unet"]["fused_attention"])):
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: '{dotted}' must be true or false, got {value!r}")
     if not isinstance(cfg["train"]["compile"], bool):
         raise UserError(f"{source}: 'train.compile' must be true or false, got {cfg['train']['compile']!r}")
     for dotted, value, allowed in checks:

@@ -43,6 +43,9 @@ STAMP = re.compile(r"_\d{6}_\d{6}(_\d+)?$")
 SAMPLE_FILE = re.compile(r"^(\d+)_(\d+)_sample_abu\.mat$")
 CHECKPOINT_FILE = re.compile(r"^I(\d+)_E(\d+)\.pth$")
 MAX_SHEET = 64  # samples shown on the preview sheet of one `-p val` call
+# `sample.batch_size: 0` ("fill the device"): the largest batch tried; on the CPU more samples per batch
+# stop paying beyond this (bench/bench_sampling.py), on CUDA the batch halves on out-of-memory
+AUTO_BATCH = {"cpu": 8, "cuda": 256}
 
 
 # run folders ------------------------------------------------------------------------------------
@@ -240,16 +243,33 @@ def preview_sheet(abundances: np.ndarray, columns: int = 1) -> np.ndarray:
     return grid([abundance_strip(a) for a in abundances], columns=columns)
 
 
+def auto_batch_size(count: int, device: torch.device) -> int:
+    """The batch `sample.batch_size: 0` starts with: all of `count`, up to the device's cap."""
+    return max(1, min(count, AUTO_BATCH.get(device.type, AUTO_BATCH["cpu"])))
+
+
 @torch.no_grad()
 def draw_samples(diffusion: GaussianDiffusion, count: int, batch_size: int, device: torch.device,
                  sampler: str, steps: int, eta: float, generator: torch.Generator, progress: bool = True):
-    """Yield batches of samples (n, K, S, S) in [-1, 1] on the CPU until `count` have been drawn."""
+    """Yield batches of samples (n, K, S, S) in [-1, 1] on the CPU until `count` have been drawn.
+
+    `batch_size` 0 fills the device (`auto_batch_size`); a batch that runs out of memory is halved."""
     done = 0
+    batch_size = batch_size or auto_batch_size(count, device)
     with tqdm(total=count, desc=f"sampling ({sampler})", unit="sample", disable=not progress) as bar:
         while done < count:
             n = min(batch_size, count - done)
-            x = diffusion.sample(n, device, sampler=sampler, steps=steps, eta=eta, generator=generator,
-                                 progress=progress)
+            try:
+                x = diffusion.sample(n, device, sampler=sampler, steps=steps, eta=eta, generator=generator,
+                                     progress=progress)
+            except torch.OutOfMemoryError:
+                if n == 1:
+                    raise
+                batch_size = n // 2
+                get_logger().warning("out of memory with %d samples per batch; trying %d", n, batch_size)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             done += n
             bar.update(n)
             yield x.clamp(-1.0, 1.0).float().cpu()
@@ -353,7 +373,8 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
         record["process"] = me
     log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s%s", count, sampler,
              f"{steps} steps, eta {eta}" if sampler == "ddim" else f"{diffusion.num_timesteps} steps", which,
-             sample_cfg["batch_size"], seed, "projected onto the simplex" if sample_cfg["project_simplex"]
+             sample_cfg["batch_size"] or auto_batch_size(counts[me], device), seed,
+             "projected onto the simplex" if sample_cfg["project_simplex"]
              else "raw (SR + 1) / 2", run_dir,
              f"; {processes} processes draw {counts[0]} each at most" if processes > 1 else "")
 

@@ -74,8 +74,9 @@ class EMA:
         if step < self.start:
             self.model.load_state_dict(model.state_dict())
         elif step % self.every == 0:
-            for ema_p, p in zip(self.model.parameters(), model.parameters()):
-                ema_p.lerp_(p.detach(), 1.0 - self.decay)
+            # one fused call over all tensors instead of one lerp_ per parameter (same arithmetic)
+            torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()],
+                                 1.0 - self.decay)
             for ema_b, b in zip(self.model.buffers(), model.buffers()):
                 ema_b.copy_(b)
 
@@ -97,6 +98,21 @@ def amp_dtype(setting) -> torch.dtype | None:
     if setting in (False, None, "off"):
         return None
     return AMP_DTYPES["fp16" if setting is True else setting]
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 kernels here (AVX512-BF16 / AMX); without them bf16 is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_usable(dtype: torch.dtype | None, device: torch.device) -> bool:
+    """`train.amp` applies on CUDA, and on the CPU for bf16 when the CPU has bf16 kernels."""
+    if dtype is None:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16 and cpu_supports_bf16())
 
 
 def step_loss(diffusion, model: torch.nn.Module, shard: torch.Tensor, global_batch: int,
@@ -180,9 +196,10 @@ def check_resume_compatible(state: dict, cfg: dict, path: str) -> None:
     """A resumed run must train the same network on the same schedule."""
     old = state["config"]["model"]
     for key in ("unet", "diffusion"):
-        if old[key] != cfg["model"][key]:
-            changed = sorted(k for k in set(old[key]) | set(cfg["model"][key])
-                             if old[key].get(k) != cfg["model"][key].get(k))
+        # how the attention is computed changes no weight: older checkpoints lack the key
+        changed = sorted(k for k in set(old[key]) | set(cfg["model"][key])
+                         if old[key].get(k) != cfg["model"][key].get(k) and k != "fused_attention")
+        if changed:
             raise UserError(f"{path}: the checkpoint was trained with other model.{key} settings "
                             f"({', '.join(changed)}); resume with the config it was trained with")
     if old["beta_schedule"]["train"] != cfg["model"]["beta_schedule"]["train"]:
@@ -277,15 +294,18 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
         if rank() > 0:  # dropout masks of their own on the other processes
             torch.manual_seed(process_seed(seed, rank()))
     unet.to(device).train()
+    layout = torch.channels_last if train_cfg.get("channels_last") else torch.contiguous_format
+    unet.to(memory_format=layout)
     diffusion = build_diffusion(cfg["model"], unet, "train")
     optimizer = make_optimizer(unet.parameters(), train_cfg["optimizer"])
     ema_opt = train_cfg["ema_scheduler"]
     ema = EMA(unet, ema_opt["ema_decay"], ema_opt["step_start_ema"], ema_opt["update_ema_every"]) \
         if train_cfg["use_ema"] else None
     dtype = amp_dtype(train_cfg["amp"])
-    use_amp = dtype is not None and device.type == "cuda"
+    use_amp = autocast_usable(dtype, device)
     if dtype is not None and not use_amp:
-        log.info("train.amp is set but the device is %s; training in float32", device)
+        log.info("train.amp=%s is not available on %s (CPU: bf16 only, with bf16 kernels); training in float32",
+                 train_cfg["amp"], device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
     generator = torch.Generator(device=device).manual_seed(seed)
     if state is not None:
@@ -335,7 +355,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                     # a worker ended anyway (killed by the launcher): read the last batch in this process
                     iterator = iter(make_loader(samples_seen, 0))
                     batch = next(iterator)
-                batch = batch.to(device, non_blocking=True)
+                batch = batch.to(device, non_blocking=True).contiguous(memory_format=layout)
                 with torch.autocast(device_type=device.type, dtype=dtype or torch.float16, enabled=use_amp):
                     loss = step_loss(diffusion, model, batch, global_batch, generator)
                 # one all-reduce carries the loss and the stop flag: every process decides alike

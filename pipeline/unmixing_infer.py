@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from core.progress import tqdm  # a line every few percent when not on a terminal
 
 from core.errors import UserError
@@ -119,6 +121,47 @@ def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int
     return model_input, target
 
 
+class DecodedInputs(Dataset):
+    """Decoded inputs for a DataLoader, so that workers read the next images while the network runs.
+
+    Item i is (model input (3, H, W) tensor, ground truth (H, W, C)), or the UserError that reading
+    it raised (returned, not raised, so one bad file does not stop the loader)."""
+
+    def __init__(self, pending: list[tuple[str, str]], band_indices, key: str | None, n_bands: int):
+        self.pending, self.band_indices, self.key, self.n_bands = pending, band_indices, key, n_bands
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def __getitem__(self, index: int):
+        kind, path = self.pending[index]
+        try:
+            model_input, ground_truth = load_input(path, kind, self.band_indices, self.key, self.n_bands)
+        except UserError as err:
+            return err
+        return torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1))), ground_truth
+
+
+def decoded_inputs(pending: list[tuple[str, str]], band_indices, key, n_bands: int, workers: int):
+    """Iterate `DecodedInputs` in order; `workers` processes decode ahead (0: in this process)."""
+    dataset = DecodedInputs(pending, band_indices, key, n_bands)
+    if workers <= 0:
+        return (dataset[i] for i in range(len(dataset)))
+    return iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2,
+                           collate_fn=as_decoded))
+
+
+def as_decoded(item):
+    """The DataLoader's hook for unbatched items: keep them as they are (numpy stays numpy)."""
+    return item
+
+
+def process_share(items: list) -> list:
+    """This process's share of the inputs under `torchrun` (every WORLD_SIZE-th, from RANK), else all."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return items[int(os.environ.get("RANK", 0))::world] if world > 1 else items
+
+
 def collect_inputs(rgb_dirs, hsi_dirs) -> list[tuple[str, str, str]]:
     """(kind, path, root) for every image of every folder; an empty folder is an error."""
     items = []
@@ -176,19 +219,21 @@ def read_manifest(path: str) -> dict:
 
 def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 256,
                   overlap: int = 32, overwrite: bool = False, key: str | None = None,
-                  save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = False) -> dict:
+                  save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = True,
+                  workers: int = 1) -> dict:
     """Write `<out>/<name>.mat` (Abu, GT, Y) and `<out>/previews/<name>.png` for every input.
 
     Returns {"written": [...], "skipped": [...], "failed": [(path, message)]}. Unreadable inputs are
     reported and skipped; the others go on. Finished inputs listed in the manifest are skipped unless
-    `overwrite`.
+    `overwrite`. `workers` processes decode images ahead of the network. Under `torchrun` each
+    process takes every WORLD_SIZE-th input and appends to the one shared manifest.
     """
     log = get_logger()
     check_tiling(tile, overlap, tile_batch)
     model, state = load_unmixing_model(ckpt, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    items = collect_inputs(rgb_dirs, hsi_dirs)
+    items = process_share(collect_inputs(rgb_dirs, hsi_dirs))
     ensure_folder(out_dir)
     for stale in remove_stale_temp_files(out_dir) + remove_stale_temp_files(os.path.join(out_dir, "previews")):
         log.info("removed %s, left by an earlier run that was killed while writing", stale)
@@ -199,7 +244,8 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     result = {"written": [], "skipped": [], "failed": []}
     log.info("inferring abundances of %d images with %s (K=%d, %d bands) into %s", len(items), ckpt,
              model.num_endmembers, model.out_bands, out_dir)
-    for kind, path, root in tqdm(items, desc="infer", dynamic_ncols=True):
+    pending = []
+    for kind, path, root in items:
         name = stems[path]
         mat_path = os.path.join(out_dir, name + ".mat")
         absolute = os.path.abspath(path)
@@ -209,9 +255,15 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
         if not overwrite and os.path.exists(mat_path) and absolute not in done:
             result["failed"].append((path, f"{mat_path} exists and is not from this manifest (use --overwrite)"))
             continue
+        pending.append((kind, path, name, mat_path, absolute))
+    loaded = decoded_inputs([(kind, path) for kind, path, *_ in pending], state["band_indices"], key,
+                            model.out_bands, workers)
+    for (kind, path, name, mat_path, absolute), decoded in tqdm(zip(pending, loaded), total=len(pending),
+                                                                desc="infer", dynamic_ncols=True):
         try:
-            model_input, ground_truth = load_input(path, kind, state["band_indices"], key, model.out_bands)
-            image = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
+            if isinstance(decoded, UserError):
+                raise decoded
+            image, ground_truth = decoded
             abundances = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
             abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)
             if not np.all(np.isfinite(abu)):

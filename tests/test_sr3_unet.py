@@ -83,3 +83,92 @@ def test_orthogonal_init_gives_orthonormal_rows_and_zero_bias():
     assert torch.count_nonzero(conv.bias) == 0
     with pytest.raises(ValueError):
         init_weights(model, "xavier")
+
+
+# --- the forward against an independent functional one, and the memory layout (issue 16) ---
+
+def _functional_forward(sd: dict, x: torch.Tensor, noise_level: torch.Tensor, groups: int) -> torch.Tensor:
+    """The SR3 UNet written from the state dict alone, attention as the reference's einsum."""
+    F = torch.nn.functional
+
+    def norm_act_conv(prefix, h):
+        h = F.group_norm(h, groups, sd[f"{prefix}.block.0.weight"], sd[f"{prefix}.block.0.bias"])
+        return F.conv2d(h * torch.sigmoid(h), sd[f"{prefix}.block.3.weight"], sd[f"{prefix}.block.3.bias"], padding=1)
+
+    def res_block(prefix, h, emb):
+        out = norm_act_conv(f"{prefix}.block1", h)
+        shift = F.linear(emb, sd[f"{prefix}.noise_func.noise_func.0.weight"], sd[f"{prefix}.noise_func.noise_func.0.bias"])
+        out = norm_act_conv(f"{prefix}.block2", out + shift[:, :, None, None])
+        skip = F.conv2d(h, sd[f"{prefix}.res_conv.weight"], sd[f"{prefix}.res_conv.bias"]) \
+            if f"{prefix}.res_conv.weight" in sd else h
+        return out + skip
+
+    def attention(prefix, h):
+        n, c, height, width = h.shape
+        normed = F.group_norm(h, groups, sd[f"{prefix}.norm.weight"], sd[f"{prefix}.norm.bias"])
+        q, k, v = F.conv2d(normed, sd[f"{prefix}.qkv.weight"]).chunk(3, dim=1)
+        scores = torch.einsum("nchw,ncyx->nhwyx", q, k).reshape(n, height, width, -1) / math.sqrt(c)
+        weights = torch.softmax(scores, -1).reshape(n, height, width, height, width)
+        mixed = torch.einsum("nhwyx,ncyx->nchw", weights, v)
+        return F.conv2d(mixed, sd[f"{prefix}.out.weight"], sd[f"{prefix}.out.bias"]) + h
+
+    def layer(prefix, h, emb):
+        if f"{prefix}.weight" in sd:  # the first plain conv
+            return F.conv2d(h, sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], padding=1)
+        if f"{prefix}.conv.weight" in sd:  # down (stride 2) or up (nearest x2, then conv)
+            if prefix.startswith("ups"):
+                return F.conv2d(F.interpolate(h, scale_factor=2.0), sd[f"{prefix}.conv.weight"], sd[f"{prefix}.conv.bias"], padding=1)
+            return F.conv2d(h, sd[f"{prefix}.conv.weight"], sd[f"{prefix}.conv.bias"], stride=2, padding=1)
+        h = res_block(f"{prefix}.res_block", h, emb)
+        return attention(f"{prefix}.attn", h) if f"{prefix}.attn.qkv.weight" in sd else h
+
+    def count(name):
+        return len({key.split(".")[1] for key in sd if key.startswith(name + ".")})
+
+    half = 4  # inner_channel 8 -> 4 frequencies
+    angles = noise_level[:, None] * torch.exp(-math.log(1e4) * torch.arange(half) / half)[None]
+    emb = torch.cat([angles.sin(), angles.cos()], -1)
+    emb = F.linear(emb, sd["noise_level_mlp.1.weight"], sd["noise_level_mlp.1.bias"])
+    emb = F.linear(emb * torch.sigmoid(emb), sd["noise_level_mlp.3.weight"], sd["noise_level_mlp.3.bias"])
+    skips, h = [], x
+    for i in range(count("downs")):
+        h = layer(f"downs.{i}", h, emb)
+        skips.append(h)
+    for i in range(count("mid")):
+        h = layer(f"mid.{i}", h, emb)
+    for i in range(count("ups")):
+        is_block = f"ups.{i}.res_block.block1.block.0.weight" in sd
+        h = layer(f"ups.{i}", torch.cat((h, skips.pop()), 1) if is_block else h, emb)
+    return norm_act_conv("final_conv", h)
+
+
+@pytest.mark.parametrize("channels_last, fused", [(False, True), (True, True), (False, False)])
+def test_forward_equals_a_functional_reimplementation(channels_last, fused):
+    torch.manual_seed(3)
+    model = tiny(fused_attention=fused).eval()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    x, level = torch.randn(2, 5, 8, 8), torch.rand(2)
+    expected = _functional_forward(sd, x, level, groups=4)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x, level), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_feature_map_keeps_the_input_layout(channels_last):
+    """A channels-last map in a contiguous net makes each later conv reorder its weights (issue 16)."""
+    model = tiny()
+    x = torch.randn(2, 5, 8, 8)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model, x = model.to(memory_format=layout), x.contiguous(memory_format=layout)
+    wrong = []
+
+    def check(module, _, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and not out.is_contiguous(memory_format=layout):
+            wrong.append((type(module).__name__, tuple(out.shape), out.stride()))
+
+    for module in model.modules():
+        module.register_forward_hook(check)
+    out = model(x, torch.rand(2))
+    assert not wrong, wrong[:3]
+    assert out.is_contiguous(memory_format=layout)
