@@ -468,6 +468,8 @@ def test_diffusion_speed_flags(tmp_path, ddpm_config, monkeypatch, capsys):
     --amp bf16 on the CPU trains in float32 with a note; a bad train.amp is a config error."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    # a CPU without bf16 kernels (this one may have them: then bf16 autocast is used, see test_speed_options)
+    monkeypatch.setattr("pipeline.diffusion_train.cpu_supports_bf16", lambda: False)
     Diffusion.main(["-p", "train", "-c", ddpm_config, "--run-dir", str(tmp_path / "run"), "--n-iter", "1",
                     "--compile", "--amp", "bf16", "--device", "cpu"])
     assert len(compiled) == 1
