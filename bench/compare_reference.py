@@ -22,7 +22,6 @@ import contextlib
 import warnings
 import importlib
 import json
-import math
 import os
 import sys
 import tempfile
@@ -404,8 +403,7 @@ def main(argv=None) -> int:
         print(f"| {label} | {metric} | {theirs:.6g} | {mine:.6g} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"data": source, "rows": rows, "edge_cases": edges}, f, indent=1,
-                      default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+            json.dump({"data": source, "rows": rows, "edge_cases": edges}, f, indent=1, default=float)  # numpy scalars
     return 0
 
 
