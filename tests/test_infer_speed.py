@@ -71,3 +71,16 @@ def test_torchrun_shares_cover_every_file_once_and_fill_one_manifest(setup, tmp_
     assert process_share(list(range(7))) == [1, 3, 5]  # RANK 1 of 2
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert process_share(list(range(3))) == [0, 1, 2]
+
+
+def test_cli_speed_flags(setup, tmp_path):
+    from Unmixing import main as unmixing_main
+    ckpt, images, _ = setup
+    for name, flags in (("a", ["--no-channels-last", "--workers", "0"]), ("b", ["--tile-batch", "3", "--workers", "2"])):
+        code = unmixing_main(["infer", "--ckpt", ckpt, "--rgb", images, "--out", str(tmp_path / name), "--device", "cpu",
+                              "--tile", "32", "--overlap", "8", *flags])
+        assert code == 1  # broken.png fails, the others are written
+    a, b = outputs(tmp_path / "a"), outputs(tmp_path / "b")
+    assert len(a) == len(b) == 5
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=0)
