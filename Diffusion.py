@@ -5,6 +5,7 @@
                         [--compile] [-d]
     python Diffusion.py -p val -c CONFIG [--out DIR] [--resume CKPT] [--num-samples N]
                         [--sampler ancestral|ddim] [--steps N] [--eta X] [--batch-size B] [--raw] [--no-ema]
+                        [--class NAME|a,b|all [--guidance W]]
 
 Both phases run in several processes with `torchrun --nproc_per_node N Diffusion.py ...` (DDP; the
 training batch is the global batch, the samples are split over the processes).
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--raw", action="store_true",
                         help="store Abu = (SR + 1) / 2 as sampled instead of projecting it onto the simplex")
     parser.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
+    parser.add_argument("--class", dest="class_name", help="class-conditional models: sample this scene class, "
+                        "several (a,b) or 'all' (an even mix); default unconditional")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale with --class (default 1: "
+                        "plain conditional; 0: unconditional; >1: stronger class likeness)")
     parser.add_argument("-d", "-debug", "--debug", dest="debug", action="store_true", help="tiny smoke run")
     parser.add_argument("-enable_wandb", action="store_true", help="accepted for the reference; not used")
     parser.add_argument("-log_wandb_ckpt", action="store_true", help="accepted for the reference; not used")
@@ -88,6 +93,7 @@ def main(argv=None) -> int:
         "datasets.train.num_workers": args.workers, "train.amp": args.amp, "train.compile": True if args.compile else None,
         "sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
         "sample.project_simplex": False if args.raw else None, "sample.use_ema": False if args.no_ema else None,
+        "sample.class_name": args.class_name, "sample.guidance": args.guidance,
     })
     phase = args.phase or cfg["phase"]
     if phase not in ("train", "val"):

@@ -11,6 +11,7 @@ from core.config import load_config
 from core.errors import UserError
 from core.logs import get_logger
 from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES
+from pipeline.class_labels import check_class_names
 
 _SCHEDULE = {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 1e-2}
 
@@ -58,6 +59,9 @@ DIFFUSION_DEFAULTS = {
             "loss_type": "l1",          # l1 / l2 summed (reference) or l1_mean / l2_mean
             "t_per_sample": False,      # False: one t per batch as the reference
             "clip_denoised": True,
+            "class_conditional": False,  # True: condition on the scene class of each file (docs/class_conditional.md)
+            "class_dropout": 0.1,       # share of labels hidden per step, teaching the unconditional prediction
+            "class_names": [],          # filled from the training files' classes; saved with the checkpoint
         },
     },
     "train": {
@@ -85,6 +89,8 @@ DIFFUSION_DEFAULTS = {
         "batch_size": 4,
         "use_ema": True,
         "project_simplex": True,        # Abu projected onto the simplex; False: (SR + 1) / 2 as sampled
+        "class_name": None,             # class-conditional models: a class, "a,b" or "all" (--class); None: unconditional
+        "guidance": 1.0,                # classifier-free guidance scale (--guidance): 0 unconditional, 1 conditional
     },
 }
 
@@ -112,6 +118,18 @@ def _positive_int(cfg: dict, dotted: str, source: str, minimum: int = 1) -> None
     node[key] = value
 
 
+def check_class_settings(model: dict, source: str) -> None:
+    """Class conditioning needs the noise-level embedding it is added to, and a dropout rate in [0, 1)."""
+    diffusion = model["diffusion"]
+    dropout = diffusion.get("class_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise UserError(f"{source}: 'model.diffusion.class_dropout' must be a number in [0, 1), got {dropout!r}")
+    if diffusion.get("class_conditional") and not model["unet"]["with_noise_level_emb"]:
+        raise UserError(f"{source}: 'model.diffusion.class_conditional' needs model.unet.with_noise_level_emb "
+                        "(the class embedding is added to the noise-level embedding)")
+    check_class_names(diffusion.get("class_names"), source)
+
+
 def validate(cfg: dict, source: str) -> dict:
     """Check values a typo would break, and turn 1e4-style numbers into integers."""
     for dotted in ("train.n_iter", "train.val_freq", "train.save_checkpoint_freq", "train.print_freq",
@@ -125,6 +143,10 @@ def validate(cfg: dict, source: str) -> dict:
     if model["diffusion"]["conditional"]:
         raise UserError(f"{source}: 'model.diffusion.conditional' is true, but only unconditional "
                         "generation is implemented")
+    check_class_settings(model, source)
+    guidance = cfg["sample"].get("guidance", 1.0)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0.0 <= guidance < float("inf"):
+        raise UserError(f"{source}: 'sample.guidance' must be a number >= 0, got {guidance!r}")
     channels = model["diffusion"]["channels"]
     unet = model["unet"]
     if unet["in_channel"] != channels or unet["out_channel"] != channels:

@@ -36,6 +36,8 @@ from core.simplex import project_to_simplex
 from data.matio import read_mat, write_mat
 from models.diffusion import GaussianDiffusion, NoiseSchedule
 from models.sr3_unet import unet_from_config
+from models.guidance import GuidedDenoiser
+from pipeline.class_labels import class_rows_sheet, draw_guided_samples, requested_labels
 
 STAMP = re.compile(r"_\d{6}_\d{6}(_\d+)?$")
 SAMPLE_FILE = re.compile(r"^(\d+)_(\d+)_sample_abu\.mat$")
@@ -229,8 +231,9 @@ def draw_samples(diffusion: GaussianDiffusion, count: int, batch_size: int, devi
 
 
 def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project: bool,
-                  record: dict) -> list[str]:
-    """Write a batch (n, K, H, W) as numbered .mat files and PNG strips; return the .mat paths."""
+                  record: dict, classes: list[str] | None = None) -> list[str]:
+    """Write a batch (n, K, H, W) as numbered .mat files and PNG strips; return the .mat paths.
+    `classes`: each sample's scene class, stored as `class` in its .mat file and index line."""
     abundance = to_abundance(sr, project).permute(0, 2, 3, 1).numpy().astype(np.float32)
     sr_hwk = sr.permute(0, 2, 3, 1).numpy().astype(np.float32)
     written = []
@@ -238,10 +241,11 @@ def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project:
         for i in range(sr.shape[0]):
             stem = f"{step}_{start + i}"
             mat_path = os.path.join(paths["mat_results"], f"{stem}_sample_abu.mat")
-            write_mat(mat_path, {"SR": sr_hwk[i], "Abu": abundance[i]}, overwrite=False)
+            labelled = {"class": classes[i]} if classes else {}
+            write_mat(mat_path, {"SR": sr_hwk[i], "Abu": abundance[i], **labelled}, overwrite=False)
             save_png(abundance_strip(abundance[i]), os.path.join(paths["results"], f"{stem}_sample_preview.png"))
             # one line per write call: processes appending at the same time never split a line
-            index.write(json.dumps({"file": os.path.basename(mat_path), **record}) + "\n")
+            index.write(json.dumps({"file": os.path.basename(mat_path), **record, **labelled}) + "\n")
             index.flush()
             written.append(mat_path)
     return written
@@ -273,7 +277,12 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
     unet, model_cfg, step, which = load_weights_for_sampling(path, cfg, device, sample_cfg["use_ema"])
     # the val schedule may be edited for faster sampling, as in the reference configs
     model_cfg = dict(model_cfg, beta_schedule=dict(model_cfg["beta_schedule"], val=cfg["model"]["beta_schedule"]["val"]))
-    diffusion = build_diffusion(model_cfg, unet, "val")
+    labels = requested_labels(model_cfg["diffusion"].get("class_names") or [], sample_cfg.get("class_name"), count)
+    guidance = float(sample_cfg.get("guidance", 1.0))
+    if labels is None and guidance != 1.0:
+        raise UserError(f"--guidance {guidance:g} needs --class (guidance steers towards a class)")
+    guided = GuidedDenoiser(unet, guidance) if labels is not None else None
+    diffusion = build_diffusion(model_cfg, guided or unet, "val")
 
     def pick_folder():
         folder = run_dir or run_dir_of_checkpoint(path, cfg) or new_run_dir(out_root, cfg["name"])
@@ -293,6 +302,8 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
               "eta": eta if sampler == "ddim" else 1.0, "seed": my_seed, "projected": sample_cfg["project_simplex"]}
     if processes > 1:
         record["process"] = me
+    if labels is not None:
+        record["guidance"] = guidance
     log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s%s", count, sampler,
              f"{steps} steps, eta {eta}" if sampler == "ddim" else f"{diffusion.num_timesteps} steps", which,
              sample_cfg["batch_size"], seed, "projected onto the simplex" if sample_cfg["project_simplex"]
@@ -301,7 +312,18 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
 
     generator = torch.Generator(device=device).manual_seed(my_seed)
     started = time.perf_counter()
-    if counts[me]:
+    if counts[me] and labels is not None:  # class-conditional: this process's share of the labels
+        names = model_cfg["diffusion"]["class_names"]
+        mine = labels[sum(counts[:me]):sum(counts[:me + 1])]
+        batches = draw_guided_samples(diffusion, guided, mine, sample_cfg["batch_size"], draw_samples, device=device,
+                                      sampler=sampler, steps=steps, eta=eta, generator=generator,
+                                      progress=progress and main)
+        for batch in batches:
+            classes = [names[label] for label in mine[:batch.shape[0]]]
+            mine = mine[batch.shape[0]:]
+            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record, classes)
+            start += batch.shape[0]
+    elif counts[me]:
         for batch in draw_samples(diffusion, counts[me], sample_cfg["batch_size"], device, sampler, steps, eta,
                                   generator, progress and main):
             write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record)
@@ -314,7 +336,11 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
     shown = [read_mat(os.path.join(paths["mat_results"], f"{step}_{n}_sample_abu.mat"))["Abu"]
              for n in range(first, min(last, first + MAX_SHEET - 1) + 1)]
     sheet_path = os.path.join(paths["results"], f"{step}_samples_{first}-{last}.png")
-    save_png(preview_sheet(np.stack(shown)), sheet_path)
+    if labels is not None:  # one row per class
+        names = model_cfg["diffusion"]["class_names"]
+        save_png(class_rows_sheet(np.stack(shown), [names[label] for label in labels[:len(shown)]]), sheet_path)
+    else:
+        save_png(preview_sheet(np.stack(shown)), sheet_path)
     log.info("wrote %d samples (%.2f s each%s) to %s; preview %s", count, elapsed / max(counts[0], 1),
              f", {processes} processes" if processes > 1 else "", paths["mat_results"], sheet_path)
     return run_dir
