@@ -106,6 +106,7 @@ def requested_labels(class_names: list[str], request: str | None, count: int) ->
     mix, cycling through the classes); None when no class is asked for."""
     if request is None or request == "":
         return None
+    request = str(request)
     if not class_names:
         raise UserError(f"--class {request}: this checkpoint was trained without classes (train with "
                         "model.diffusion.class_conditional true to sample by class)")

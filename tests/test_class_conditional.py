@@ -233,3 +233,23 @@ def test_training_refuses_files_without_a_class(tmp_path):
     with pytest.raises(SystemExit):
         Diffusion.main(["-p", "train", "-c", config, "--data", str(folder), "--out", str(tmp_path / "r"),
                         "--device", "cpu"])
+
+
+def test_class_conditional_resume_is_bit_exact(tmp_path, two_class_dir):
+    """Label dropout draws from the checkpointed training generator, so a resumed run repeats the same drops."""
+    from pipeline.diffusion_config import load_diffusion_config
+    from pipeline.diffusion_train import train_diffusion
+
+    def cfg(n_iter):
+        return load_diffusion_config(class_config(tmp_path), {"datasets.train.dataroot": two_class_dir,
+                                                              "train.n_iter": n_iter, "train.print_freq": 1})
+    cpu = torch.device("cpu")
+    straight = train_diffusion(cfg(4), str(tmp_path / "a"), cpu, seed=5, progress=False)
+    first = train_diffusion(cfg(2), str(tmp_path / "b"), cpu, seed=5, progress=False)
+    resumed = train_diffusion(cfg(4), str(tmp_path / "b"), cpu, seed=5, resume=first, progress=False)
+    a, b = load_checkpoint(straight, "diffusion"), load_checkpoint(resumed, "diffusion")
+    assert b["config"]["model"]["diffusion"]["class_names"] == ["left", "right"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert not torch.equal(a["model"]["class_embedding.table.weight"],
+                           load_checkpoint(first, "diffusion")["model"]["class_embedding.table.weight"])
