@@ -10,8 +10,9 @@ AID / NWPU-RESISC45 that `Unmixing.py infer` reads classes from.
 `score` compares sets of abundance maps (.mat with `Abu` and `class`) with the real inferred maps of
 each class. Every map (its central S x S crop, S the sample size) is described by 20 numbers: per
 endmember its mean, standard deviation, mean absolute gradient and the share of pixels where it
-dominates. Per class it prints the Fréchet distance (FD) of a set's maps of that class (or of all
-its maps, for an unconditional set) to the real maps of that class, the FD between two halves of
+dominates. Per class it prints the Fréchet distance (FD) of a set's maps of that class (for an
+unconditional set, every n-th map, n the number of classes, so all sets are scored on as many maps)
+to the real maps of that class, the FD between two halves of
 the real maps (what a perfect generator would score at that size), the FD of all real maps to
 that class (what a perfect unconditional generator would score), and the share of a set's maps
 that a nearest-class-mean classifier fitted on the real maps assigns to the class they were asked
@@ -109,7 +110,7 @@ def score(real_dir: str, sets: dict[str, str], out: str, per_row: int = 6) -> di
     report = {"sample_size": size, "classes": {}}
     rows = []
     rng = np.random.default_rng(0)
-    for c in classes:
+    for index, c in enumerate(classes):
         real_c = real_features[real_labels == c]
         entry = {"real_maps": int(len(real_c)), "FD_real_floor": real_floor(real_c)["FD_real_floor"],
                  # a perfect unconditional generator draws the mixture of all classes
@@ -117,12 +118,13 @@ def score(real_dir: str, sets: dict[str, str], out: str, per_row: int = 6) -> di
                  "real_classified_right": float((classify(real_c) == c).mean())}
         picture = [composite(real_maps[i]) for i in rng.permutation(np.flatnonzero(real_labels == c))[:per_row]]
         for name, (maps, labels) in samples.items():
-            chosen = [a for a, label in zip(maps, labels) if label == c] or maps  # unconditional: all maps
+            # an unlabelled (unconditional) set: a disjoint share per class, as many maps as a labelled set has
+            chosen = [a for a, label in zip(maps, labels) if label == c] if any(labels) else maps[index::len(classes)]
             features = np.stack([describe(a) for a in chosen])
             entry[f"FD_{name}"] = frechet_distance(features, real_c)
             entry[f"n_{name}"] = len(chosen)
-            if any(labels):
-                entry[f"classified_right_{name}"] = float((classify(features) == c).mean())
+            # for an unconditional set: the share of its maps that happen to look like class c
+            entry[f"classified_right_{name}"] = float((classify(features) == c).mean())
             picture += [composite(a) for a in chosen[:per_row]]
         report["classes"][c] = entry
         rows.append(grid(picture, columns=len(picture)))
