@@ -12,7 +12,7 @@ each class. Every map (its central S x S crop, S the sample size) is described b
 endmember its mean, standard deviation, mean absolute gradient and the share of pixels where it
 dominates. Per class it prints the Fréchet distance (FD) of a set's maps of that class (for an
 unconditional set, every n-th map, n the number of classes, so all sets are scored on as many maps)
-to the real maps of that class, the FD between two halves of
+to the real maps of that class (on all 20 numbers, and on the K means alone: the composition), the FD between two halves of
 the real maps (what a perfect generator would score at that size), the FD of all real maps to
 that class (what a perfect unconditional generator would score), and the share of a set's maps
 that a nearest-class-mean classifier fitted on the real maps assigns to the class they were asked
@@ -26,7 +26,7 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,6 +93,20 @@ def composite(abu: np.ndarray, scale: int = 2) -> np.ndarray:
     return np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
+def labelled(sheet: np.ndarray, classes: list[str], columns: list[str], per_row: int, row_height: int,
+             margin: int = 72, header: int = 16, gap: int = 6) -> np.ndarray:
+    """The grid with class names on the left and the name of each block of `per_row` columns on top."""
+    canvas = Image.new("RGB", (sheet.shape[1] + margin, sheet.shape[0] + header), "white")
+    canvas.paste(Image.fromarray(sheet), (margin, header))
+    draw = ImageDraw.Draw(canvas)
+    tile = (sheet.shape[1] + 2) // (per_row * len(columns))
+    for i, name in enumerate(columns):
+        draw.text((margin + i * per_row * tile + 2, 2), name, fill="black")
+    for i, name in enumerate(classes):
+        draw.text((4, header + i * (row_height + gap) + row_height // 2 - 5), name, fill="black")
+    return np.asarray(canvas)
+
+
 def score(real_dir: str, sets: dict[str, str], out: str, per_row: int = 6) -> dict:
     samples = {name: load_set(folder) for name, folder in sets.items()}
     size = next(iter(samples.values()))[0][0].shape[0]
@@ -100,6 +114,7 @@ def score(real_dir: str, sets: dict[str, str], out: str, per_row: int = 6) -> di
     classes = sorted(set(real_classes))
     real_features = np.stack([describe(a) for a in real_maps])
     real_labels = np.array(real_classes)
+    k = real_maps[0].shape[-1]
     mean, std = real_features.mean(0), real_features.std(0) + 1e-8
     centroids = np.stack([((real_features[real_labels == c] - mean) / std).mean(0) for c in classes])
 
@@ -113,6 +128,8 @@ def score(real_dir: str, sets: dict[str, str], out: str, per_row: int = 6) -> di
     for index, c in enumerate(classes):
         real_c = real_features[real_labels == c]
         entry = {"real_maps": int(len(real_c)), "FD_real_floor": real_floor(real_c)["FD_real_floor"],
+                 "FD_composition_real_floor": real_floor(real_c[:, :k])["FD_real_floor"],
+                 "FD_composition_real_all_classes": frechet_distance(real_features[:, :k], real_c[:, :k]),
                  # a perfect unconditional generator draws the mixture of all classes
                  "FD_real_all_classes": frechet_distance(real_features, real_c),
                  "real_classified_right": float((classify(real_c) == c).mean())}
@@ -122,6 +139,8 @@ def score(real_dir: str, sets: dict[str, str], out: str, per_row: int = 6) -> di
             chosen = [a for a, label in zip(maps, labels) if label == c] if any(labels) else maps[index::len(classes)]
             features = np.stack([describe(a) for a in chosen])
             entry[f"FD_{name}"] = frechet_distance(features, real_c)
+            # composition only (the K mean abundances): blind to pixel noise and texture
+            entry[f"FD_composition_{name}"] = frechet_distance(features[:, :k], real_c[:, :k])
             entry[f"n_{name}"] = len(chosen)
             # for an unconditional set: the share of its maps that happen to look like class c
             entry[f"classified_right_{name}"] = float((classify(features) == c).mean())
@@ -129,7 +148,8 @@ def score(real_dir: str, sets: dict[str, str], out: str, per_row: int = 6) -> di
         report["classes"][c] = entry
         rows.append(grid(picture, columns=len(picture)))
     os.makedirs(out, exist_ok=True)
-    save_png(grid(rows, columns=1, gap=6), os.path.join(out, "grid.png"))
+    save_png(labelled(grid(rows, columns=1, gap=6), classes, ["real"] + list(sets), per_row, rows[0].shape[0]),
+             os.path.join(out, "grid.png"))
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
@@ -145,11 +165,12 @@ def main(argv=None) -> None:
     scoring.add_argument("--real", required=True, help="folder of the real inferred abundance maps (with class)")
     scoring.add_argument("--set", action="append", required=True, metavar="NAME=FOLDER", help="sample sets")
     scoring.add_argument("--out", required=True)
+    scoring.add_argument("--per-row", type=int, default=6, help="maps of each set shown per class in grid.png")
     args = parser.parse_args(argv)
     if args.command == "tiles":
         print(json.dumps(make_tiles(args.data, args.out)))
         return
-    report = score(args.real, dict(s.split("=", 1) for s in args.set), args.out)
+    report = score(args.real, dict(s.split("=", 1) for s in args.set), args.out, args.per_row)
     print(json.dumps(report, indent=1))
 
 
