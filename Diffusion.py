@@ -5,6 +5,7 @@
                         [--compile] [-d]
     python Diffusion.py -p val -c CONFIG [--out DIR] [--resume CKPT] [--num-samples N]
                         [--sampler ancestral|ddim] [--steps N] [--eta X] [--batch-size B] [--ema] [--simplex]
+                        [--class NAME|a,b|all [--guidance W]]
     either phase: [--profile faithful|improved] (default: the config's `profile`, else faithful)
 
 Both phases run in several processes with `torchrun --nproc_per_node N Diffusion.py ...` (DDP; the
@@ -24,7 +25,7 @@ from core.device import resolve_device
 from core.distributed import distributed_session, launched_with_several_processes
 from core.errors import OneLineParser, UserError, cli_main
 from core.logs import setup_logging
-from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, flag
+from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, Number, flag
 from core.overrides import add_set_argument, parse_set_values
 from core.version import add_version_argument
 from core.profiles import add_profile_argument
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-ema", action="store_true", help="sample with the trained weights (the default)")
     parser.add_argument("--ema", action="store_true", help="sample with the EMA weights (sample.use_ema)")
     add_profile_argument(parser)
+    parser.add_argument("--class", dest="class_name", help="class-conditional models: sample this scene class, "
+                        "several (a,b) or 'all' (an even mix); default unconditional")
+    parser.add_argument("--guidance", type=flag(Number()), help="classifier-free guidance scale with --class "
+                        "(default 1: plain conditional; 0: unconditional; >1: stronger class likeness)")
     parser.add_argument("-d", "-debug", "--debug", dest="debug", action="store_true", help="tiny smoke run")
     parser.add_argument("-enable_wandb", "--wandb", dest="enable_wandb", action="store_true",
                         help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
@@ -108,6 +113,7 @@ def main(argv=None) -> int:
         "sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
         "sample.project_simplex": False if args.raw else (True if args.simplex else None),
         "sample.use_ema": False if args.no_ema else (True if args.ema else None),
+        "sample.class_name": args.class_name, "sample.guidance": args.guidance,
         **parse_set_values(args.set_values, DIFFUSION_DEFAULTS),
     }, profile=args.profile)
     log.info("profile: %s", cfg["profile"])

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.class_embedding import attach_class_embedding
+
 
 class NoiseLevelEncoding(nn.Module):
     """Sinusoidal features of a continuous noise level: (N,) -> (N, dim), frequencies 1 .. 1e-4."""
@@ -210,12 +212,15 @@ class SR3UNet(nn.Module):
         self.ups = nn.ModuleList(ups)
 
         self.final_conv = NormActConv(channels, out_channel, norm_groups)
+        self.class_embedding = None  # optional hook: a models.class_embedding.ClassEmbedding (class-conditional)
 
-    def forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         factor = 2 ** (self.levels - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"SR3UNet: image side {tuple(x.shape[-2:])} must be divisible by {factor}")
         embedding = self.noise_level_mlp(noise_level) if self.noise_level_mlp is not None else None
+        if self.class_embedding is not None:  # labels None or < 0: the "no class" token
+            embedding = self.class_embedding.add_to(embedding, class_labels)
         skips = []
         for layer in self.downs:
             x = layer(x, embedding) if isinstance(layer, ResidualAttentionBlock) else layer(x)
@@ -233,7 +238,7 @@ class SR3UNet(nn.Module):
 def unet_from_config(model_cfg: dict) -> SR3UNet:
     """Build the UNet from a config's `model` section (`unet` + `diffusion.image_size`)."""
     unet = model_cfg["unet"]
-    return SR3UNet(
+    network = SR3UNet(
         in_channel=unet["in_channel"],
         out_channel=unet["out_channel"],
         inner_channel=unet["inner_channel"],
@@ -246,6 +251,8 @@ def unet_from_config(model_cfg: dict) -> SR3UNet:
         image_size=model_cfg["diffusion"]["image_size"],
         fused_attention=unet.get("fused_attention", True),
     )
+    # class-conditional models list their classes in model.diffusion.class_names (see models/class_embedding.py)
+    return attach_class_embedding(network, len(model_cfg["diffusion"].get("class_names") or ()), unet["inner_channel"])
 
 
 def init_weights(module: nn.Module, method: str = "orthogonal") -> None:

@@ -13,6 +13,7 @@ from core.profiles import load_profiled_config
 from core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            Number, check_config, check_value)
 from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES, make_beta_schedule
+from pipeline.class_labels import check_class_names
 
 _SCHEDULE = {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 1e-2}
 
@@ -61,6 +62,9 @@ DIFFUSION_DEFAULTS = {
             "loss_type": "l1",          # l1 / l2: sum / (b*c*h*w), the mean (reference); l1_sum / l2_sum: the raw sum
             "t_per_sample": False,      # False: one t per batch as the reference
             "clip_denoised": True,
+            "class_conditional": False,  # True: condition on the scene class of each file (docs/class_conditional.md)
+            "class_dropout": 0.1,       # share of labels hidden per step, teaching the unconditional prediction
+            "class_names": [],          # filled from the training files' classes; saved with the checkpoint
         },
     },
     "train": {
@@ -90,6 +94,8 @@ DIFFUSION_DEFAULTS = {
         "num_samples": 40,              # how many samples `-p val` draws (the reference's loop; --num-samples)
         "use_ema": False,               # False: the trained weights (the reference); True: the EMA weights
         "project_simplex": False,       # False: Abu = (SR + 1) / 2 as sampled (the reference); True: projected
+        "class_name": None,             # class-conditional models: a class, "a,b" or "all" (--class); None: unconditional
+        "guidance": 1.0,                # classifier-free guidance scale (--guidance): 0 unconditional, 1 conditional
     },
 }
 
@@ -167,6 +173,16 @@ def check_betas(cfg: dict, source: str) -> None:
         if not (betas > 0).all() or not (betas <= 1).all():
             raise UserError(f"{source}: 'model.beta_schedule.{phase}' gives betas from {betas.min():.3g} to "
                             f"{betas.max():.3g}; every beta must be in (0, 1]")
+def check_class_settings(model: dict, source: str) -> None:
+    """Class conditioning needs the noise-level embedding it is added to, and a dropout rate in [0, 1)."""
+    diffusion = model["diffusion"]
+    dropout = diffusion.get("class_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise UserError(f"{source}: 'model.diffusion.class_dropout' must be a number in [0, 1), got {dropout!r}")
+    if diffusion.get("class_conditional") and not model["unet"]["with_noise_level_emb"]:
+        raise UserError(f"{source}: 'model.diffusion.class_conditional' needs model.unet.with_noise_level_emb "
+                        "(the class embedding is added to the noise-level embedding)")
+    check_class_names(diffusion.get("class_names"), source)
 
 
 def validate(cfg: dict, source: str) -> dict:
@@ -184,6 +200,10 @@ def validate(cfg: dict, source: str) -> dict:
     if model["diffusion"]["conditional"]:
         raise UserError(f"{source}: 'model.diffusion.conditional' is true, but only unconditional "
                         "generation is implemented")
+    check_class_settings(model, source)
+    guidance = cfg["sample"].get("guidance", 1.0)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0.0 <= guidance < float("inf"):
+        raise UserError(f"{source}: 'sample.guidance' must be a number >= 0, got {guidance!r}")
     channels = model["diffusion"]["channels"]
     unet = model["unet"]
     if unet["in_channel"] != channels or unet["out_channel"] != channels:

@@ -38,6 +38,8 @@ from core.simplex import project_to_simplex
 from data.matio import read_mat, write_mat
 from models.diffusion import GaussianDiffusion, NoiseSchedule
 from models.sr3_unet import unet_from_config
+from models.guidance import GuidedDenoiser
+from pipeline.class_labels import class_rows_sheet, draw_guided_samples, requested_labels
 
 STAMP = re.compile(r"_\d{6}_\d{6}(_\d+)?$")
 SAMPLE_FILE = re.compile(r"^(\d+)_(\d+)_sample_abu\.mat$")
@@ -276,8 +278,9 @@ def draw_samples(diffusion: GaussianDiffusion, count: int, batch_size: int, devi
 
 
 def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project: bool,
-                  record: dict) -> list[str]:
-    """Write a batch (n, K, H, W) as numbered .mat files and PNG strips; return the .mat paths."""
+                  record: dict, classes: list[str] | None = None) -> list[str]:
+    """Write a batch (n, K, H, W) as numbered .mat files and PNG strips; return the .mat paths.
+    `classes`: each sample's scene class, stored as `class` in its .mat file and index line."""
     if not torch.isfinite(sr).all():
         raise UserError(f"{paths['mat_results']}: the sampler produced NaN/Inf values (samples {start} to "
                         f"{start + sr.shape[0] - 1}); nothing of this batch was written. The checkpoint's weights "
@@ -289,10 +292,11 @@ def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project:
         for i in range(sr.shape[0]):
             stem = f"{step}_{start + i}"
             mat_path = os.path.join(paths["mat_results"], f"{stem}_sample_abu.mat")
-            write_mat(mat_path, {"SR": sr_hwk[i], "Abu": abundance[i]}, overwrite=False)
+            labelled = {"class": classes[i]} if classes else {}
+            write_mat(mat_path, {"SR": sr_hwk[i], "Abu": abundance[i], **labelled}, overwrite=False)
             save_png(abundance_strip(abundance[i]), os.path.join(paths["results"], f"{stem}_sample_preview.png"))
             # one line per write call: processes appending at the same time never split a line
-            index.write(json.dumps({"file": os.path.basename(mat_path), **record}) + "\n")
+            index.write(json.dumps({"file": os.path.basename(mat_path), **record, **labelled}) + "\n")
             index.flush()
             written.append(mat_path)
     return written
@@ -329,7 +333,12 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
     unet, model_cfg, step, which = load_weights_for_sampling(path, cfg, device, sample_cfg["use_ema"])
     # the val schedule may be edited for faster sampling, as in the reference configs
     model_cfg = dict(model_cfg, beta_schedule=dict(model_cfg["beta_schedule"], val=cfg["model"]["beta_schedule"]["val"]))
-    diffusion = build_diffusion(model_cfg, unet, "val")
+    labels = requested_labels(model_cfg["diffusion"].get("class_names") or [], sample_cfg.get("class_name"), count)
+    guidance = float(sample_cfg.get("guidance", 1.0))
+    if labels is None and guidance != 1.0:
+        raise UserError(f"--guidance {guidance:g} needs --class (guidance steers towards a class)")
+    guided = GuidedDenoiser(unet, guidance) if labels is not None else None
+    diffusion = build_diffusion(model_cfg, guided or unet, "val")
 
     def pick_folder():
         own = run_dir_of_checkpoint(path, cfg)
@@ -344,7 +353,8 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
 
     run_dir, paths, first, fresh = decided_by_main_process(pick_folder)
     try:
-        return _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count, seed, device, progress)
+        return _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count, seed, device, progress,
+                            model_cfg, labels, guidance, guided)
     except BaseException:
         if main and fresh:
             discard_unused_run_folder(run_dir, paths)
@@ -354,8 +364,9 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
             unlock_run_folder(run_dir)
 
 
-def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count, seed, device, progress) -> str:
-    """The sampling of `sample_run` once its run folder is chosen and locked."""
+def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count, seed, device, progress,
+                 model_cfg, labels, guidance, guided) -> str:
+    """The sampling of `sample_run` once its run folder is chosen and locked (`labels`: class-conditional)."""
     main = is_main_process()
     log = get_logger()
     sample_cfg = cfg["sample"]
@@ -371,6 +382,8 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
               "eta": eta if sampler == "ddim" else 1.0, "seed": my_seed, "projected": sample_cfg["project_simplex"]}
     if processes > 1:
         record["process"] = me
+    if labels is not None:
+        record["guidance"] = guidance
     log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s%s", count, sampler,
              f"{steps} steps, eta {eta}" if sampler == "ddim" else f"{diffusion.num_timesteps} steps", which,
              sample_cfg["batch_size"] or auto_batch_size(counts[me], device), seed,
@@ -380,7 +393,18 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
 
     generator = torch.Generator(device=device).manual_seed(my_seed)
     started = time.perf_counter()
-    if counts[me]:
+    if counts[me] and labels is not None:  # class-conditional: this process's share of the labels
+        names = model_cfg["diffusion"]["class_names"]
+        mine = labels[sum(counts[:me]):sum(counts[:me + 1])]
+        batches = draw_guided_samples(diffusion, guided, mine, sample_cfg["batch_size"], draw_samples, device=device,
+                                      sampler=sampler, steps=steps, eta=eta, generator=generator,
+                                      progress=progress and main)
+        for batch in batches:
+            classes = [names[label] for label in mine[:batch.shape[0]]]
+            mine = mine[batch.shape[0]:]
+            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record, classes)
+            start += batch.shape[0]
+    elif counts[me]:
         for batch in draw_samples(diffusion, counts[me], sample_cfg["batch_size"], device, sampler, steps, eta,
                                   generator, progress and main):
             write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record)
@@ -393,7 +417,11 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
     shown = [read_mat(os.path.join(paths["mat_results"], f"{step}_{n}_sample_abu.mat"))["Abu"]
              for n in range(first, min(last, first + MAX_SHEET - 1) + 1)]
     sheet_path = os.path.join(paths["results"], f"{step}_samples_{first}-{last}.png")
-    save_png(preview_sheet(np.stack(shown)), sheet_path)
+    if labels is not None:  # one row per class
+        names = model_cfg["diffusion"]["class_names"]
+        save_png(class_rows_sheet(np.stack(shown), [names[label] for label in labels[:len(shown)]]), sheet_path)
+    else:
+        save_png(preview_sheet(np.stack(shown)), sheet_path)
     log.info("wrote %d samples (%.2f s each%s) to %s; preview %s", count, elapsed / max(counts[0], 1),
              f", {processes} processes" if processes > 1 else "", paths["mat_results"], sheet_path)
     return run_dir

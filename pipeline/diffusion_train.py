@@ -23,6 +23,7 @@ gives the `--resume` command (exit status 130). A NaN/Inf loss stops before it t
 naming the last good checkpoint; a checkpoint is never written from non-finite weights.
 """
 import copy
+import functools
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from core.tracking import start_tracking
 from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files
 from models.diffusion import q_sample
 from models.sr3_unet import count_parameters, init_weights, unet_from_config
+from pipeline.class_labels import LabelledDataset, drop_labels, training_labels
 from pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, checkpoint_step, decided_by_main_process,
                                        discard_unused_run_folder, draw_samples, lock_run_folder, new_run_dir,
                                        plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
@@ -259,6 +261,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     # a reference *_gen.pth + *_opt.pth pair, else one of our checkpoints
     state = (load_diffusion_resume(resume, cfg) or load_checkpoint(resume, "diffusion")) if resume else None
     from_reference = state is not None and state.get("format") == "reference"
+    file_labels = training_labels(cfg, state)  # None unless model.diffusion.class_conditional
     if state is not None:
         check_resume_compatible(state, cfg, resume)
         if int(state.get("seed", seed)) != seed:
@@ -272,6 +275,10 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     # the data is checked before a run folder exists, so a failed start leaves none behind
     files = list_abundance_files(data_cfg["dataroot"], data_cfg["data_len"])
     dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"])
+    if file_labels is not None:
+        dataset = LabelledDataset(dataset, file_labels)
+        log.info("class-conditional: %d classes (%s), label dropout %s", len(diff_cfg["class_names"]),
+                 ", ".join(diff_cfg["class_names"]), diff_cfg["class_dropout"])
     fresh = not run_dir and not (resume and run_dir_of_checkpoint(resume, cfg))
     run_dir, paths, config_path = decided_by_main_process(
         lambda: prepare_run_folder(cfg, out_root, run_dir, None if from_reference else resume, start_step, seed))
@@ -355,9 +362,14 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                     # a worker ended anyway (killed by the launcher): read the last batch in this process
                     iterator = iter(make_loader(samples_seen, 0))
                     batch = next(iterator)
+                denoiser = model
+                if file_labels is not None:  # (crops, labels); some labels hidden for classifier-free guidance
+                    batch, labels = batch
+                    labels = drop_labels(labels, diff_cfg["class_dropout"], global_batch, generator, rank())
+                    denoiser = functools.partial(model, class_labels=labels)
                 batch = batch.to(device, non_blocking=True).contiguous(memory_format=layout)
                 with torch.autocast(device_type=device.type, dtype=dtype or torch.float16, enabled=use_amp):
-                    loss = step_loss(diffusion, model, batch, global_batch, generator)
+                    loss = step_loss(diffusion, denoiser, batch, global_batch, generator)
                 # one all-reduce carries the loss and the stop flag: every process decides alike
                 shared = all_reduce_mean(torch.stack([loss.detach().float(),
                                                       torch.tensor(float(stop.requested), device=loss.device)]))

@@ -27,6 +27,7 @@ from data.matio import write_mat
 from data.normalize import minmax
 from models.unmixing import UnmixingAutoencoder, build_unmixing_model
 from pipeline.reference_checkpoints import load_unmixing_checkpoint
+from pipeline.class_labels import scene_class
 
 
 def load_unmixing_model(path: str, device: torch.device) -> tuple[UnmixingAutoencoder, dict]:
@@ -221,7 +222,10 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
                   overlap: int = 32, overwrite: bool = False, key: str | None = None,
                   save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = True,
                   workers: int = 1) -> dict:
-    """Write `<out>/<name>.mat` (Abu, GT, Y) and `<out>/previews/<name>.png` for every input.
+    """Write `<out>/<name>.mat` (Abu, GT, Y, class) and `<out>/previews/<name>.png` for every input.
+
+    `class` (also in the manifest) is the name of the folder the image sits in: the scene class of
+    collections organised as `<root>/<class>/<image>` (AID, NWPU-RESISC45).
 
     Returns {"written": [...], "skipped": [...], "failed": [(path, message)]}. Unreadable inputs are
     reported and skipped; the others go on. Finished inputs listed in the manifest are skipped unless
@@ -268,7 +272,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)
             if not np.all(np.isfinite(abu)):
                 raise UserError(f"{path}: the abundances came out NaN/Inf; nothing written (a broken checkpoint?)")
-            variables = {"Abu": abu, "GT": ground_truth.astype(np.float32)}
+            variables = {"Abu": abu, "GT": ground_truth.astype(np.float32), "class": scene_class(path)}
             if save_reconstruction:
                 variables["Y"] = np.clip(abu @ endmembers.numpy().T, 0.0, 1.0).astype(np.float32)
             write_mat(mat_path, variables)
@@ -278,7 +282,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             result["failed"].append((path, str(err)))
             continue
         entry = {"input": absolute, "output": os.path.abspath(mat_path), "kind": kind, "shape": list(abu.shape),
-                 "checkpoint": os.path.abspath(ckpt)}
+                 "checkpoint": os.path.abspath(ckpt), "class": scene_class(path)}
         try:
             with open(manifest_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
