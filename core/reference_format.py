@@ -90,6 +90,7 @@ def unmixing_from_reference(state_dict: dict) -> tuple[dict, dict]:
     missing = [k for k in needed if k not in weights]
     if missing:
         raise ReferenceFormatError(f"no {missing[0]} (the reference's layerup1, layer3 and decoderlayer are needed)")
+    weights["encoder.stem.weight"] = swap_input_order(weights["encoder.stem.weight"])
     blocks = {int(k.split(".")[4]) for k in weights if k.startswith("encoder.stages.0.blocks.")}
     widths = [int(weights["encoder.stem.weight"].shape[0])] + \
         [int(weights[f"encoder.stages.{s}.project.weight"].shape[0]) for s in range(len(REFERENCE_STAGES) - 1)]
@@ -116,7 +117,19 @@ def unmixing_to_reference(state_dict: dict, model_cfg: dict, in_channels: int = 
         differences.append(f"{in_channels} input channels (the reference's first layer takes 3)")
     if differences:
         raise ReferenceFormatError("the reference's network cannot hold this model: " + "; ".join(differences))
-    return {_unmixing_key_to_reference(k): v.detach().cpu() for k, v in strip_prefix(state_dict).items()}
+    weights = {_unmixing_key_to_reference(k): v.detach().cpu() for k, v in strip_prefix(state_dict).items()}
+    weights["layerup1.weight"] = swap_input_order(weights["layerup1.weight"])
+    return weights
+
+
+def swap_input_order(stem_weight):
+    """The first convolution's weight with its input channels reversed: B, G, R <-> R, G, B.
+
+    The reference reads images with OpenCV (channels B, G, R) and trains on bands in rising wavelength
+    (MSF-Diff: 7, 17, 27), so its channel 0 is the shortest wavelength; ours is R, G, B (Pillow, bands
+    53/33/14). Reversing the input channels of the first layer makes the same network see the same colours.
+    """
+    return stem_weight.flip(1).contiguous()
 
 
 def unmixing_checkpoint_to_reference(state: dict) -> dict:

@@ -46,10 +46,11 @@ def test_reference_stage1_checkpoint_gives_the_references_outputs(reference_unmi
     path, weights = reference_unmixing
     model, state = load_unmixing_model(path, CPU)
     assert state["epoch"] == 3 and state["out_bands"] == BANDS and state["band_indices"] == [53, 33, 14]
-    x = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(1))  # R, G, B as we read images
     with torch.no_grad():
         abundances, reconstruction = model(x)
-        expected_abundances, expected_reconstruction = unmixing_forward(weights, x, n_blocks=1)
+        # the reference reads images with OpenCV: the same picture reaches it as B, G, R
+        expected_abundances, expected_reconstruction = unmixing_forward(weights, x.flip(1), n_blocks=1)
     assert torch.allclose(abundances, expected_abundances, atol=1e-6)
     assert torch.allclose(reconstruction, expected_reconstruction, atol=1e-6)
 
@@ -63,7 +64,7 @@ def test_infer_and_synthesis_accept_a_reference_checkpoint(tmp_path, reference_u
                           "--device", "cpu"]) == 0
     abundances = read_mat(str(tmp_path / "abu" / "a.mat"))["Abu"]
     scaled = (image.astype(np.float32) - image.min()) / (image.max() - image.min())  # infer's per-image min-max
-    x = torch.from_numpy(scaled.transpose(2, 0, 1).copy())[None]
+    x = torch.from_numpy(scaled[:, :, ::-1].transpose(2, 0, 1).copy())[None]  # as cv2.imread gives it: B, G, R
     expected = unmixing_forward(weights, x, n_blocks=1)[0][0].permute(1, 2, 0).numpy()
     assert abundances.shape == (12, 10, 5) and (abundances.max(axis=2) < 0.99).mean() > 0.25  # not one-hot
     assert np.allclose(abundances, expected, atol=1e-5)
@@ -124,7 +125,7 @@ def test_our_stage1_checkpoint_exports_and_refuses_what_the_reference_cannot_hol
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         expected = model.eval()(x)
-        got = unmixing_forward(exported["model"], x, n_blocks=2)
+        got = unmixing_forward(exported["model"], x.flip(1), n_blocks=2)  # the reference's B, G, R input
     assert torch.allclose(expected[0], got[0], atol=1e-6) and torch.allclose(expected[1], got[1], atol=1e-6)
     with pytest.raises(SystemExit):  # the existing file is not replaced without --overwrite
         export_main(["unmixing", str(tmp_path / "ours.pth"), str(tmp_path / "ref.pth")])
