@@ -25,8 +25,11 @@ UNMIXING_DEFAULTS = {
         "n_blocks": 3,
         "res_scale": 0.1,
         "mlp_hidden": 64,
-        "decoder_init": "random",       # "random" (paper) or "distant_pixels" (departure)
+        "decoder_init": "random",       # "random" (paper), "distant_pixels", "vertices" or "linear_simplex" (departures)
         "brightness": False,            # True: a per-pixel brightness factor on the reconstruction (departure)
+        "simplex": "softmax",           # "softmax" (paper) or "relu": relu(z) / sum relu(z) (departure)
+        "linear_skip": False,           # True: z = B [x; 1] + encoder(x), B from decoder_init linear_simplex
+        "init_margin": 0.25,            # linear_simplex: how far the tetrahedron's faces sit beyond the data
     },
     "loss": {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015, "spectral_tv": 0.0},
     "train": {
@@ -40,6 +43,8 @@ UNMIXING_DEFAULTS = {
         "log_every": 50,
         "max_steps_per_epoch": None,
         "grad_clip": None,
+        "schedule": "step",             # "step" (the reference) or "onecycle": warm-up then cosine, per step
+        "warmup": 0.3,                  # onecycle: share of the steps spent rising to train.lr
     },
     "infer": {"tile": 256, "overlap": 32},
 }

@@ -33,6 +33,7 @@ from core.signals import StopRequest, ignore_stop_signals
 from data.hsi_dataset import HSICropDataset, list_mat_files
 from models.losses import unmixing_loss
 from models.unmixing import build_unmixing_model
+from models.unmixing_init import linear_simplex_init, orthogonal_vertices
 
 NO_DATA_HELP = ("prepare HSI crops with `python -m data.prepare chikusei --src HyperspecVNIR_Chikusei_20140729.mat "
                 "--out dataset` (see README, Datasets), pass --train/--val/--test, or run `python demo.py`")
@@ -43,11 +44,74 @@ def step_lr(base_lr: float, epoch: int, step_epochs: int, gamma: float) -> float
     return base_lr * gamma ** ((epoch + 1) // step_epochs)
 
 
+def one_cycle_lr(peak_lr: float, step: int, total_steps: int, warmup: float) -> float:
+    """One-cycle schedule per step (0-based): cosine rise from peak/25 to the peak over `warmup` of the
+    steps, then cosine fall to peak/25e4, as torch's OneCycleLR with its default factors."""
+    start, end = peak_lr / 25.0, peak_lr / 25.0 / 1e4
+    rise = max(1, int(round(warmup * total_steps)) - 1)
+    if step <= rise:
+        fraction, low, high = step / rise, start, peak_lr
+    else:
+        fraction, low, high = (step - rise) / max(1, total_steps - 1 - rise), peak_lr, end
+    fraction = min(max(fraction, 0.0), 1.0)
+    return high + (low - high) * (1 + math.cos(math.pi * fraction)) / 2
+
+
+def training_pixels(dataset: HSICropDataset, max_pixels: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `max_pixels` random (input (N, 3), target (N, C)) pixel pairs spread over the training files."""
+    rng = np.random.default_rng(seed)
+    inputs, targets = [], []
+    for path in dataset.files:
+        model_input, target = dataset.load(path)
+        flat_in, flat_out = model_input.reshape(-1, 3), target.reshape(-1, target.shape[2])
+        take = rng.choice(len(flat_out), min(len(flat_out), max(1, max_pixels // len(dataset.files))), replace=False)
+        inputs.append(flat_in[take])
+        targets.append(flat_out[take])
+    return np.concatenate(inputs).astype(np.float64), np.concatenate(targets).astype(np.float64)
+
+
+def initialise_from_data(net, cfg: dict, train_set: HSICropDataset) -> str | None:
+    """Set the decoder (and the affine head) from training pixels per `model.decoder_init`; says what it did."""
+    init, count, seed = cfg["model"]["decoder_init"], net.num_endmembers, cfg["train"]["seed"]
+    if init == "random":
+        return None
+    if init not in ("distant_pixels", "vertices", "linear_simplex"):
+        raise UserError(f"model.decoder_init must be 'random', 'distant_pixels', 'vertices' or 'linear_simplex', "
+                        f"got '{init}'")
+    inputs, targets = training_pixels(train_set, seed=seed)
+    with torch.no_grad():
+        if init == "distant_pixels":
+            endmembers = farthest_pixels(train_set, count, seed=seed)
+            what = f"{count} mutually distant training pixels"
+        elif init == "linear_simplex":
+            if net.skip is None or net.simplex != "relu" or count < 4:
+                raise UserError("model.decoder_init 'linear_simplex' needs model.linear_skip true, model.simplex "
+                                "'relu' and model.num_endmembers >= 4")
+            endmembers, mixing = linear_simplex_init(inputs, targets, count, margin=cfg["model"]["init_margin"],
+                                                     seed=seed)
+            net.skip.weight[:count, :, 0, 0] = torch.from_numpy(mixing[:, :3]).float()
+            net.skip.bias[:count] = torch.from_numpy(mixing[:, 3]).float()
+            what = "the per-pixel linear regression in simplex form (tetrahedron around the training inputs)"
+        else:
+            endmembers = targets[orthogonal_vertices(targets, count)].T
+            what = f"{count} vertex training pixels (orthogonal projections, ATGP)"
+        net.decoder.weight.copy_(torch.from_numpy(np.ascontiguousarray(endmembers)).float()[:, :, None, None])
+    return what
+
+
 def check_data_folders(cfg: dict) -> None:
-    """Fail early, in one line, when the training data is not in place."""
+    """Fail early, in one line, when the training data is not in place.
+
+    A test split is optional (train + val is the common case for a small scene): when its folder is
+    missing or empty, one log line says the test is skipped and `data.test` becomes None.
+    """
     for role in ("train", "val", "test"):
         folder = cfg["data"][role]
         if role != "train" and folder is None:
+            continue
+        if role == "test" and (not os.path.isdir(folder) or not list_mat_files(folder)):
+            get_logger().info("no test split (%s has no .mat files): the test after training is skipped", folder)
+            cfg["data"]["test"] = None
             continue
         if not os.path.isdir(folder) or not list_mat_files(folder):
             raise UserError(f"{folder}: no HSI crops (.mat) for '{role}'; {NO_DATA_HELP}")
@@ -181,13 +245,10 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
         if (main and os.path.isfile(interrupted_path) and os.path.abspath(resume) != os.path.abspath(interrupted_path)
                 and os.path.getmtime(interrupted_path) > os.path.getmtime(resume)):
             log.warning("%s is newer than %s; resume from it to keep the interrupted steps", interrupted_path, resume)
-    elif cfg["model"]["decoder_init"] == "distant_pixels":
-        endmembers = farthest_pixels(train_set, net.num_endmembers, seed=tc["seed"])
-        with torch.no_grad():
-            net.decoder.weight.copy_(torch.from_numpy(endmembers).float()[:, :, None, None])
-        log.info("decoder initialised from %d mutually distant training pixels", net.num_endmembers)
-    elif cfg["model"]["decoder_init"] != "random":
-        raise UserError(f"model.decoder_init must be 'random' or 'distant_pixels', got '{cfg['model']['decoder_init']}'")
+    else:
+        what = initialise_from_data(net, cfg, train_set)
+        if what:
+            log.info("decoder initialised from %s", what)
     net.to(device).train()
     optimizer_to(optimizer, device)
     model = wrap_model(net, device)
@@ -202,6 +263,11 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
              device, world_size(), batch_size)
 
     epochs = tc["epochs"]
+    if tc["schedule"] not in ("step", "onecycle"):
+        raise UserError(f"train.schedule must be 'step' or 'onecycle', got '{tc['schedule']}'")
+    steps_per_epoch = math.ceil(len(train_set) / (batch_size * world_size()))
+    if tc["max_steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, tc["max_steps_per_epoch"])
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
             lr = step_lr(tc["lr"], epoch, tc["lr_step_epochs"], tc["lr_gamma"])
@@ -220,6 +286,10 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
                 if tc["max_steps_per_epoch"] and step >= tc["max_steps_per_epoch"]:
                     break
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if tc["schedule"] == "onecycle":
+                    lr = one_cycle_lr(tc["lr"], epoch * steps_per_epoch + step, epochs * steps_per_epoch, tc["warmup"])
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 _, recon = model(x)
                 loss, terms = unmixing_loss(recon, y, net.decoder.weight, cfg["loss"])
                 # one all-reduce carries the loss and the stop flag, so every process stops at the same step
