@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--channels-last", action="store_true", help="channels-last memory format (speed option)")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
+    infer.add_argument("--color-match", choices=("none", "moments"), default=None,
+                       help="moments: match each RGB image's channel mean/std to the training inputs (default none)")
     infer.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
     return parser
 
@@ -87,7 +89,8 @@ def run_infer(args) -> int:
     result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
                            save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,
-                           channels_last=args.channels_last)
+                           channels_last=args.channels_last,
+                           color_match=args.color_match or UNMIXING_DEFAULTS["infer"]["color_match"])
     log.info("wrote %d abundance files to %s (%d already done, %d failed)", len(result["written"]), args.out,
              len(result["skipped"]), len(result["failed"]))
     for path, message in result["failed"]:

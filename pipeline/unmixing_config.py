@@ -46,7 +46,8 @@ UNMIXING_DEFAULTS = {
         "schedule": "step",             # "step" (the reference) or "onecycle": warm-up then cosine, per step
         "warmup": 0.3,                  # onecycle: share of the steps spent rising to train.lr
     },
-    "infer": {"tile": 256, "overlap": 32},
+    "infer": {"tile": 256, "overlap": 32,
+              "color_match": "none"},         # "moments": match RGB images' channel mean/std to the training inputs
 }
 
 # Keys of the reference's argparse that a config may mention but this implementation does not need.

@@ -22,6 +22,7 @@ from data.images import list_images, read_rgb
 from data.matio import read_hsi, write_mat
 from data.normalize import minmax
 from models.unmixing import UnmixingAutoencoder, build_unmixing_model
+from pipeline.unmixing_color import match_moments
 
 
 def load_unmixing_model(path: str, device: torch.device) -> tuple[UnmixingAutoencoder, dict]:
@@ -100,10 +101,16 @@ def newest_unmixing_checkpoint(root: str = "experiments/unmixing") -> str:
     return max(found, key=os.path.getmtime)
 
 
-def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int):
-    """(model input (H, W, 3), ground truth to store) for one RGB image or HSI file."""
+def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int, moments=None):
+    """(model input (H, W, 3), ground truth to store) for one RGB image or HSI file.
+
+    `moments` (the training inputs' per-channel mean and std) moves an RGB image's colour statistics
+    onto the training composites' before the encoder sees it (`infer.color_match: "moments"`).
+    """
     if kind == "rgb":
         image = minmax(read_rgb(path))
+        if moments is not None:
+            return match_moments(image, tuple(moments)), image
         return image, image
     cube, _ = read_hsi(path, key)
     if cube.shape[2] != n_bands:
@@ -133,7 +140,8 @@ def read_manifest(path: str) -> dict:
 
 def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 256,
                   overlap: int = 32, overwrite: bool = False, key: str | None = None,
-                  save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = False) -> dict:
+                  save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = False,
+                  color_match: str = "none") -> dict:
     """Write `<out>/<name>.mat` (Abu, GT, Y) and `<out>/previews/<name>.png` for every input.
 
     Returns {"written": [...], "skipped": [...], "failed": [(path, message)]}. Unreadable inputs are
@@ -144,6 +152,14 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     model, state = load_unmixing_model(ckpt, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    moments = None
+    if color_match == "moments":
+        moments = state.get("input_moments")
+        if moments is None:
+            raise UserError(f"{ckpt}: no training colour statistics (input_moments) in this checkpoint; "
+                            "retrain it or use --color-match none")
+    elif color_match != "none":
+        raise UserError(f"color_match must be 'none' or 'moments', got '{color_match}'")
     items = collect_inputs(rgb_dirs, hsi_dirs)
     ensure_folder(out_dir)
     manifest_path = os.path.join(out_dir, "manifest.jsonl")
@@ -163,7 +179,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             result["failed"].append((path, f"{mat_path} exists and is not from this manifest (use --overwrite)"))
             continue
         try:
-            model_input, ground_truth = load_input(path, kind, state["band_indices"], key, model.out_bands)
+            model_input, ground_truth = load_input(path, kind, state["band_indices"], key, model.out_bands, moments)
             image = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
             abundances = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
             abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)

@@ -34,6 +34,7 @@ from data.hsi_dataset import HSICropDataset, list_mat_files
 from models.losses import unmixing_loss
 from models.unmixing import build_unmixing_model
 from models.unmixing_init import linear_simplex_init, orthogonal_vertices
+from pipeline.unmixing_color import composite_moments
 
 NO_DATA_HELP = ("prepare HSI crops with `python -m data.prepare chikusei --src HyperspecVNIR_Chikusei_20140729.mat "
                 "--out dataset` (see README, Datasets), pass --train/--val/--test, or run `python demo.py`")
@@ -181,7 +182,7 @@ def append_record(path: str, record: dict) -> None:
         raise UserError(f"{path}: could not write ({err.strerror or err}); the checkpoints are saved") from None
 
 
-def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices) -> dict:
+def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices, input_moments=None) -> dict:
     """Checkpoint dict of a finished `epoch` (0-based); `model` is the plain module (no DDP prefix)."""
     return {
         "stage": "unmixing", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -190,6 +191,8 @@ def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices) -
         "epoch": epoch, "best": best, "rng": capture_rng_state(), "config": cfg,
         "wavelengths": None if wavelengths is None else np.asarray(wavelengths),
         "band_indices": list(band_indices), "in_channels": 3, "out_bands": model.out_bands,
+        # per-channel (mean, std) of the training inputs, for `infer.color_match: "moments"`
+        "input_moments": None if input_moments is None else [np.asarray(m, dtype=np.float64) for m in input_moments],
     }
 
 
@@ -225,6 +228,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     train_set = make_dataset(cfg, "train", training=True)
     val_set = make_dataset(cfg, "val", training=False) if cfg["data"]["val"] and main else None
     net = build_unmixing_model(cfg["model"], 3, train_set.n_bands)
+    input_moments = composite_moments([training_pixels(train_set, seed=tc["seed"])[0]]) if main else None
     optimizer = torch.optim.Adam(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     ckpt_dir = os.path.join(out_dir, "checkpoint")
     interrupted_path = os.path.join(ckpt_dir, "interrupted.pth")
@@ -330,7 +334,8 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             is_best = val_set is not None and record["val_PSNR"] > best["PSNR"]
             if is_best:
                 best = {"PSNR": record["val_PSNR"], "epoch": epoch + 1}
-            state = build_state(cfg, net, optimizer, epoch, best, train_set.wavelengths, train_set.band_indices)
+            state = build_state(cfg, net, optimizer, epoch, best, train_set.wavelengths, train_set.band_indices,
+                                input_moments)
             save_checkpoint(state, os.path.join(ckpt_dir, "latest.pth"))
             if is_best or val_set is None:
                 save_checkpoint(state, os.path.join(ckpt_dir, "best.pth"))
@@ -351,7 +356,8 @@ def save_interrupted(cfg, net, optimizer, epoch, best, train_set, progress, path
     """Rank 0 writes the state after the last finished step of `epoch`, and says how to resume."""
     if not is_main_process():
         return
-    state = build_state(cfg, net, optimizer, epoch - 1, best, train_set.wavelengths, train_set.band_indices)
+    state = build_state(cfg, net, optimizer, epoch - 1, best, train_set.wavelengths, train_set.band_indices,
+                        composite_moments([training_pixels(train_set, seed=cfg["train"]["seed"])[0]]))
     state["partial"] = dict(progress, epoch=epoch)
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in StopRequest.SIGNALS} \
         if threading.current_thread() is threading.main_thread() else {}

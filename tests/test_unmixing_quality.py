@@ -179,3 +179,37 @@ def test_improved_config_trains_without_a_test_split(tmp_path):
     with open(tmp_path / "run" / "train.log") as f:
         assert f.read().count("no test split") == 1
     assert os.path.isfile(tmp_path / "run" / "checkpoint" / "latest.pth")
+
+
+def test_match_moments_moves_channel_statistics_to_the_reference():
+    from pipeline.unmixing_color import match_moments
+    rng = np.random.default_rng(3)
+    photo = rng.uniform(0.4, 0.6, size=(64, 64, 3)).astype(np.float32)  # low-contrast, unclipped after matching
+    mean_ref, std_ref = np.array([0.3, 0.5, 0.4]), np.array([0.05, 0.04, 0.03])
+    out = match_moments(photo, (mean_ref, std_ref)).reshape(-1, 3).astype(np.float64)
+    assert np.allclose(out.mean(0), mean_ref, atol=1e-5) and np.allclose(out.std(0), std_ref, atol=1e-5)
+    # a per-channel affine map keeps each channel's pixel order
+    assert (np.argsort(out[:, 0]) == np.argsort(photo.reshape(-1, 3)[:, 0])).all()
+
+
+def test_infer_with_colour_matching_uses_the_checkpoint_moments(tmp_path):
+    from pipeline.unmixing_infer import infer_folders
+    from data.matio import read_mat
+    cube, _ = read_hsi(shared_path("hsi", "moffett.mat"))
+    aid = shared_path("paper", "aid")
+    (tmp_path / "train").mkdir()
+    write_mat(str(tmp_path / "train" / "left.mat"), {"Y": cube[:, :25]})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_unmixing_config(os.path.join(root, "config", "improved_unmixing.json"), {
+        "data.train": str(tmp_path / "train"), "data.bands": [28, 17, 7],
+        "data.samples_per_epoch": 5, "train.epochs": 1})
+    cfg["data"]["val"] = cfg["data"]["test"] = None
+    train_unmixing(cfg, str(tmp_path / "run"), torch.device("cpu"))
+    ckpt = str(tmp_path / "run" / "checkpoint" / "latest.pth")
+    x_train, _ = prepare_pair(cube[:, :25], [28, 17, 7])
+    state = torch.load(ckpt, weights_only=False)
+    assert np.allclose(state["input_moments"][0], x_train.reshape(-1, 3).mean(0), atol=1e-4)
+    result = infer_folders(ckpt, [aid], None, str(tmp_path / "abu"), torch.device("cpu"), color_match="moments")
+    assert len(result["written"]) == len(os.listdir(aid)) and not result["failed"]
+    abu = read_mat(result["written"][0])["Abu"]
+    assert abu.min() >= 0 and np.allclose(abu.sum(-1), 1, atol=1e-4)
