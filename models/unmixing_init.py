@@ -78,15 +78,17 @@ def barycentric_matrix(vertices: np.ndarray) -> np.ndarray:
     return np.linalg.inv(homogeneous)
 
 
-def linear_simplex_init(inputs: np.ndarray, targets: np.ndarray, count: int, margin: float = 0.25,
-                        extra_abundance: float = 0.02, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def linear_simplex_init(inputs: np.ndarray, targets: np.ndarray, count: int, margin: float = 1.0,
+                        extra_share: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Endmembers (C, count) and affine abundance map (count, 4) that start the model at the linear bar.
 
-    `inputs` (N, 3) and `targets` (N, C) are training pixels. The first four endmembers are the linear
-    regression's spectra at the vertices of a tetrahedron enclosing the inputs; their abundances are
-    the barycentric coordinates, so `E @ a(x)` equals the regression for every enclosed `x`. Further
-    endmembers (count > 4) are the training pixels the regression explains worst (mutually distant
-    residuals), each given a constant abundance `extra_abundance` that training can raise or drop.
+    `inputs` (N, 3) and `targets` (N, C) are training pixels. Four endmembers sit at the linear
+    regression's spectra at the vertices of a tetrahedron enclosing the inputs, with the barycentric
+    coordinates as abundances. Further endmembers (count > 4) are the real training pixels that the
+    regression explains worst (mutually distant residuals); together they take a constant share
+    `extra_share` of every pixel, and the first four are shifted to compensate,
+    e_i = (lin(v_i) - sum_j s_j e_j) / (1 - extra_share), so that `E @ a(x)` still equals the regression
+    exactly for every enclosed `x`, and no endmember starts unused.
     """
     if count < 4:
         raise ValueError("linear_simplex_init needs at least 4 endmembers (a tetrahedron in RGB space)")
@@ -97,10 +99,11 @@ def linear_simplex_init(inputs: np.ndarray, targets: np.ndarray, count: int, mar
     endmembers = np.concatenate([vertices, np.ones((4, 1))], 1) @ coef  # (4, C)
     mixing = barycentric_matrix(vertices)
     if count > 4:
-        residual = targets - design @ coef
-        extra = farthest_points(residual, count - 4)  # starts at the worst-explained pixel
-        endmembers = np.concatenate([endmembers, targets[extra]], 0)
+        extra = targets[farthest_points(targets - design @ coef, count - 4)]  # starts at the worst-explained pixel
+        shares = np.full(count - 4, extra_share / (count - 4))
+        endmembers = (endmembers - shares @ extra) / (1.0 - extra_share)
+        endmembers = np.concatenate([endmembers, extra], 0)
         extra_rows = np.zeros((count - 4, 4))
-        extra_rows[:, 3] = extra_abundance
-        mixing = np.concatenate([mixing, extra_rows], 0)
+        extra_rows[:, 3] = shares
+        mixing = np.concatenate([mixing * (1.0 - extra_share), extra_rows], 0)
     return endmembers.T, mixing

@@ -29,7 +29,7 @@ UNMIXING_DEFAULTS = {
         "brightness": False,            # True: a per-pixel brightness factor on the reconstruction (departure)
         "simplex": "softmax",           # "softmax" (paper) or "relu": relu(z) / sum relu(z) (departure)
         "linear_skip": False,           # True: z = B [x; 1] + encoder(x), B from decoder_init linear_simplex
-        "init_margin": 0.25,            # linear_simplex: how far the tetrahedron's faces sit beyond the data
+        "init_margin": 1.0,             # linear_simplex: how far the tetrahedron's faces sit beyond the data (x their distance)
     },
     "loss": {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015, "spectral_tv": 0.0},
     "train": {
