@@ -146,7 +146,9 @@ class UnmixingAutoencoder(nn.Module):
             raise ValueError(f"unknown encoder '{encoder}' (sspn or pixel_mlp)")
         # the affine path B [x; 1] of the improved head; the encoder then starts as a zero residual
         self.skip = nn.Conv2d(in_channels, outputs, kernel_size=1, bias=True) if linear_skip else None
-        if linear_skip:
+        if linear_skip:  # all zero until decoder_init "linear_simplex" sets B (brightness row stays 0: exp(0) = 1)
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
             nn.init.zeros_(last_conv(self.encoder).weight)
             nn.init.zeros_(last_conv(self.encoder).bias)
         self.decoder = nn.Conv2d(num_endmembers, out_bands, kernel_size=1, bias=False)

@@ -79,7 +79,7 @@ def initialise_from_data(net, cfg: dict, train_set: HSICropDataset) -> str | Non
     if init not in ("distant_pixels", "vertices", "linear_simplex"):
         raise UserError(f"model.decoder_init must be 'random', 'distant_pixels', 'vertices' or 'linear_simplex', "
                         f"got '{init}'")
-    inputs, targets = training_pixels(train_set, seed=seed)
+    inputs, targets = training_pixels(train_set, seed=seed) if init != "distant_pixels" else (None, None)
     with torch.no_grad():
         if init == "distant_pixels":
             endmembers = farthest_pixels(train_set, count, seed=seed)

@@ -213,3 +213,24 @@ def test_infer_with_colour_matching_uses_the_checkpoint_moments(tmp_path):
     assert len(result["written"]) == len(os.listdir(aid)) and not result["failed"]
     abu = read_mat(result["written"][0])["Abu"]
     assert abu.min() >= 0 and np.allclose(abu.sum(-1), 1, atol=1e-4)
+
+
+def test_demo_config_runs_on_a_184_band_scene_with_bands(tmp_path):
+    """The CPU demo config (written for 59-band Chikusei, 64-pixel crops) on Moffett halves with --bands."""
+    from Unmixing import main as unmixing_main
+    cube, _ = read_hsi(shared_path("hsi", "moffett.mat"))
+    for role, part in (("train", cube[:, :25]), ("val", cube[:, 25:])):
+        (tmp_path / role).mkdir()
+        write_mat(str(tmp_path / role / f"{role}.mat"), {"Y": part})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "run"
+    code = unmixing_main(["train", "-c", os.path.join(root, "config", "demo_unmixing.json"),
+                          "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
+                          "--test", str(tmp_path / "no_tests"), "--bands", "28", "17", "7",
+                          "--epochs", "1", "--out", str(out)])
+    assert code == 0
+    state = torch.load(out / "checkpoint" / "latest.pth", weights_only=False)
+    assert state["out_bands"] == 184 and state["band_indices"] == [28, 17, 7]
+    with open(out / "train.log") as f:
+        log = f.read()
+    assert "using 25 x 25 crops" in log and "ignored" in log and log.count("no test split") == 1
