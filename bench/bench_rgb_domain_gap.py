@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--train", default=os.path.join(SHARED, "paper", "chikusei", "block_282.mat"))
     parser.add_argument("--bands", type=int, nargs=3, default=[53, 33, 14])
     parser.add_argument("--ckpt", nargs="*", default=[], help="other unmixing checkpoints to measure")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--max-side", type=int, default=256, help="RGB images are centre-cropped to this")
     args = parser.parse_args()
     torch.set_num_threads(1)

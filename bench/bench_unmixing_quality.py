@@ -143,7 +143,7 @@ def mean_std(values) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", action="append", help="TRAIN[,TEST][:R,G,B] (repeatable; default: ../shared/data)")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run (the fixed work)")
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per run (the fixed work)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     parser.add_argument("--threads", type=int, default=1)
