@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the network (default 1; 0: decode in this process). Several processes: torchrun --nproc_per_node N")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
+    infer.add_argument("--color-match", choices=("none", "moments"), default=None,
+                       help="moments: match each RGB image's channel mean/std to the training inputs (default none)")
     infer.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
     add_set_argument(infer)
     add_trust_flag(infer)
@@ -134,6 +136,7 @@ def run_infer(args) -> int:
     log = setup_logging()
     options = load_unmixing_config(args.config, {"infer.tile": args.tile, "infer.overlap": args.overlap,
                                                  "infer.checkpoint": args.checkpoint,
+                                                 "infer.color_match": args.color_match,
                                                  **parse_set_values(args.set_values,
                                                                     {"infer": UNMIXING_DEFAULTS["infer"]})},
                                    profile=args.profile, stage="infer")
@@ -149,7 +152,8 @@ def run_infer(args) -> int:
     result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
                            save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,
-                           channels_last=args.channels_last, workers=args.workers)
+                           channels_last=args.channels_last, workers=args.workers,
+                           color_match=options["infer"]["color_match"])
     log.info("wrote %d abundance files to %s (%d already done, %d failed)", len(result["written"]), args.out,
              len(result["skipped"]), len(result["failed"]))
     for path, message in result["failed"]:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 from core.fs import require_folder
+from core.logs import get_logger
 from data.bands import chikusei_wavelengths, resolve_bands, select_bands
 from data.cubes import list_cube_files, read_cube
 from data.normalize import minmax
@@ -70,7 +71,8 @@ class HSICropDataset(Dataset):
         if expected_bands is not None and self.n_bands != expected_bands:
             raise UserError(f"{self.files[0]}: {self.n_bands} bands, but {expected_from} has {expected_bands}")
         if self.wavelengths is None and wavelengths is not None:
-            self.wavelengths = resolve_wavelengths(wavelengths, self.n_bands, self.files[0])
+            self.wavelengths = resolve_wavelengths(wavelengths, self.n_bands, self.files[0], strict=False)
+        self.crop_size = fitted_crop_size(crop_size, first.shape[:2], self.files[0])
         self.band_indices = resolve_bands(bands, self.n_bands, self.wavelengths)
         self._cache[self.files[0]] = self._checked_pair(self.files[0], first)  # read once, not twice
 
@@ -85,7 +87,8 @@ class HSICropDataset(Dataset):
         if cube.shape[2] != self.n_bands:
             raise UserError(f"{path}: {cube.shape[2]} bands, but {self.files[0]} has {self.n_bands}")
         if self.crop_size and min(cube.shape[:2]) < self.crop_size:
-            raise UserError(f"{path}: {cube.shape[0]} x {cube.shape[1]} is smaller than crop_size {self.crop_size}")
+            raise UserError(f"{path}: {cube.shape[0]} x {cube.shape[1]} is smaller than the crop size {self.crop_size} "
+                            f"(fitted to {self.files[0]}); set data.crop_size to at most {min(cube.shape[:2])}")
         return prepare_pair(cube, self.band_indices, self.input_norm)
 
     def __len__(self) -> int:
@@ -115,8 +118,26 @@ def wavelength_count(spec) -> int | None:
     return int(np.asarray(spec).size) or None
 
 
-def resolve_wavelengths(spec, n_bands: int, where: str) -> np.ndarray:
-    """Wavelengths (nm) for files that store none: a list, or a preset name ("chikusei-59", "chikusei-128")."""
+def fitted_crop_size(crop_size: int | None, shape: tuple[int, int], where: str) -> int | None:
+    """`crop_size`, shrunk with a note to the smaller side of a scene that is smaller than it.
+
+    A crop as large as the scene is the whole scene (square scenes) or its largest square, so a small
+    scene trains as it is instead of being refused.
+    """
+    if crop_size and min(shape) < crop_size:
+        get_logger().warning("%s: %d x %d is smaller than data.crop_size %d; using %d x %d crops",
+                             where, shape[0], shape[1], crop_size, min(shape), min(shape))
+        return int(min(shape))
+    return crop_size
+
+
+def resolve_wavelengths(spec, n_bands: int, where: str, strict: bool = True) -> np.ndarray | None:
+    """Wavelengths (nm) for files that store none: a list, or a preset name ("chikusei-59", "chikusei-128").
+
+    With `strict=False` a count that does not match the file's bands is a warning and gives None: a
+    config written for one sensor (the demo's "chikusei-59") still runs on another, and `--bands`
+    (band indices) decides the input bands.
+    """
     if isinstance(spec, str):
         presets = {"chikusei-59": chikusei_wavelengths(), "chikusei-128": chikusei_wavelengths(all_bands=True)}
         if spec not in presets:
@@ -125,7 +146,11 @@ def resolve_wavelengths(spec, n_bands: int, where: str) -> np.ndarray:
     else:
         values = np.asarray(spec, dtype=np.float64).ravel()
     if values.size != n_bands:
-        raise UserError(f"data.wavelengths gives {values.size} wavelengths, but {where} has {n_bands} bands")
+        message = f"data.wavelengths gives {values.size} wavelengths, but {where} has {n_bands} bands"
+        if strict:
+            raise UserError(message)
+        get_logger().warning("%s: ignored (the band indices of data.bands / --bands decide)", message)
+        return None
     return values
 
 

@@ -14,6 +14,14 @@ which sees no spatial context but trains in seconds on a CPU.
 and the reconstruction becomes exp(b) * E a. Sum-to-one abundances can only reach brightness levels
 inside the convex hull of the K endmembers; this factor lifts that limit while the abundances stay
 on the simplex (the DDPM still models abundances only; synthesis uses a brightness of one).
+
+`simplex="relu"` and `linear_skip=True` are the improved head (docs/stage1_quality.md): the encoder's
+K outputs are added to an affine map of the input pixel, `z = B [x; 1] + encoder(x)`, and the
+abundances are `relu(z) / sum(relu(z))`. With `B` set to the barycentric coordinates of a tetrahedron
+enclosing the training inputs and the endmembers to the linear regression's image of its vertices
+(`models.unmixing_init.linear_simplex_init`), the untrained model *is* the per-pixel linear map on
+every input inside the tetrahedron, with abundances on the simplex; training then only has to improve
+on it. The encoder's last layer starts at zero so that this holds at step 0.
 """
 import torch
 import torch.nn as nn
@@ -106,14 +114,29 @@ class PixelMLPEncoder(nn.Module):
         return self.net(x)
 
 
+def last_conv(module: nn.Module) -> nn.Conv2d:
+    """The encoder's output layer (the last Conv2d it holds)."""
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
+
+
+def relu_simplex(logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(N, K, H, W) -> abundances relu(z) / sum(relu(z)): exact zeros, sum one (uniform where all z <= 0)."""
+    positive = torch.relu(logits) + eps
+    return positive / positive.sum(dim=1, keepdim=True)
+
+
 class UnmixingAutoencoder(nn.Module):
     """3-band image -> abundances (softmax over K) -> HSI through the bias-free endmember decoder."""
 
     def __init__(self, in_channels: int = 3, out_bands: int = 59, num_endmembers: int = 5,
                  widths=(32, 64, 128, 96, 48), n_blocks: int = 3, res_scale: float = 0.1,
-                 encoder: str = "sspn", mlp_hidden: int = 64, brightness: bool = False):
+                 encoder: str = "sspn", mlp_hidden: int = 64, brightness: bool = False,
+                 simplex: str = "softmax", linear_skip: bool = False):
         super().__init__()
         self.brightness = brightness
+        if simplex not in ("softmax", "relu"):
+            raise ValueError(f"unknown simplex head '{simplex}' (softmax or relu)")
+        self.simplex = simplex
         outputs = num_endmembers + (1 if brightness else 0)
         if encoder == "sspn":
             self.encoder = SSPNEncoder(in_channels, list(widths), outputs, n_blocks, res_scale)
@@ -121,6 +144,13 @@ class UnmixingAutoencoder(nn.Module):
             self.encoder = PixelMLPEncoder(in_channels, mlp_hidden, outputs)
         else:
             raise ValueError(f"unknown encoder '{encoder}' (sspn or pixel_mlp)")
+        # the affine path B [x; 1] of the improved head; the encoder then starts as a zero residual
+        self.skip = nn.Conv2d(in_channels, outputs, kernel_size=1, bias=True) if linear_skip else None
+        if linear_skip:  # all zero until decoder_init "linear_simplex" sets B (brightness row stays 0: exp(0) = 1)
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
+            nn.init.zeros_(last_conv(self.encoder).weight)
+            nn.init.zeros_(last_conv(self.encoder).bias)
         self.decoder = nn.Conv2d(num_endmembers, out_bands, kernel_size=1, bias=False)
 
     @property
@@ -131,9 +161,18 @@ class UnmixingAutoencoder(nn.Module):
     def out_bands(self) -> int:
         return self.decoder.out_channels
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, K [+1 brightness], H, W) pre-simplex outputs."""
+        out = self.encoder(x)
+        return out if self.skip is None else out + self.skip(x)
+
+    def to_simplex(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits[:, :self.num_endmembers]
+        return torch.softmax(logits, dim=1) if self.simplex == "softmax" else relu_simplex(logits)
+
     def abundances(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, K, H, W), non-negative, summing to one over K."""
-        return torch.softmax(self.encoder(x)[:, :self.num_endmembers], dim=1)
+        return self.to_simplex(self.logits(x))
 
     def decode(self, abundances: torch.Tensor) -> torch.Tensor:
         """(N, K, H, W) -> (N, C, H, W): each pixel is End @ abundance."""
@@ -145,8 +184,8 @@ class UnmixingAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(abundances (N, K, H, W), reconstruction (N, C, H, W))."""
-        logits = self.encoder(x)
-        abundances = torch.softmax(logits[:, :self.num_endmembers], dim=1)
+        logits = self.logits(x)
+        abundances = self.to_simplex(logits)
         reconstruction = self.decode(abundances)
         if self.brightness:
             reconstruction = reconstruction * torch.exp(logits[:, self.num_endmembers:].clamp(-10.0, 10.0))
@@ -159,4 +198,5 @@ def build_unmixing_model(model_cfg: dict, in_channels: int, out_bands: int) -> U
         in_channels=in_channels, out_bands=out_bands, num_endmembers=model_cfg["num_endmembers"],
         widths=model_cfg["widths"], n_blocks=model_cfg["n_blocks"], res_scale=model_cfg["res_scale"],
         encoder=model_cfg["encoder"], mlp_hidden=model_cfg["mlp_hidden"],
-        brightness=model_cfg.get("brightness", False))
+        brightness=model_cfg.get("brightness", False), simplex=model_cfg.get("simplex", "softmax"),
+        linear_skip=model_cfg.get("linear_skip", False))

@@ -33,8 +33,11 @@ UNMIXING_DEFAULTS = {
         "n_blocks": 3,
         "res_scale": 0.1,
         "mlp_hidden": 64,
-        "decoder_init": "random",       # "random" (paper) or "distant_pixels" (departure)
+        "decoder_init": "random",       # "random" (paper), "distant_pixels", "vertices" or "linear_simplex" (departures)
         "brightness": False,            # True: a per-pixel brightness factor on the reconstruction (departure)
+        "simplex": "softmax",           # "softmax" (paper) or "relu": relu(z) / sum relu(z) (departure)
+        "linear_skip": False,           # True: z = B [x; 1] + encoder(x), B from decoder_init linear_simplex
+        "init_margin": 1.0,             # linear_simplex: how far the tetrahedron's faces sit beyond the data (x their distance)
     },
     "loss": {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015, "spectral_tv": 0.0},
     "train": {
@@ -49,9 +52,12 @@ UNMIXING_DEFAULTS = {
         "max_steps_per_epoch": None,
         "grad_clip": None,
         "test_checkpoint": "latest",    # test metrics of the final epoch (the reference); "best": best.pth
+        "schedule": "step",             # "step" (the reference) or "onecycle": warm-up then cosine, per step
+        "warmup": 0.3,                  # onecycle: share of the steps spent rising to train.lr
     },
     # `checkpoint`: which file of a run folder infer uses: "latest" (the final epoch, as the reference) or "best"
-    "infer": {"tile": 256, "overlap": 32, "checkpoint": "latest"},
+    # `color_match`: "moments" matches RGB images' channel mean/std to the training inputs'
+    "infer": {"tile": 256, "overlap": 32, "checkpoint": "latest", "color_match": "none"},
 }
 
 # Keys of the reference's argparse that a config may mention but this implementation does not need.
@@ -71,8 +77,11 @@ UNMIXING_RULES = {
     "model.n_blocks": INT_NONNEGATIVE,
     "model.res_scale": Number(),
     "model.mlp_hidden": INT_POSITIVE,
-    "model.decoder_init": ("random", "distant_pixels"),
+    "model.decoder_init": ("random", "distant_pixels", "vertices", "linear_simplex"),
     "model.brightness": bool,
+    "model.simplex": ("softmax", "relu"),
+    "model.linear_skip": bool,
+    "model.init_margin": FLOAT_NONNEGATIVE,
     "loss.charbonnier": FLOAT_NONNEGATIVE,
     "loss.sad": FLOAT_NONNEGATIVE,
     "loss.endmember_tv": FLOAT_NONNEGATIVE,
@@ -88,9 +97,12 @@ UNMIXING_RULES = {
     "train.max_steps_per_epoch": optional(INT_POSITIVE),
     "train.grad_clip": optional(FLOAT_POSITIVE),
     "train.test_checkpoint": ("latest", "best"),
+    "train.schedule": ("step", "onecycle"),
+    "train.warmup": Number(low=0, high=1),
     "infer.tile": INT_POSITIVE,
     "infer.overlap": INT_NONNEGATIVE,
     "infer.checkpoint": ("latest", "best"),
+    "infer.color_match": ("none", "moments"),
 }
 
 

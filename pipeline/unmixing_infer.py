@@ -28,6 +28,7 @@ from data.normalize import minmax
 from models.unmixing import UnmixingAutoencoder, build_unmixing_model
 from pipeline.reference_checkpoints import load_unmixing_checkpoint
 from pipeline.class_labels import scene_class
+from pipeline.unmixing_color import match_moments
 
 
 def load_unmixing_model(path: str, device: torch.device) -> tuple[UnmixingAutoencoder, dict]:
@@ -110,10 +111,16 @@ def newest_unmixing_checkpoint(root: str = "experiments/unmixing", prefer: str =
     return max(found, key=os.path.getmtime)
 
 
-def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int):
-    """(model input (H, W, 3), ground truth to store) for one RGB image or HSI file."""
+def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int, moments=None):
+    """(model input (H, W, 3), ground truth to store) for one RGB image or HSI file.
+
+    `moments` (the training inputs' per-channel mean and std) moves an RGB image's colour statistics
+    onto the training composites' before the encoder sees it (`infer.color_match: "moments"`).
+    """
     if kind == "rgb":
         image = minmax(read_rgb(path))
+        if moments is not None:
+            return match_moments(image, tuple(moments)), image
         return image, image
     cube, _ = read_cube(path, key, n_bands)
     if cube.shape[2] != n_bands:
@@ -128,8 +135,9 @@ class DecodedInputs(Dataset):
     Item i is (model input (3, H, W) tensor, ground truth (H, W, C)), or the UserError that reading
     it raised (returned, not raised, so one bad file does not stop the loader)."""
 
-    def __init__(self, pending: list[tuple[str, str]], band_indices, key: str | None, n_bands: int):
+    def __init__(self, pending: list[tuple[str, str]], band_indices, key: str | None, n_bands: int, moments=None):
         self.pending, self.band_indices, self.key, self.n_bands = pending, band_indices, key, n_bands
+        self.moments = moments
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -137,15 +145,16 @@ class DecodedInputs(Dataset):
     def __getitem__(self, index: int):
         kind, path = self.pending[index]
         try:
-            model_input, ground_truth = load_input(path, kind, self.band_indices, self.key, self.n_bands)
+            model_input, ground_truth = load_input(path, kind, self.band_indices, self.key, self.n_bands,
+                                                   self.moments)
         except UserError as err:
             return err
         return torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1))), ground_truth
 
 
-def decoded_inputs(pending: list[tuple[str, str]], band_indices, key, n_bands: int, workers: int):
+def decoded_inputs(pending: list[tuple[str, str]], band_indices, key, n_bands: int, workers: int, moments=None):
     """Iterate `DecodedInputs` in order; `workers` processes decode ahead (0: in this process)."""
-    dataset = DecodedInputs(pending, band_indices, key, n_bands)
+    dataset = DecodedInputs(pending, band_indices, key, n_bands, moments)
     if workers <= 0:
         return (dataset[i] for i in range(len(dataset)))
     return iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2,
@@ -221,11 +230,12 @@ def read_manifest(path: str) -> dict:
 def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 256,
                   overlap: int = 32, overwrite: bool = False, key: str | None = None,
                   save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = True,
-                  workers: int = 1) -> dict:
+                  workers: int = 1, color_match: str = "none") -> dict:
     """Write `<out>/<name>.mat` (Abu, GT, Y, class) and `<out>/previews/<name>.png` for every input.
 
     `class` (also in the manifest) is the name of the folder the image sits in: the scene class of
-    collections organised as `<root>/<class>/<image>` (AID, NWPU-RESISC45).
+    collections organised as `<root>/<class>/<image>` (AID, NWPU-RESISC45). `color_match: "moments"`
+    moves each RGB image's channel mean/std onto the training composites' (stored in the checkpoint).
 
     Returns {"written": [...], "skipped": [...], "failed": [(path, message)]}. Unreadable inputs are
     reported and skipped; the others go on. Finished inputs listed in the manifest are skipped unless
@@ -237,6 +247,14 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     model, state = load_unmixing_model(ckpt, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    moments = None
+    if color_match == "moments":
+        moments = state.get("input_moments")
+        if moments is None:
+            raise UserError(f"{ckpt}: no training colour statistics (input_moments) in this checkpoint; "
+                            "retrain it or use --color-match none")
+    elif color_match != "none":
+        raise UserError(f"color_match must be 'none' or 'moments', got '{color_match}'")
     items = process_share(collect_inputs(rgb_dirs, hsi_dirs))
     ensure_folder(out_dir)
     for stale in remove_stale_temp_files(out_dir) + remove_stale_temp_files(os.path.join(out_dir, "previews")):
@@ -261,7 +279,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             continue
         pending.append((kind, path, name, mat_path, absolute))
     loaded = decoded_inputs([(kind, path) for kind, path, *_ in pending], state["band_indices"], key,
-                            model.out_bands, workers)
+                            model.out_bands, workers, moments)
     for (kind, path, name, mat_path, absolute), decoded in tqdm(zip(pending, loaded), total=len(pending),
                                                                 desc="infer", dynamic_ncols=True):
         try:

@@ -36,6 +36,8 @@ from data.cubes import list_cube_files
 from data.hsi_dataset import HSICropDataset
 from models.losses import unmixing_loss
 from models.unmixing import build_unmixing_model
+from models.unmixing_init import linear_simplex_init, orthogonal_vertices
+from pipeline.unmixing_color import composite_moments
 
 NO_DATA_HELP = ("prepare HSI crops with `python -m data.prepare chikusei --src HyperspecVNIR_Chikusei_20140729.mat "
                 "--out dataset` (see README, Datasets), pass --train/--val/--test, or run `python demo.py`")
@@ -46,11 +48,74 @@ def step_lr(base_lr: float, epoch: int, step_epochs: int, gamma: float) -> float
     return base_lr * gamma ** ((epoch + 1) // step_epochs)
 
 
+def one_cycle_lr(peak_lr: float, step: int, total_steps: int, warmup: float) -> float:
+    """One-cycle schedule per step (0-based): cosine rise from peak/25 to the peak over `warmup` of the
+    steps, then cosine fall to peak/25e4, as torch's OneCycleLR with its default factors."""
+    start, end = peak_lr / 25.0, peak_lr / 25.0 / 1e4
+    rise = max(1, int(round(warmup * total_steps)) - 1)
+    if step <= rise:
+        fraction, low, high = step / rise, start, peak_lr
+    else:
+        fraction, low, high = (step - rise) / max(1, total_steps - 1 - rise), peak_lr, end
+    fraction = min(max(fraction, 0.0), 1.0)
+    return high + (low - high) * (1 + math.cos(math.pi * fraction)) / 2
+
+
+def training_pixels(dataset: HSICropDataset, max_pixels: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `max_pixels` random (input (N, 3), target (N, C)) pixel pairs spread over the training files."""
+    rng = np.random.default_rng(seed)
+    inputs, targets = [], []
+    for path in dataset.files:
+        model_input, target = dataset.load(path)
+        flat_in, flat_out = model_input.reshape(-1, 3), target.reshape(-1, target.shape[2])
+        take = rng.choice(len(flat_out), min(len(flat_out), max(1, max_pixels // len(dataset.files))), replace=False)
+        inputs.append(flat_in[take])
+        targets.append(flat_out[take])
+    return np.concatenate(inputs).astype(np.float64), np.concatenate(targets).astype(np.float64)
+
+
+def initialise_from_data(net, cfg: dict, train_set: HSICropDataset) -> str | None:
+    """Set the decoder (and the affine head) from training pixels per `model.decoder_init`; says what it did."""
+    init, count, seed = cfg["model"]["decoder_init"], net.num_endmembers, cfg["train"]["seed"]
+    if init == "random":
+        return None
+    if init not in ("distant_pixels", "vertices", "linear_simplex"):
+        raise UserError(f"model.decoder_init must be 'random', 'distant_pixels', 'vertices' or 'linear_simplex', "
+                        f"got '{init}'")
+    inputs, targets = training_pixels(train_set, seed=seed) if init != "distant_pixels" else (None, None)
+    with torch.no_grad():
+        if init == "distant_pixels":
+            endmembers = farthest_pixels(train_set, count, seed=seed)
+            what = f"{count} mutually distant training pixels"
+        elif init == "linear_simplex":
+            if net.skip is None or net.simplex != "relu" or count < 4:
+                raise UserError("model.decoder_init 'linear_simplex' needs model.linear_skip true, model.simplex "
+                                "'relu' and model.num_endmembers >= 4")
+            endmembers, mixing = linear_simplex_init(inputs, targets, count, margin=cfg["model"]["init_margin"],
+                                                     seed=seed)
+            net.skip.weight[:count, :, 0, 0] = torch.from_numpy(mixing[:, :3]).float()
+            net.skip.bias[:count] = torch.from_numpy(mixing[:, 3]).float()
+            what = "the per-pixel linear regression in simplex form (tetrahedron around the training inputs)"
+        else:
+            endmembers = targets[orthogonal_vertices(targets, count)].T
+            what = f"{count} vertex training pixels (orthogonal projections, ATGP)"
+        net.decoder.weight.copy_(torch.from_numpy(np.ascontiguousarray(endmembers)).float()[:, :, None, None])
+    return what
+
+
 def check_data_folders(cfg: dict) -> None:
-    """Fail early, in one line, when the training data is not in place."""
+    """Fail early, in one line, when the training data is not in place.
+
+    A test split is optional (train + val is the common case for a small scene): when its folder is
+    missing or empty, one log line says the test is skipped and `data.test` becomes None.
+    """
     for role in ("train", "val", "test"):
         folder = cfg["data"][role]
         if role != "train" and folder is None:
+            continue
+        if role == "test" and (not os.path.isdir(folder) or not list_cube_files(folder)):
+            get_logger().info("no test split (%s has no HSI crops): the test after training is skipped", folder)
+            cfg["data"]["test"] = None
             continue
         if os.path.exists(folder):
             require_folder(folder, f"folder of '{role}' HSI crops")
@@ -122,7 +187,7 @@ def append_record(path: str, record: dict) -> None:
         raise UserError(f"{path}: could not write ({err.strerror or err}); the checkpoints are saved") from None
 
 
-def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices) -> dict:
+def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices, input_moments=None) -> dict:
     """Checkpoint dict of a finished `epoch` (0-based); `model` is the plain module (no DDP prefix)."""
     return {
         "stage": "unmixing", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -131,6 +196,8 @@ def build_state(cfg, model, optimizer, epoch, best, wavelengths, band_indices) -
         "epoch": epoch, "best": best, "rng": capture_rng_state(), "config": cfg,
         "wavelengths": None if wavelengths is None else np.asarray(wavelengths),
         "band_indices": list(band_indices), "in_channels": 3, "out_bands": model.out_bands,
+        # per-channel (mean, std) of the training inputs, for `infer.color_match: "moments"`
+        "input_moments": None if input_moments is None else [np.asarray(m, dtype=np.float64) for m in input_moments],
     }
 
 
@@ -167,6 +234,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     train_set = make_dataset(cfg, "train", training=True)
     val_set = make_dataset(cfg, "val", training=False) if cfg["data"]["val"] and main else None
     net = build_unmixing_model(cfg["model"], 3, train_set.n_bands)
+    input_moments = composite_moments([training_pixels(train_set, seed=tc["seed"])[0]]) if main else None
     optimizer = torch.optim.Adam(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     ckpt_dir = os.path.join(out_dir, "checkpoint")
     interrupted_path = os.path.join(ckpt_dir, "interrupted.pth")
@@ -194,13 +262,10 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
         if (main and os.path.isfile(interrupted_path) and os.path.abspath(resume) != os.path.abspath(interrupted_path)
                 and os.path.getmtime(interrupted_path) > os.path.getmtime(resume)):
             log.warning("%s is newer than %s; resume from it to keep the interrupted steps", interrupted_path, resume)
-    elif cfg["model"]["decoder_init"] == "distant_pixels":
-        endmembers = farthest_pixels(train_set, net.num_endmembers, seed=tc["seed"])
-        with torch.no_grad():
-            net.decoder.weight.copy_(torch.from_numpy(endmembers).float()[:, :, None, None])
-        log.info("decoder initialised from %d mutually distant training pixels", net.num_endmembers)
-    elif cfg["model"]["decoder_init"] != "random":
-        raise UserError(f"model.decoder_init must be 'random' or 'distant_pixels', got '{cfg['model']['decoder_init']}'")
+    else:
+        what = initialise_from_data(net, cfg, train_set)
+        if what:
+            log.info("decoder initialised from %s", what)
     net.to(device).train()
     optimizer_to(optimizer, device)
     model = wrap_model(net, device)
@@ -216,6 +281,11 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
 
     epochs = tc["epochs"]
     tracker = start_tracking(os.path.join(out_dir, "tb_logger"), cfg, cfg["name"], wandb=wandb, enabled=main)
+    if tc["schedule"] not in ("step", "onecycle"):
+        raise UserError(f"train.schedule must be 'step' or 'onecycle', got '{tc['schedule']}'")
+    steps_per_epoch = math.ceil(len(train_set) / (batch_size * world_size()))
+    if tc["max_steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, tc["max_steps_per_epoch"])
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
             lr = step_lr(tc["lr"], epoch, tc["lr_step_epochs"], tc["lr_gamma"])
@@ -234,6 +304,10 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
                 if tc["max_steps_per_epoch"] and step >= tc["max_steps_per_epoch"]:
                     break
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if tc["schedule"] == "onecycle":
+                    lr = one_cycle_lr(tc["lr"], epoch * steps_per_epoch + step, epochs * steps_per_epoch, tc["warmup"])
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 _, recon = model(x)
                 loss, terms = unmixing_loss(recon, y, net.decoder.weight, cfg["loss"])
                 # one all-reduce carries the loss and the stop flag, so every process stops at the same step
@@ -275,7 +349,8 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             is_best = val_set is not None and record["val_PSNR"] > best["PSNR"]
             if is_best:
                 best = {"PSNR": record["val_PSNR"], "epoch": epoch + 1}
-            state = build_state(cfg, net, optimizer, epoch, best, train_set.wavelengths, train_set.band_indices)
+            state = build_state(cfg, net, optimizer, epoch, best, train_set.wavelengths, train_set.band_indices,
+                                input_moments)
             save_checkpoint(state, os.path.join(ckpt_dir, "latest.pth"))
             if is_best or val_set is None:
                 save_checkpoint(state, os.path.join(ckpt_dir, "best.pth"))
@@ -298,7 +373,8 @@ def save_interrupted(cfg, net, optimizer, epoch, best, train_set, progress, path
     """Rank 0 writes the state after the last finished step of `epoch`, and says how to resume."""
     if not is_main_process():
         return
-    state = build_state(cfg, net, optimizer, epoch - 1, best, train_set.wavelengths, train_set.band_indices)
+    state = build_state(cfg, net, optimizer, epoch - 1, best, train_set.wavelengths, train_set.band_indices,
+                        composite_moments([training_pixels(train_set, seed=cfg["train"]["seed"])[0]]))
     state["partial"] = dict(progress, epoch=epoch)
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in StopRequest.SIGNALS} \
         if threading.current_thread() is threading.main_thread() else {}

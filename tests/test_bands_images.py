@@ -65,5 +65,8 @@ def test_wavelength_fallback_for_files_without_them(tmp_path):
     assert HSICropDataset(str(tmp_path)).wavelengths is None
     ds = HSICropDataset(str(tmp_path), wavelengths="chikusei-59")
     np.testing.assert_allclose(ds.wavelengths, chikusei_wavelengths())
-    with pytest.raises(UserError, match="gives 31 wavelengths, but .*a.mat has 59 bands"):
-        HSICropDataset(str(tmp_path), wavelengths=list(range(400, 710, 10)))
+    # wavelengths of another sensor: ignored with a warning, the band indices decide (issue 12)
+    other = HSICropDataset(str(tmp_path), bands=[5, 4, 3], wavelengths=list(range(400, 710, 10)))
+    assert other.wavelengths is None and other.band_indices == [5, 4, 3]
+    with pytest.raises(UserError, match="band selection by wavelength needs files that store 'wavelengths'"):
+        HSICropDataset(str(tmp_path), bands={"wavelengths": [640, 550, 460]}, wavelengths=list(range(400, 710, 10)))
