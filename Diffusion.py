@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
                         help="training batch (train) or sampling batch (val)")
     parser.add_argument("--workers", type=int, help="DataLoader workers (datasets.train.num_workers)")
-    parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA (train.amp)")
+    parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA; bf16 also on CPUs with bf16 kernels (train.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
     parser.add_argument("--num-samples", type=int, help="samples to draw (default datasets.val.data_len)")
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")
