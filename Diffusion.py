@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE),
                         help="training batch (train) or sampling batch (val)")
     parser.add_argument("--workers", type=flag(INT_NONNEGATIVE), help="DataLoader workers (datasets.train.num_workers)")
-    parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA (train.amp)")
+    parser.add_argument("--amp", choices=["off", "fp16", "bf16"],
+                        help="mixed-precision training on CUDA; bf16 also on CPUs with bf16 kernels (train.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
     parser.add_argument("--num-samples", type=flag(INT_POSITIVE), help="samples to draw (default sample.num_samples: 40)")
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")

@@ -465,7 +465,7 @@ def test_diffusion_with_an_unmixing_checkpoint_is_one_line(tmp_path, ddpm_config
 
 def test_diffusion_speed_flags(tmp_path, ddpm_config, monkeypatch, capsys):
     """--compile goes through torch.compile (stubbed: compiling is slow on a CPU) and saves plain keys;
-    --amp bf16 on the CPU trains in float32 with a note; a bad train.amp is a config error."""
+    --amp bf16 on a CPU without bf16 kernels trains in float32 with a note; a bad train.amp is a config error."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     # a CPU without bf16 kernels (this one may have them: then bf16 autocast is used, see test_speed_options)
