@@ -151,7 +151,8 @@ def test_one_cycle_matches_torch_one_cycle():
         reference.step()
 
 
-def test_config_wavelengths_of_another_sensor_warn_and_small_scene_is_used_whole(tmp_path, caplog):
+def test_config_wavelengths_of_another_sensor_warn_and_small_scene_is_used_whole(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("hsisyn"), "propagate", True)  # setup_logging elsewhere turns it off
     folder = tmp_path / "scene"
     folder.mkdir()
     os.symlink(shared_path("hsi", "moffett.mat"), folder / "moffett.mat")
