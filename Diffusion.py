@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed-precision training on CUDA (train.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
     parser.add_argument("--num-samples", type=int, help="samples to draw (default datasets.val.data_len)")
-    parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")
+    parser.add_argument("--sampler", choices=["ancestral", "ddim", "dpmpp2m"], help="default: sample.sampler of the config")
     parser.add_argument("--steps", type=int, help="DDIM steps")
     parser.add_argument("--eta", type=float, help="DDIM eta (0: deterministic)")
     parser.add_argument("--raw", action="store_true",

@@ -10,7 +10,7 @@ import copy
 from core.config import load_config
 from core.errors import UserError
 from core.logs import get_logger
-from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES
+from models.diffusion import CLIPPING, LOSS_TYPES, LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES
 
 _SCHEDULE = {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 1e-2}
 
@@ -58,6 +58,10 @@ DIFFUSION_DEFAULTS = {
             "loss_type": "l1",          # l1 / l2 summed (reference) or l1_mean / l2_mean
             "t_per_sample": False,      # False: one t per batch as the reference
             "clip_denoised": True,
+            "prediction": "eps",        # network output: "eps" (reference), "v" or "x0"
+            "loss_weighting": "none",   # "none" (reference) or "min_snr" (capped at SNR snr_gamma)
+            "snr_gamma": 5.0,
+            "clipping": "static",       # x_0 estimates: "static" clamp (reference), "dynamic" or "none"
         },
     },
     "train": {
@@ -135,6 +139,9 @@ def validate(cfg: dict, source: str) -> dict:
             raise UserError(f"{source}: 'model.beta_schedule.{phase}.schedule' must be one of {', '.join(SCHEDULES)}")
     checks = (
         ("model.diffusion.loss_type", model["diffusion"]["loss_type"], LOSS_TYPES),
+        ("model.diffusion.prediction", model["diffusion"]["prediction"], PREDICTIONS),
+        ("model.diffusion.loss_weighting", model["diffusion"]["loss_weighting"], LOSS_WEIGHTINGS),
+        ("model.diffusion.clipping", model["diffusion"]["clipping"], CLIPPING),
         ("sample.sampler", cfg["sample"]["sampler"], SAMPLERS),
         ("train.optimizer.type", str(cfg["train"]["optimizer"]["type"]).lower(), ("adam", "adamw")),
         ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),

@@ -144,7 +144,11 @@ def build_diffusion(model_cfg: dict, unet: torch.nn.Module, phase: str) -> Gauss
     return GaussianDiffusion(unet, diffusion["image_size"], diffusion["channels"],
                              NoiseSchedule.from_config(model_cfg["beta_schedule"][phase]),
                              loss_type=diffusion["loss_type"], t_per_sample=diffusion["t_per_sample"],
-                             clip_denoised=diffusion["clip_denoised"])
+                             clip_denoised=diffusion["clip_denoised"],
+                             prediction=diffusion.get("prediction", "eps"),
+                             loss_weighting=diffusion.get("loss_weighting", "none"),
+                             clipping=diffusion.get("clipping", "static"),
+                             snr_gamma=diffusion.get("snr_gamma", 5.0))
 
 
 def _reference_weights(path: str) -> dict | None:

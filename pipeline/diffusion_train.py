@@ -108,10 +108,8 @@ def step_loss(diffusion, model: torch.nn.Module, shard: torch.Tensor, global_bat
     gamma = diffusion.draw_noise_levels(global_batch, shard.device, generator)[rows]
     noise = torch.randn((global_batch, *shard.shape[1:]), generator=generator, device=shard.device,
                         dtype=shard.dtype)[rows]
-    prediction = model(q_sample(shard, gamma, noise), gamma)
-    error = prediction.float() - noise.float()
-    per_element = error.abs() if diffusion.loss_type.startswith("l1") else error ** 2
-    return per_element.mean() if diffusion.loss_type.endswith("_mean") else per_element.sum() * processes
+    output = model(q_sample(shard, gamma, noise), gamma)
+    return diffusion.loss_from_output(output, shard, noise, gamma, scale=processes)
 
 
 def all_finite(*modules) -> bool:
