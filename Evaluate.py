@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--endmembers", help="End for the Dirichlet baseline: .mat with End or an unmixing checkpoint "
                      "(default: End of the synthetic files, else farthest real pixels)")
     gen.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    gen.add_argument("--real-as-is", action="store_true",
+                     help="take the real set as it is, not min-max normalised per file (e.g. HSIs rendered from "
+                          "the DDPM's own training abundance maps, the like-for-like reference of its samples)")
     _common(gen)
 
     down = sub.add_parser("downstream", help="RGB-to-HSI reconstruction trained on real vs real+synthetic")
@@ -90,7 +93,8 @@ def run_generation_command(args, device) -> None:
     settings = GenerationSettings(
         caps=caps, features=FeatureSettings(steps=args.feature_steps, seed=args.seed), k=args.k,
         prdc_cap=args.prdc_cap, baselines=not args.no_baselines, endmembers=args.endmembers,
-        feature_cache=None if args.feature_cache.lower() == "none" else args.feature_cache, key=args.key)
+        feature_cache=None if args.feature_cache.lower() == "none" else args.feature_cache, key=args.key,
+        normalise_real=not args.real_as_is)
     run_generation(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress)
 
 
