@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=2e-3)
     down.add_argument("--synthetic-fraction", type=float, default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
+    down.add_argument("--task", choices=("rgb2hsi", "denoise"), default="rgb2hsi",
+                      help="rgb2hsi (3 bands -> all, default) or denoise (HSI + Gaussian noise -> HSI, spatial)")
+    down.add_argument("--noise-sigma", type=float, default=0.1, help="noise of the denoise task (default 0.1)")
     down.add_argument("--test-fraction", type=float, default=0.5, help="share of real files held out (default 0.5)")
     down.add_argument("--synthetic-cap", type=int, default=256, help="synthetic files loaded at most (default 256)")
     down.add_argument("--rgb-bands", type=int, nargs=3, metavar=("R", "G", "B"),
@@ -107,7 +110,8 @@ def run_downstream_command(args, device) -> None:
     settings = DownstreamSettings(
         seeds=args.seeds, steps=args.steps, batch=args.batch_size, crop=args.crop, lr=args.lr,
         synthetic_fraction=args.synthetic_fraction, test_fraction=args.test_fraction,
-        synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key)
+        synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key, task=args.task,
+        noise_sigma=args.noise_sigma)
     run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress)
 
 
