@@ -32,7 +32,7 @@ from core.errors import UserError, cli_main  # noqa: E402
 
 BUDGETS = {
     # ddpm_steps: training steps of the DDPM; samples: synthetic HSIs; downstream_steps: per model
-    "default": {"ddpm_steps": 6000, "samples": 64, "downstream_steps": 600, "seeds": [0, 1, 2]},
+    "default": {"ddpm_steps": 9000, "samples": 64, "downstream_steps": 600, "seeds": [0, 1, 2]},
     "small": {"ddpm_steps": 300, "samples": 8, "downstream_steps": 60, "seeds": [0, 1, 2]},
 }
 DDPM_CONFIGS = {"improved": os.path.join("config", "cpu_DDPM.json"), "faithful": os.path.join("config", "demo_DDPM.json")}
