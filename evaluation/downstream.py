@@ -64,9 +64,13 @@ class SpectralReconstructionNet(nn.Module):
     body adds spatial context.
     """
 
-    def __init__(self, bands: int, width: int = 32, blocks: int = 2, in_channels: int = 3):
+    def __init__(self, bands: int, width: int = 32, blocks: int = 2, in_channels: int = 3, residual: bool = False):
         super().__init__()
+        self.residual = residual  # denoising: the input plus a learned correction (starts as the identity)
         self.linear = nn.Conv2d(in_channels, bands, 1)
+        if residual:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
         layers = [nn.Conv2d(in_channels, width, 3, padding=1), nn.GELU()]
         for _ in range(blocks):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
@@ -74,7 +78,8 @@ class SpectralReconstructionNet(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) + self.body(x)
+        out = self.linear(x) + self.body(x)
+        return x + out if self.residual else out
 
 
 def default_bands(n_bands: int) -> list[int]:
@@ -139,7 +144,8 @@ def train_arm(train_pairs, synthetic_pairs, settings: DownstreamSettings, seed: 
     rng = np.random.default_rng([seed, 3])
     bands = train_pairs[0][1].shape[2]
     denoise = settings.task == "denoise"
-    model = SpectralReconstructionNet(bands, settings.width, settings.blocks, bands if denoise else 3).to(device)
+    model = SpectralReconstructionNet(bands, settings.width, settings.blocks, bands if denoise else 3,
+                                      residual=denoise).to(device)
     noise_gen = torch.Generator().manual_seed(seed * 7919 + 11)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
