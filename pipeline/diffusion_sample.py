@@ -293,12 +293,12 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
     my_seed = process_seed(seed, me)
     sampler, steps, eta = sample_cfg["sampler"], sample_cfg["steps"], float(sample_cfg["eta"])
     record = {"checkpoint": os.path.abspath(path), "step": step, "weights": which, "sampler": sampler,
-              "steps": steps if sampler == "ddim" else diffusion.num_timesteps,
-              "eta": eta if sampler == "ddim" else 1.0, "seed": my_seed, "projected": sample_cfg["project_simplex"]}
+              "steps": steps if sampler != "ancestral" else diffusion.num_timesteps,
+              "eta": eta if sampler == "ddim" else (0.0 if sampler == "dpmpp2m" else 1.0), "seed": my_seed, "projected": sample_cfg["project_simplex"]}
     if processes > 1:
         record["process"] = me
     log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s%s", count, sampler,
-             f"{steps} steps, eta {eta}" if sampler == "ddim" else f"{diffusion.num_timesteps} steps", which,
+             f"{steps} steps, eta {eta}" if sampler != "ancestral" else f"{diffusion.num_timesteps} steps", which,
              sample_cfg["batch_size"], seed, "projected onto the simplex" if sample_cfg["project_simplex"]
              else "raw (SR + 1) / 2", run_dir,
              f"; {processes} processes draw {counts[0]} each at most" if processes > 1 else "")
