@@ -294,7 +294,8 @@ def sample_run(cfg: dict, out_root: str, device: torch.device, seed: int, resume
     sampler, steps, eta = sample_cfg["sampler"], sample_cfg["steps"], float(sample_cfg["eta"])
     record = {"checkpoint": os.path.abspath(path), "step": step, "weights": which, "sampler": sampler,
               "steps": steps if sampler != "ancestral" else diffusion.num_timesteps,
-              "eta": eta if sampler == "ddim" else (0.0 if sampler == "dpmpp2m" else 1.0), "seed": my_seed, "projected": sample_cfg["project_simplex"]}
+              "eta": eta if sampler == "ddim" else (0.0 if sampler == "dpmpp2m" else 1.0), "seed": my_seed,
+              "projected": sample_cfg["project_simplex"]}
     if processes > 1:
         record["process"] = me
     log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s%s", count, sampler,
