@@ -171,7 +171,10 @@ def save_training_checkpoint(paths: dict, cfg: dict, unet, ema, optimizer, scale
 
 def check_resume_compatible(state: dict, cfg: dict, path: str) -> None:
     """A resumed run must train the same network on the same schedule."""
-    old = state["config"]["model"]
+    from pipeline.diffusion_config import DIFFUSION_DEFAULTS
+    old = dict(state["config"]["model"])
+    # keys added after the checkpoint was written take their defaults (the behaviour it was trained with)
+    old["diffusion"] = {**DIFFUSION_DEFAULTS["model"]["diffusion"], **old["diffusion"]}
     for key in ("unet", "diffusion"):
         if old[key] != cfg["model"][key]:
             changed = sorted(k for k in set(old[key]) | set(cfg["model"][key])
