@@ -44,6 +44,7 @@ from core.signals import StopRequest, ignore_stop_signals, signals_ignored
 from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files
 from models.diffusion import q_sample
 from models.sr3_unet import count_parameters, init_weights, unet_from_config
+from pipeline.diffusion_config import DIFFUSION_DEFAULTS
 from pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, checkpoint_step, decided_by_main_process,
                                        draw_samples,
                                        new_run_dir, plain_state_dict, preview_sheet, process_seed,
@@ -171,7 +172,6 @@ def save_training_checkpoint(paths: dict, cfg: dict, unet, ema, optimizer, scale
 
 def check_resume_compatible(state: dict, cfg: dict, path: str) -> None:
     """A resumed run must train the same network on the same schedule."""
-    from pipeline.diffusion_config import DIFFUSION_DEFAULTS
     old = dict(state["config"]["model"])
     # keys added after the checkpoint was written take their defaults (the behaviour it was trained with)
     old["diffusion"] = {**DIFFUSION_DEFAULTS["model"]["diffusion"], **old["diffusion"]}
