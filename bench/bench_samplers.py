@@ -1,4 +1,5 @@
-"""Sampler fidelity against time on one trained DDPM: ancestral (all T), DDIM 10/20/50/100, DPM-Solver++(2M).
+"""Sampler fidelity against time on one trained DDPM: ancestral (all T), DDIM 10/20/50/100 (eta 0 and 1),
+DPM-Solver++(2M) 10/20/50.
 
     python bench/bench_samplers.py --ddpm CKPT --unmixing BEST.pth --abundances DIR --out DIR
                                    [--samples 32] [--threads 1]
@@ -30,7 +31,7 @@ from pipeline.diffusion_sample import build_diffusion, load_weights_for_sampling
 from pipeline.synthesis import load_endmembers, synthesize  # noqa: E402
 
 SAMPLERS = [("ancestral", None), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
-            ("dpmpp2m", 10), ("dpmpp2m", 20), ("dpmpp2m", 50)]
+            ("dpmpp2m", 10), ("dpmpp2m", 20), ("dpmpp2m", 50), ("ddim_eta1", 50), ("ddim_eta1", 100)]
 
 
 def render(abundances_hwk: list[np.ndarray], endmembers: np.ndarray, folder: str) -> None:
@@ -75,8 +76,9 @@ def main() -> None:
         with torch.no_grad():
             if sampler == "ancestral":
                 x = diffusion.ancestral_sample(noise.shape, "cpu", torch.Generator().manual_seed(1), noise=noise)
-            elif sampler == "ddim":
-                x = diffusion.ddim_sample(noise.shape, "cpu", steps, 0.0, noise=noise)
+            elif sampler.startswith("ddim"):  # ddim_eta1: stochastic DDIM, ancestral over a subsequence
+                x = diffusion.ddim_sample(noise.shape, "cpu", steps, 1.0 if sampler == "ddim_eta1" else 0.0,
+                                          torch.Generator().manual_seed(1), noise=noise)
             else:
                 x = diffusion.dpmpp2m_sample(noise.shape, "cpu", steps, noise=noise)
         seconds = (time.perf_counter() - started) / args.samples
@@ -112,8 +114,8 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for family, marker in (("ancestral", "s"), ("ddim", "o"), ("dpmpp2m", "^")):
-        mine = [r for r in rows if r["sampler"].startswith(family)]
+    for family, marker in (("ancestral", "s"), ("ddim", "o"), ("ddim_eta1", "v"), ("dpmpp2m", "^")):
+        mine = [r for r in rows if r["sampler"].rsplit("-", 1)[0] == family]
         if not mine:
             continue
         t = [r["s_per_sample"] for r in mine]
