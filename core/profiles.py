@@ -27,9 +27,9 @@ IMPROVED: dict[str, dict[str, object]] = {
         # abundances); v keeps x_0 errors bounded where eps errors are multiplied by 1 / sqrt(alpha_bar)
         "model.diffusion.loss_type": "l2_mean",
         "model.diffusion.prediction": "v",
-        # same spread as all T ancestral steps with 20 evaluations (oracle-measured, docs/generation.md)
-        "sample.sampler": "dpmpp2m",
-        "sample.steps": 20,
+        # the sampler stays the reference's ancestral one: on a network trained 1000 steps every
+        # deterministic sampler (DDIM, DPM-Solver++) left speckle in most samples, ancestral in none
+        # (docs/benchmarks.md, "Stage 2 samplers")
     },
     "synthesis": {},
 }
