@@ -159,6 +159,28 @@ def downstream_train_files(real_dir: str, test_fraction: float = 0.5) -> list[st
     return sorted(files[i] for i in order[n_test:])
 
 
+def split_data(data_dir: str, out: str) -> dict:
+    """Stage 1 trains on exactly the real crops the downstream task trains on and is tested on the
+    crops it tests on: endmembers learned from a test crop would leak it into every synthetic HSI."""
+    from data.hsi_dataset import list_mat_files
+    from data.images import list_images
+    from demo import _link_or_copy
+    crops, images = list_mat_files(data_dir), list_images(data_dir)
+    if not crops or not images:
+        raise UserError(f"{data_dir}: needs .mat HSI crops and RGB images (e.g. chikusei/*.mat, aid/*.jpg)")
+    train = downstream_train_files(data_dir)
+    test = [c for c in crops if c not in train] or train
+    folders = {}
+    for split, files in (("train", train), ("val", test), ("test", test)):
+        folders[split] = os.path.join(out, "data", "hsi", split)
+        for path in files:
+            _link_or_copy(path, os.path.join(folders[split], os.path.basename(path)))
+    folders["rgb"] = os.path.join(out, "data", "rgb")
+    for index, path in enumerate(images):
+        _link_or_copy(path, os.path.join(folders["rgb"], f"{index:04d}_{os.path.basename(path)}"))
+    return folders
+
+
 def write_noisy_copies(real_dir: str, folder: str, sigma: float, copies: int, seed: int) -> None:
     """Min-max normalised real training crops of the downstream split plus Gaussian noise, `copies`
     per crop, as synthetic HSIs (never the held-out test crop)."""
@@ -195,11 +217,7 @@ def run_study(args) -> dict:
     print(f"[study] profile {args.profile}{' (default)' if args.profile == 'improved' else ''}, budget "
           f"{args.budget} ({budget}), output {out}", flush=True)
 
-    def split():
-        sys.path.insert(0, ROOT)
-        from demo import split_real_data
-        return split_real_data(os.path.abspath(args.data), study.out)
-    folders = study.step("data", split)
+    folders = study.step("data", lambda: split_data(os.path.abspath(args.data), study.out))
 
     unmixing = study.folder("unmixing")
     ckpt = os.path.join(unmixing, "checkpoint", "best.pth")
