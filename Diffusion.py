@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mixed-precision training on CUDA; bf16 also on CPUs with bf16 kernels (train.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for training (train.compile)")
     parser.add_argument("--num-samples", type=flag(INT_POSITIVE), help="samples to draw (default sample.num_samples: 40)")
-    parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default: sample.sampler of the config")
-    parser.add_argument("--steps", type=flag(INT_POSITIVE), help="DDIM steps")
+    parser.add_argument("--sampler", choices=["ancestral", "ddim", "dpmpp2m"], help="default: sample.sampler of the config")
+    parser.add_argument("--steps", type=flag(INT_POSITIVE), help="DDIM / DPM-Solver++ steps")
     parser.add_argument("--eta", type=flag(PROBABILITY), help="DDIM eta (0: deterministic)")
     parser.add_argument("--raw", action="store_true",
                         help="store Abu = (SR + 1) / 2 as sampled (the default, as the reference)")

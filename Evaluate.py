@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--endmembers", help="End for the Dirichlet baseline: .mat with End or an unmixing checkpoint "
                      "(default: End of the synthetic files, else farthest real pixels)")
     gen.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    gen.add_argument("--real-as-is", action="store_true",
+                     help="take the real set as it is, not min-max normalised per file (e.g. HSIs rendered from "
+                          "the DDPM's own training abundance maps, the like-for-like reference of its samples)")
     _common(gen)
 
     down = sub.add_parser("downstream", help="RGB-to-HSI reconstruction trained on real vs real+synthetic")
@@ -85,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=2e-3)
     down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
+    down.add_argument("--task", choices=("rgb2hsi", "denoise"), default="rgb2hsi",
+                      help="rgb2hsi (3 bands -> all, default) or denoise (HSI + Gaussian noise -> HSI, spatial)")
+    down.add_argument("--noise-sigma", type=flag(FLOAT_POSITIVE), default=0.1,
+                      help="noise of the denoise task (default 0.1)")
     down.add_argument("--test-fraction", type=flag(FRACTION_OPEN), default=0.5,
                       help="share of real files held out (default 0.5)")
     down.add_argument("--synthetic-cap", type=flag(INT_POSITIVE), default=256,
@@ -109,7 +116,8 @@ def run_generation_command(args, device) -> None:
     settings = GenerationSettings(
         caps=caps, features=FeatureSettings(steps=args.feature_steps, seed=args.seed), k=args.k,
         prdc_cap=args.prdc_cap, baselines=not args.no_baselines, endmembers=args.endmembers,
-        feature_cache=None if args.feature_cache.lower() == "none" else args.feature_cache, key=args.key)
+        feature_cache=None if args.feature_cache.lower() == "none" else args.feature_cache, key=args.key,
+        normalise_real=not args.real_as_is)
     run_generation(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress)
 
 
@@ -122,7 +130,8 @@ def run_downstream_command(args, device) -> None:
     settings = DownstreamSettings(
         seeds=args.seeds, steps=args.steps, batch=args.batch_size, crop=args.crop, lr=args.lr,
         synthetic_fraction=args.synthetic_fraction, test_fraction=args.test_fraction,
-        synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key)
+        synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key, task=args.task,
+        noise_sigma=args.noise_sigma)
     run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress)
 
 

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join("experiments", "demo")
 UNMIXING_CONFIG = os.path.join("config", "demo_unmixing.json")
 DDPM_CONFIG = os.path.join("config", "demo_DDPM.json")
-OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "timings.json")
+OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "reference", "generation", "timings.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +145,9 @@ def report(out: str, timings: dict, paths: dict) -> None:
             metrics = json.load(f)
         print(f"  unmixing test reconstruction: PSNR {metrics.get('PSNR', float('nan')):.2f} dB, "
               f"SAM {metrics.get('SAM', float('nan')):.2f} deg")
+    generation_path = os.path.join(paths.get("generation", ""), "report.json")
+    if os.path.isfile(generation_path):
+        print_generation_scores(generation_path, paths)
     print("\nPictures:")
     print(f"  synthetic HSIs (RGB contact sheet): {os.path.join(paths['synthesis'], 'contact_sheet.png')}")
     print(f"  endmembers and spectra:             {os.path.join(paths['synthesis'], 'spectra.png')}")
@@ -161,6 +164,27 @@ def report(out: str, timings: dict, paths: dict) -> None:
         f.write("\n")
 
 
+def print_generation_scores(report_path: str, paths: dict) -> None:
+    """FD of the samples, the real-vs-real floor and the Dirichlet baseline's side by side."""
+    with open(report_path, encoding="utf-8") as f:
+        r = json.load(f)
+    line = "  generation (vs HSIs rendered from the training maps): FD_half {:.3g} | floor {:.3g} | Dirichlet {:.3g}; " \
+           "precision {:.2f} recall {:.2f}"
+    nan = float("nan")
+    print(line.format(r.get("FD_half", nan), r.get("FD_real_floor", nan), r.get("baseline_dirichlet.FD_half", nan),
+                      r.get("precision", nan), r.get("recall", nan)))
+    import numpy as np
+    from data.matio import read_mat
+    from evaluation.roughness import as_channels_first, noisy_fraction
+
+    def abundance_maps(folder):
+        return [as_channels_first(read_mat(os.path.join(folder, f), ["Abu"])["Abu"]).numpy()
+                for f in sorted(os.listdir(folder)) if f.endswith(".mat")]
+    rough = noisy_fraction(np.stack(abundance_maps(paths["samples"])), abundance_maps(paths["abundances"]))
+    print(f"  noisy samples (more high-frequency energy than the noisiest training crop): "
+          f"{rough['noisy_sample_fraction']:.0%}")
+
+
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
@@ -173,7 +197,7 @@ def main(argv=None) -> None:
     out = os.path.abspath(args.out)
     check_output_path(out)
     prepare_output(out, args.overwrite)
-    python, total = sys.executable, 6
+    python, total = sys.executable, 8
     unmixing_config, ddpm_config = (os.path.abspath(c) if os.path.isfile(c) else os.path.join(ROOT, c)
                                     for c in (args.unmixing_config, args.ddpm_config))
     paths = {"unmixing": os.path.join(out, "unmixing"), "abundances": os.path.join(out, "abundances"),
@@ -215,6 +239,15 @@ def main(argv=None) -> None:
     timings["synthesis"] = run_step(6, total, "stage 3: synthesize HSIs", [
         python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["samples"], "--ckpt", paths["checkpoint"],
         "--out", paths["synthesis"], *shared_flags])
+    # the like-for-like reference of the samples: HSIs rendered from the DDPM's own training maps
+    paths["reference"], paths["generation"] = os.path.join(out, "reference"), os.path.join(out, "generation")
+    timings["reference"] = run_step(7, total, "reference: HSIs rendered from the DDPM's training maps", [
+        python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["abundances"], "--ckpt", paths["checkpoint"],
+        "--out", paths["reference"], *shared_flags])
+    timings["generation scores"] = run_step(8, total, "generation scores against that reference", [
+        python, os.path.join(ROOT, "Evaluate.py"), "generation", "--real", os.path.join(paths["reference"], "HSI"),
+        "--real-as-is", "--synthetic", os.path.join(paths["synthesis"], "HSI"), "--endmembers", paths["checkpoint"],
+        "--out", paths["generation"], "--feature-cache", "none", "--no-progress", *shared_flags])
     report(out, timings, paths)
 
 

@@ -35,6 +35,13 @@ IMPROVED: dict[str, dict[str, object]] = {
         "sample.use_ema": True,                 # sample with the EMA weights (the reference's EMA is unused)
         "sample.project_simplex": True,         # Abu projected onto the simplex instead of (SR + 1) / 2
         "sample.batch_size": 0,                 # fill the device (docs/benchmarks.md: 1.15x samples/s on the CPU)
+        # docs/generation.md: L1 learns the posterior median (hard per-pixel decisions on the bimodal
+        # abundances); v keeps x_0 errors bounded where eps errors are multiplied by 1 / sqrt(alpha_bar)
+        "model.diffusion.loss_type": "l2_mean",
+        "model.diffusion.prediction": "v",
+        # the sampler stays the reference's ancestral one: on a network trained 1000 steps every
+        # deterministic sampler (DDIM, DPM-Solver++) left speckle in most samples, ancestral in none
+        # (docs/benchmarks.md, "Stage 2 samplers")
     },
     "synthesis": {
         "checkpoint": "best",                   # best.pth of the newest unmixing run

@@ -44,6 +44,7 @@ class GenerationSettings:
     feature_cache: str | None = None
     key: str | None = None
     chunk: int = 4096
+    normalise_real: bool = True  # False: the real set is taken as it is (e.g. HSIs rendered like the synthetic)
 
 
 class FeatureSpace:
@@ -110,7 +111,8 @@ def run_generation(real_dir: str, synthetic_dir: str, out_dir: str, settings: Ge
     caps = settings.caps
     started = time.time()
     timing = {}
-    real = collect_folder("real", real_dir, True, caps, keep_images=True, key=settings.key, progress=progress)
+    real = collect_folder("real", real_dir, settings.normalise_real, caps, keep_images=True, key=settings.key,
+                          progress=progress)
     synthetic = collect_folder("synthetic", synthetic_dir, False, caps, keep_images=False, key=settings.key,
                                progress=progress)
     if synthetic.bands != real.bands:
@@ -184,9 +186,11 @@ def run_baselines(real: SetSample, real_dir: str, synthetic: SetSample, space, s
     files = hsi_files(real_dir, "real")
     if len(files) >= 2:
         reference_files, heldout_files = baselines.split_files(files, caps.seed)
-        reference = collect("real reference half", read_folder(reference_files, True, settings.key),
+        reference = collect("real reference half",
+                            read_folder(reference_files, settings.normalise_real, settings.key),
                             len(reference_files), caps, keep_images=True, progress=progress)
-        heldout = collect("real held-out half", read_folder(heldout_files, True, settings.key),
+        heldout = collect("real held-out half",
+                          read_folder(heldout_files, settings.normalise_real, settings.key),
                           len(heldout_files), caps, keep_images=False, progress=progress)
         metrics, angle_sets["baseline real held-out"] = score_set(reference, heldout, None, settings, device)
         out.update(_prefixed("baseline_real_heldout.", metrics))
@@ -209,7 +213,8 @@ def generation_summary(report: dict) -> list[str]:
             ("baseline: real crops themselves", "baseline_real_copies."),
             ("baseline: held-out real half", "baseline_real_heldout.")]
     lines = ["# Generation report", "",
-             f"Real set: `{report['real_dir']}` ({report['real.n_files']} files, min-max normalised per file); "
+             f"Real set: `{report['real_dir']}` ({report['real.n_files']} files, "
+             f"{'min-max normalised per file' if report.get('settings.normalise_real', True) else 'as they are'}); "
              f"synthetic set: `{report['synthetic_dir']}` ({report['n_files']} files, as they are).", "",
              "F_p, precision, recall: higher is more realistic. D_b (per-pixel cosine, the paper's) and D_b_ncc "
              "(normalised cross-correlation, sharper): 1 means a block copied from a real image (memorisation); "

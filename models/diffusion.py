@@ -21,12 +21,11 @@ SCHEDULES = ("linear", "quad", "cosine", "warmup10", "warmup50", "const", "jsd")
 # "l1"/"l2" back-propagate sum / (b*c*h*w), i.e. the mean, as the reference's DDPM.optimize_parameters does
 # after its reduction='sum' loss; "_mean" spells the same; "_sum" back-propagates the raw sum.
 LOSS_TYPES = ("l1", "l2", "l1_mean", "l2_mean", "l1_sum", "l2_sum")
-
-
-def reduce_loss(per_element: torch.Tensor, loss_type: str) -> torch.Tensor:
-    """The scalar loss of `loss_type` from per-element errors: the mean, or the sum for `*_sum`."""
-    return per_element.sum() if loss_type.endswith("_sum") else per_element.mean()
-SAMPLERS = ("ancestral", "ddim")
+SAMPLERS = ("ancestral", "ddim", "dpmpp2m")
+PREDICTIONS = ("eps", "v", "x0")
+CLIPPING = ("static", "dynamic", "none")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+SPACINGS = ("uniform", "logsnr")
 
 
 def make_beta_schedule(schedule: str, n_timestep: int, linear_start: float = 1e-4, linear_end: float = 2e-2,
@@ -120,20 +119,82 @@ def q_sample(x_start: torch.Tensor, noise_level: torch.Tensor, noise: torch.Tens
     return gamma * x_start + (1.0 - gamma ** 2).sqrt() * noise
 
 
+def _broadcast(gamma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return gamma.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def training_target(prediction: str, x_start: torch.Tensor, noise: torch.Tensor, noise_level: torch.Tensor):
+    """What the network learns to output: eps (reference), v = gamma eps - sigma x_0, or x_0 itself."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x_start
+    gamma = _broadcast(noise_level, x_start)
+    return gamma * noise - (1.0 - gamma ** 2).sqrt() * x_start
+
+
+def split_prediction(prediction: str, output: torch.Tensor, x_t: torch.Tensor, noise_level: torch.Tensor):
+    """(eps, x_0) implied by the network's `output` at x_t = gamma x_0 + sigma eps.
+
+    eps-prediction divides by gamma to get x_0, which multiplies any error of eps by 1 / gamma (about
+    150 at the end of the reference's schedules); v and x_0 prediction keep both estimates bounded.
+    """
+    gamma = _broadcast(noise_level, x_t)
+    sigma = (1.0 - gamma ** 2).clamp_min(0.0).sqrt()
+    if prediction == "eps":
+        return output, (x_t - sigma * output) / gamma
+    if prediction == "x0":
+        return (x_t - gamma * output) / sigma.clamp_min(1e-8), output
+    return sigma * x_t + gamma * output, gamma * x_t - sigma * output
+
+
+def loss_weights(weighting: str, prediction: str, noise_level: torch.Tensor, snr_gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample loss weights (N,). 'min_snr' (Hang et al. 2023) weights every level as an x_0 loss
+    capped at SNR = snr_gamma, expressed for the chosen target."""
+    if weighting == "none":
+        return torch.ones_like(noise_level)
+    gamma2 = noise_level.double() ** 2
+    snr = gamma2 / (1.0 - gamma2).clamp_min(1e-12)
+    capped_snr = snr.clamp(max=snr_gamma)
+    divisor = {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}[prediction]
+    return (capped_snr / divisor).float()
+
+
+def clip_start(x_start: torch.Tensor, mode: str, percentile: float = 0.995) -> torch.Tensor:
+    """Keep x_0 in [-1, 1]: 'static' clamps (reference); 'dynamic' (Imagen) divides each sample by
+    its `percentile` absolute value when that exceeds 1, then clamps; 'none' leaves it."""
+    if mode == "static":
+        return x_start.clamp(-1.0, 1.0)
+    if mode == "dynamic":
+        flat = x_start.reshape(x_start.shape[0], -1).abs().float()
+        scale = torch.quantile(flat, percentile, dim=1).clamp_min(1.0).to(x_start.dtype)
+        return (x_start / _broadcast(scale, x_start)).clamp(-1.0, 1.0)
+    return x_start
+
+
 class GaussianDiffusion(nn.Module):
     """Training loss and samplers around a noise-predicting network and one NoiseSchedule.
 
     `t_per_sample=False` is the reference: one step t per batch (each sample still gets its own
     gamma in that step's interval); True draws t per sample. Loss types: 'l1' / 'l2' averaged over
     all elements (the reference back-propagates its summed loss divided by b*c*h*w), 'l1_sum' /
-    'l2_sum' the raw sum.
+    'l2_sum' the raw sum. `prediction` is what the network outputs (eps: reference; v; x0),
+    `loss_weighting` 'none' (reference) or 'min_snr', `clipping` how x_0 estimates are kept in
+    [-1, 1] when `clip_denoised` (static: reference).
     """
 
     def __init__(self, denoise_fn: nn.Module, image_size: int, channels: int, schedule: NoiseSchedule,
-                 loss_type: str = "l1", t_per_sample: bool = False, clip_denoised: bool = True):
+                 loss_type: str = "l1", t_per_sample: bool = False, clip_denoised: bool = True,
+                 prediction: str = "eps", loss_weighting: str = "none", clipping: str = "static",
+                 snr_gamma: float = 5.0):
         super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss type {loss_type!r} (expected one of {', '.join(LOSS_TYPES)})")
+        for name, value, allowed in (("loss type", loss_type, LOSS_TYPES), ("prediction", prediction, PREDICTIONS),
+                                     ("loss weighting", loss_weighting, LOSS_WEIGHTINGS),
+                                     ("clipping", clipping, CLIPPING)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r} (expected one of {', '.join(allowed)})")
+        self.prediction, self.loss_weighting, self.clipping = prediction, loss_weighting, clipping
+        self.snr_gamma = float(snr_gamma)
         self.denoise_fn = denoise_fn
         self.image_size = image_size
         self.channels = channels
@@ -161,10 +222,20 @@ class GaussianDiffusion(nn.Module):
         gamma = self.draw_noise_levels(x_start.shape[0], x_start.device, generator)
         if noise is None:
             noise = torch.randn(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
-        prediction = self.denoise_fn(q_sample(x_start, gamma, noise), gamma)
-        error = prediction.float() - noise.float()
+        output = self.denoise_fn(q_sample(x_start, gamma, noise), gamma)
+        return self.loss_from_output(output, x_start, noise, gamma)
+
+    def loss_from_output(self, output: torch.Tensor, x_start: torch.Tensor, noise: torch.Tensor,
+                         gamma: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """The loss of the network's output for targets built from (x_0, eps, gamma); summed losses
+        are multiplied by `scale` (the number of processes under DDP)."""
+        target = training_target(self.prediction, x_start, noise, gamma)
+        error = output.float() - target.float()
         per_element = error.abs() if self.loss_type.startswith("l1") else error ** 2
-        return reduce_loss(per_element, self.loss_type)
+        if self.loss_weighting != "none":
+            per_element = per_element * _broadcast(loss_weights(self.loss_weighting, self.prediction, gamma,
+                                                                self.snr_gamma).to(per_element.device), per_element)
+        return per_element.sum() * scale if self.loss_type.endswith("_sum") else per_element.mean()
 
     def forward(self, x_start: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.training_loss(x_start, generator)
@@ -174,10 +245,14 @@ class GaussianDiffusion(nn.Module):
     def _predict(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x_0) estimated at step t; x_0 clipped to [-1, 1] (and eps made consistent) if asked."""
         gamma = torch.full((x.shape[0],), self.schedule.value("sqrt_alphas_cumprod", t), device=x.device)
-        eps = self.denoise_fn(x, gamma).to(x.dtype)
-        x_start = self.schedule.predict_start_from_noise(x, t, eps)
-        if self.clip_denoised:
-            x_start = x_start.clamp(-1.0, 1.0)
+        output = self.denoise_fn(x, gamma).to(x.dtype)
+        if self.prediction == "eps":
+            eps = output
+            x_start = self.schedule.predict_start_from_noise(x, t, eps)
+        else:
+            eps, x_start = split_prediction(self.prediction, output, x, gamma.double())
+        if self.clip_denoised and self.clipping != "none":
+            x_start = clip_start(x_start, self.clipping)
             eps = self.schedule.predict_noise_from_start(x, t, x_start)
         return eps, x_start
 
@@ -201,21 +276,36 @@ class GaussianDiffusion(nn.Module):
             x = mean
         return x
 
-    def ddim_timesteps(self, steps: int) -> list[int]:
-        """`steps` distinct indices into the schedule, evenly spaced from T-1 down to 0 (descending)."""
+    def ddim_timesteps(self, steps: int, spacing: str = "uniform") -> list[int]:
+        """`steps` distinct indices into the schedule from T-1 down to 0 (descending): evenly spaced
+        ('uniform', DDIM's) or evenly spaced in log SNR ('logsnr', DPM-Solver's), which spends fewer
+        steps where the linear schedule's noise changes little and more near the data."""
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"DDIM steps must be between 1 and {self.num_timesteps}, got {steps}")
-        spaced = np.linspace(self.num_timesteps - 1, 0, steps)
-        return sorted({int(round(v)) for v in spaced}, reverse=True)
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown step spacing {spacing!r} (expected one of {', '.join(SPACINGS)})")
+        if spacing == "uniform" or steps == 1:
+            spaced = np.linspace(self.num_timesteps - 1, 0, steps)
+            return sorted({int(round(v)) for v in spaced}, reverse=True)
+        abar = self.schedule.alphas_cumprod.numpy()
+        log_snr = np.log(abar / (1.0 - abar))  # decreasing in t
+        targets = np.linspace(log_snr[-1], log_snr[0], steps)
+        chosen = {int(np.argmin(np.abs(log_snr - v))) for v in targets}
+        # rounding may merge neighbours near the ends: fill up with the uniform grid's indices
+        for v in np.linspace(self.num_timesteps - 1, 0, self.num_timesteps):
+            if len(chosen) >= steps:
+                break
+            chosen.add(int(round(v)))
+        return sorted(chosen | {0, self.num_timesteps - 1}, reverse=True)[:steps] if steps >= 2 else [0]
 
     @torch.no_grad()
     def ddim_sample(self, shape, device, steps: int = 50, eta: float = 0.0,
                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, spacing: str = "uniform") -> torch.Tensor:
         """DDIM (Song et al. 2021) over a subsequence of the steps; eta = 0 is deterministic given the
         initial noise, eta = 1 with all T steps is the ancestral sampler. Returns x_0 (N, C, H, W)."""
         x = self._initial_noise(shape, device, generator, noise)
-        timesteps = self.ddim_timesteps(steps)
+        timesteps = self.ddim_timesteps(steps, spacing)
         for i, t in enumerate(tqdm(timesteps, desc="ddim", disable=not progress, leave=False)):
             eps, x_start = self._predict(x, t)
             if i + 1 == len(timesteps):
@@ -230,12 +320,47 @@ class GaussianDiffusion(nn.Module):
         return x
 
     @torch.no_grad()
+    def dpmpp2m_sample(self, shape, device, steps: int = 20, generator: torch.Generator | None = None,
+                       noise: torch.Tensor | None = None, progress: bool = False,
+                       spacing: str = "logsnr") -> torch.Tensor:
+        """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep on the x_0 estimates, `steps`
+        network evaluations. The first step and the step onto the last index are first order
+        (= DDIM): that last jump in log SNR is long, and extrapolating over it overshoots."""
+        x = self._initial_noise(shape, device, generator, noise)
+        timesteps = self.ddim_timesteps(steps, spacing)
+
+        def lam(t):  # log signal-to-noise ratio / 2
+            abar = self.schedule.value("alphas_cumprod", t)
+            return 0.5 * math.log(abar / (1.0 - abar))
+
+        previous, h_previous = None, None
+        for i, t in enumerate(tqdm(timesteps, desc="dpm++2m", disable=not progress, leave=False)):
+            _, x_start = self._predict(x, t)
+            if i + 1 == len(timesteps):
+                return x_start
+            t_next = timesteps[i + 1]
+            h = lam(t_next) - lam(t)
+            abar, abar_next = self.schedule.value("alphas_cumprod", t), self.schedule.value("alphas_cumprod", t_next)
+            denoised = x_start
+            if previous is not None and i + 2 < len(timesteps):
+                r = h_previous / h
+                denoised = (1 + 1 / (2 * r)) * x_start - (1 / (2 * r)) * previous
+            x = math.sqrt((1 - abar_next) / (1 - abar)) * x - math.sqrt(abar_next) * math.expm1(-h) * denoised
+            previous, h_previous = x_start, h
+        return x
+
+    @torch.no_grad()
     def sample(self, batch_size: int, device, sampler: str = "ancestral", steps: int = 50, eta: float = 0.0,
-               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+               generator: torch.Generator | None = None, progress: bool = False,
+               spacing: str | None = None) -> torch.Tensor:
         """(batch_size, channels, image_size, image_size) samples in about [-1, 1]."""
         shape = (batch_size, self.channels, self.image_size, self.image_size)
         if sampler == "ancestral":
             return self.ancestral_sample(shape, device, generator, progress=progress)
         if sampler == "ddim":
-            return self.ddim_sample(shape, device, steps, eta, generator, progress=progress)
+            return self.ddim_sample(shape, device, steps, eta, generator, progress=progress,
+                                    spacing=spacing or "uniform")
+        if sampler == "dpmpp2m":
+            return self.dpmpp2m_sample(shape, device, steps, generator, progress=progress,
+                                       spacing=spacing or "logsnr")
         raise ValueError(f"unknown sampler {sampler!r} (expected one of {', '.join(SAMPLERS)})")

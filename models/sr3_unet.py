@@ -23,14 +23,16 @@ from models.class_embedding import attach_class_embedding
 class NoiseLevelEncoding(nn.Module):
     """Sinusoidal features of a continuous noise level: (N,) -> (N, dim), frequencies 1 .. 1e-4."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, scale: float = 1.0):
         super().__init__()
         self.dim = dim
+        self.scale = float(scale)
 
     def forward(self, noise_level: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
         exponent = torch.arange(half, dtype=noise_level.dtype, device=noise_level.device) / half
-        angles = noise_level.reshape(-1, 1) * torch.exp(-math.log(1e4) * exponent).unsqueeze(0)
+        # scale 1 (reference): every angle is below 1 rad, so levels near 0 differ little in the features
+        angles = self.scale * noise_level.reshape(-1, 1) * torch.exp(-math.log(1e4) * exponent).unsqueeze(0)
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
@@ -163,14 +165,14 @@ class SR3UNet(nn.Module):
     def __init__(self, in_channel: int = 5, out_channel: int = 5, inner_channel: int = 64,
                  norm_groups: int = 32, channel_mults=(1, 2, 4, 8, 8), attn_res=(16,),
                  res_blocks: int = 2, dropout: float = 0.0, with_noise_level_emb: bool = True,
-                 image_size: int = 256, fused_attention: bool = True):
+                 image_size: int = 256, fused_attention: bool = True, noise_level_scale: float = 1.0):
         super().__init__()
         self.levels = len(channel_mults)
         attn_res = tuple(attn_res) if isinstance(attn_res, (list, tuple)) else (attn_res,)
         embed_dim = inner_channel if with_noise_level_emb else None
         if with_noise_level_emb:
             self.noise_level_mlp = nn.Sequential(
-                NoiseLevelEncoding(inner_channel),
+                NoiseLevelEncoding(inner_channel, noise_level_scale),
                 nn.Linear(inner_channel, inner_channel * 4),
                 Swish(),
                 nn.Linear(inner_channel * 4, inner_channel),
@@ -250,6 +252,7 @@ def unet_from_config(model_cfg: dict) -> SR3UNet:
         with_noise_level_emb=unet["with_noise_level_emb"],
         image_size=model_cfg["diffusion"]["image_size"],
         fused_attention=unet.get("fused_attention", True),
+        noise_level_scale=unet.get("noise_level_scale", 1.0),
     )
     # class-conditional models list their classes in model.diffusion.class_names (see models/class_embedding.py)
     return attach_class_embedding(network, len(model_cfg["diffusion"].get("class_names") or ()), unet["inner_channel"])

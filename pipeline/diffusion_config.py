@@ -12,7 +12,7 @@ from core.logs import get_logger
 from core.profiles import load_profiled_config
 from core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            Number, check_config, check_value)
-from models.diffusion import LOSS_TYPES, SAMPLERS, SCHEDULES, make_beta_schedule
+from models.diffusion import CLIPPING, LOSS_TYPES, LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES, make_beta_schedule
 from pipeline.class_labels import check_class_names
 
 _SCHEDULE = {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 1e-2}
@@ -65,6 +65,10 @@ DIFFUSION_DEFAULTS = {
             "class_conditional": False,  # True: condition on the scene class of each file (docs/class_conditional.md)
             "class_dropout": 0.1,       # share of labels hidden per step, teaching the unconditional prediction
             "class_names": [],          # filled from the training files' classes; saved with the checkpoint
+            "prediction": "eps",        # network output: "eps" (reference), "v" or "x0"
+            "loss_weighting": "none",   # "none" (reference) or "min_snr" (capped at SNR snr_gamma)
+            "snr_gamma": 5.0,
+            "clipping": "static",       # x_0 estimates: "static" clamp (reference), "dynamic" or "none"
         },
     },
     "train": {
@@ -214,6 +218,9 @@ def validate(cfg: dict, source: str) -> dict:
             raise UserError(f"{source}: 'model.beta_schedule.{phase}.schedule' must be one of {', '.join(SCHEDULES)}")
     checks = (
         ("model.diffusion.loss_type", model["diffusion"]["loss_type"], LOSS_TYPES),
+        ("model.diffusion.prediction", model["diffusion"]["prediction"], PREDICTIONS),
+        ("model.diffusion.loss_weighting", model["diffusion"]["loss_weighting"], LOSS_WEIGHTINGS),
+        ("model.diffusion.clipping", model["diffusion"]["clipping"], CLIPPING),
         ("sample.sampler", cfg["sample"]["sampler"], SAMPLERS),
         ("train.optimizer.type", str(cfg["train"]["optimizer"]["type"]).lower(), ("adam", "adamw")),
         ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),

@@ -184,7 +184,11 @@ def build_diffusion(model_cfg: dict, unet: torch.nn.Module, phase: str) -> Gauss
     return GaussianDiffusion(unet, diffusion["image_size"], diffusion["channels"],
                              NoiseSchedule.from_config(model_cfg["beta_schedule"][phase]),
                              loss_type=diffusion["loss_type"], t_per_sample=diffusion["t_per_sample"],
-                             clip_denoised=diffusion["clip_denoised"])
+                             clip_denoised=diffusion["clip_denoised"],
+                             prediction=diffusion.get("prediction", "eps"),
+                             loss_weighting=diffusion.get("loss_weighting", "none"),
+                             clipping=diffusion.get("clipping", "static"),
+                             snr_gamma=diffusion.get("snr_gamma", 5.0))
 
 
 def _reference_weights(path: str) -> dict | None:
@@ -378,14 +382,15 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
     my_seed = process_seed(seed, me)
     sampler, steps, eta = sample_cfg["sampler"], sample_cfg["steps"], float(sample_cfg["eta"])
     record = {"checkpoint": os.path.abspath(path), "step": step, "weights": which, "sampler": sampler,
-              "steps": steps if sampler == "ddim" else diffusion.num_timesteps,
-              "eta": eta if sampler == "ddim" else 1.0, "seed": my_seed, "projected": sample_cfg["project_simplex"]}
+              "steps": steps if sampler != "ancestral" else diffusion.num_timesteps,
+              "eta": eta if sampler == "ddim" else (0.0 if sampler == "dpmpp2m" else 1.0), "seed": my_seed,
+              "projected": sample_cfg["project_simplex"]}
     if processes > 1:
         record["process"] = me
     if labels is not None:
         record["guidance"] = guidance
     log.info("%d samples, %s sampler (%s), %s, batches of %d, seed %d, Abu %s -> %s%s", count, sampler,
-             f"{steps} steps, eta {eta}" if sampler == "ddim" else f"{diffusion.num_timesteps} steps", which,
+             f"{steps} steps, eta {eta}" if sampler != "ancestral" else f"{diffusion.num_timesteps} steps", which,
              sample_cfg["batch_size"] or auto_batch_size(counts[me], device), seed,
              "projected onto the simplex" if sample_cfg["project_simplex"]
              else "raw (SR + 1) / 2", run_dir,

@@ -50,6 +50,7 @@ from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abund
 from models.diffusion import q_sample
 from models.sr3_unet import count_parameters, init_weights, unet_from_config
 from pipeline.class_labels import LabelledDataset, drop_labels, training_labels
+from pipeline.diffusion_config import DIFFUSION_DEFAULTS
 from pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, checkpoint_step, decided_by_main_process,
                                        discard_unused_run_folder, draw_samples, lock_run_folder, new_run_dir,
                                        plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
@@ -131,10 +132,8 @@ def step_loss(diffusion, model: torch.nn.Module, shard: torch.Tensor, global_bat
     gamma = diffusion.draw_noise_levels(global_batch, shard.device, generator)[rows]
     noise = torch.randn((global_batch, *shard.shape[1:]), generator=generator, device=shard.device,
                         dtype=shard.dtype)[rows]
-    prediction = model(q_sample(shard, gamma, noise), gamma)
-    error = prediction.float() - noise.float()
-    per_element = error.abs() if diffusion.loss_type.startswith("l1") else error ** 2
-    return per_element.sum() * processes if diffusion.loss_type.endswith("_sum") else per_element.mean()
+    output = model(q_sample(shard, gamma, noise), gamma)
+    return diffusion.loss_from_output(output, shard, noise, gamma, scale=processes)
 
 
 def all_finite(*modules) -> bool:
@@ -196,7 +195,9 @@ def save_training_checkpoint(paths: dict, cfg: dict, unet, ema, optimizer, scale
 
 def check_resume_compatible(state: dict, cfg: dict, path: str) -> None:
     """A resumed run must train the same network on the same schedule."""
-    old = state["config"]["model"]
+    old = dict(state["config"]["model"])
+    # keys added after the checkpoint was written take their defaults (the behaviour it was trained with)
+    old["diffusion"] = {**DIFFUSION_DEFAULTS["model"]["diffusion"], **old["diffusion"]}
     for key in ("unet", "diffusion"):
         # how the attention is computed changes no weight: older checkpoints lack the key
         changed = sorted(k for k in set(old[key]) | set(cfg["model"][key])

@@ -83,16 +83,22 @@ def abundance_dir(tmp_path):
 # config --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["Chikusei_256_DDPM", "ARAD_256_DDPM", "Harvard_256_DDPM", "HSRS-SC_256_DDPM",
-                                  "demo_DDPM"])
+                                  "demo_DDPM", "cpu_DDPM"])
 def test_shipped_configs_load(name):
     cfg = load_diffusion_config(os.path.join(ROOT, "config", f"{name}.json"))
     assert cfg["model"]["diffusion"]["channels"] == cfg["model"]["unet"]["in_channel"] == 5
-    if name != "demo_DDPM":
+    if name not in ("demo_DDPM", "cpu_DDPM"):
         with torch.device("meta"):
             assert count_parameters(unet_from_config(cfg["model"])) == 97_808_069
         assert cfg["model"]["beta_schedule"]["train"]["n_timestep"] == 2000
     else:
-        assert cfg["sample"]["sampler"] == "ddim" and cfg["model"]["diffusion"]["image_size"] == 32
+        # the demo leaves loss and prediction to the profile; the sampler is the reference's ancestral one
+        assert cfg["sample"]["sampler"] == "ancestral" and cfg["model"]["diffusion"]["image_size"] == 32
+        loss, prediction = cfg["model"]["diffusion"]["loss_type"], cfg["model"]["diffusion"]["prediction"]
+        if name == "cpu_DDPM":
+            assert (loss, prediction) == ("l2_mean", "v")
+        else:
+            assert loss.startswith("l1") and prediction == "eps"
 
 
 def test_reference_config_loads_unchanged(tmp_path):

@@ -97,7 +97,12 @@ def test_demo_runs_every_step_and_outputs_are_consistent(tmp_path, capsys):
     assert len(glob.glob(str(out / "data" / "rgb" / "*.png"))) == 12
     timings = json.load(open(out / "timings.json"))["seconds"]
     assert set(timings) == {"data", "unmixing train", "unmixing infer", "diffusion train", "diffusion sample",
-                            "synthesis"}
+                            "synthesis", "reference", "generation scores"}
+    # the generation scores against HSIs rendered from the DDPM's training maps, printed side by side
+    assert len(glob.glob(str(out / "reference" / "HSI" / "*.mat"))) == 12
+    report = json.load(open(out / "generation" / "report.json"))
+    assert not report["settings.normalise_real"]
+    assert "FD_half" in printed and "Dirichlet" in printed and "noisy samples" in printed
 
 
 def test_demo_refuses_to_mix_with_an_earlier_run(tmp_path):
