@@ -28,6 +28,8 @@ from core.version import add_version_argument
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join("experiments", "demo")
+# stage 1 under both profiles: the paper's network, narrowed for a CPU, with every key the profile could
+# change written out (the improved recipe's low-contrast abundance maps starve the demo's DDPM: see the config)
 UNMIXING_CONFIG = os.path.join("config", "demo_unmixing.json")
 DDPM_CONFIG = os.path.join("config", "demo_DDPM.json")
 OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "reference", "generation", "timings.json")
@@ -42,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] for every step")
     parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8,
                         help="abundance maps to sample = synthetic HSIs (default 8)")
-    parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG)
+    parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG,
+                        help=f"stage-1 config (default {UNMIXING_CONFIG}; config/improved_unmixing.json: the "
+                             "improved stage-1 recipe)")
     parser.add_argument("--ddpm-config", default=DDPM_CONFIG)
     parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the demo data")
     parser.add_argument("--size", type=flag(INT_POSITIVE), default=64,

@@ -7,6 +7,7 @@ import copy
 
 from core.config import apply_overrides, merge_config
 from core.errors import UserError
+from core.logs import get_logger
 from core.profiles import apply_profile, load_profiled_config, resolve_profile
 from core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, Number,
                            check_config, optional)
@@ -123,6 +124,10 @@ def validate_unmixing_config(cfg: dict, source: str) -> dict:
                         f"got {bands!r}")
     if cfg["data"]["key"] is not None and not isinstance(cfg["data"]["key"], str):
         raise UserError(f"{source}: 'data.key' must be a variable name, got {cfg['data']['key']!r}")
+    if cfg["model"]["linear_skip"] and cfg["model"]["decoder_init"] != "linear_simplex":
+        get_logger().warning("%s: model.linear_skip without model.decoder_init 'linear_simplex' starts the skip at "
+                             "zero; the improved recipe needs both (did a config value beat part of the profile? "
+                             "config/improved_unmixing.json has the whole recipe)", source)
     if cfg["infer"]["overlap"] >= cfg["infer"]["tile"]:
         raise UserError(f"{source}: 'infer.overlap' ({cfg['infer']['overlap']}) must be smaller than "
                         f"'infer.tile' ({cfg['infer']['tile']})")
