@@ -103,6 +103,12 @@ def split_real_data(data_dir: str, out: str) -> dict:
         splits = {"train": crops[1:], "val": crops[:1], "test": crops[:1]}
     else:
         splits = {"train": crops[2:], "val": crops[1:2], "test": crops[:1]}
+    return link_step_folders(splits, images, out)
+
+
+def link_step_folders(splits: dict, images: list[str], out: str) -> dict:
+    """Link (or copy) each split's HSI crops into `out/data/hsi/<split>` and the RGB images into
+    `out/data/rgb` (numbered, so equal names from different folders stay apart); the step folders."""
     folders = {}
     for split, files in splits.items():
         folders[split] = os.path.join(out, "data", "hsi", split)

@@ -1,6 +1,6 @@
 """The SR3 UNet's training step against the reference UNet, and the speed options, as JSON lines.
 
-    python bench/bench_unet.py --reference /tmp/speed-ref/etpan_unet.py [--size 32 --batch 4 --repeats 7]
+    python bench/bench_unet.py --reference REF_DIR/unet.py [--size 32 --batch 4 --repeats 7]
     python bench/bench_unet.py --reference ... --only curves --curve-steps 200
     python bench/bench_unet.py --reference ... --only profile
 

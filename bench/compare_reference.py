@@ -5,7 +5,7 @@ nothing of it is in this repository). Its scripts need OpenCV, torchvision, tens
 those are not installed, `--shims DIR` puts a folder of small stand-ins first on the import path
 (docs/faithfulness.md shows the four tiny files used).
 
-    python bench/compare_reference.py --ref /tmp/faithful-ref/ubf [--shims /tmp/faithful-ref/shims]
+    python bench/compare_reference.py --ref REF_CHECKOUT [--shims SHIMS_DIR]
                                       [--data ../shared/data/paper] [--json out.json] [--quick]
 
 Each check builds both sides with the same weights (the reference's state dict copied into ours) and

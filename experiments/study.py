@@ -164,21 +164,13 @@ def split_data(data_dir: str, out: str) -> dict:
     crops it tests on: endmembers learned from a test crop would leak it into every synthetic HSI."""
     from data.hsi_dataset import list_mat_files
     from data.images import list_images
-    from demo import _link_or_copy
+    from demo import link_step_folders
     crops, images = list_mat_files(data_dir), list_images(data_dir)
     if not crops or not images:
         raise UserError(f"{data_dir}: needs .mat HSI crops and RGB images (e.g. chikusei/*.mat, aid/*.jpg)")
     train = downstream_train_files(data_dir)
     test = [c for c in crops if c not in train] or train
-    folders = {}
-    for split, files in (("train", train), ("val", test), ("test", test)):
-        folders[split] = os.path.join(out, "data", "hsi", split)
-        for path in files:
-            _link_or_copy(path, os.path.join(folders[split], os.path.basename(path)))
-    folders["rgb"] = os.path.join(out, "data", "rgb")
-    for index, path in enumerate(images):
-        _link_or_copy(path, os.path.join(folders["rgb"], f"{index:04d}_{os.path.basename(path)}"))
-    return folders
+    return link_step_folders({"train": train, "val": test, "test": test}, images, out)
 
 
 def write_noisy_copies(real_dir: str, folder: str, sigma: float, copies: int, seed: int) -> None:
