@@ -154,6 +154,16 @@ def read_sampled_abundances(path: str) -> np.ndarray:
     return (array + 1.0) / 2.0 if key == "SR" else array
 
 
+def sample_class(path: str) -> str | None:
+    """The scene class a class-conditional sample was drawn for (its `class` variable), else None;
+    the synthetic HSI keeps it so a labelled dataset stays labelled."""
+    from data.matio import mat_keys, read_mat
+    if not path.endswith(".mat") or "class" not in mat_keys(path):
+        return None
+    value = np.asarray(read_mat(path, ["class"]).get("class", np.array([]))).ravel()
+    return str(value[0]).strip() if value.size and value.dtype.kind == "U" else None
+
+
 def check_abundance_file(path: str, k: int, ckpt: str) -> np.ndarray:
     """The (H, W, K) abundances of one file, refused when unreadable, non-finite or of another K."""
     abundances = read_sampled_abundances(path)
@@ -311,6 +321,9 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
             raise UserError(f"{path}: the synthetic HSI came out NaN/Inf; nothing written for it")
         end = endmembers[:, :, None, None] if options.end_layout == "conv" else endmembers
         variables = {"HSI": hsi, "Abu": abundances, "End": end}
+        label = sample_class(path)
+        if label:
+            variables["class"] = label
         if strength:
             hsi, factors = apply_variability(abundances, endmembers, strength, options.variability_scale,
                                              variability_rng)

@@ -202,3 +202,15 @@ def test_minmax_is_an_affine_map_of_the_raw_cube_on_the_simplex(setup):
     raw = read_mat(str(tmp_path / "r" / "HSI" / "sample_2.mat"))["HSI"]
     scaled = read_mat(str(tmp_path / "m" / "HSI" / "sample_2.mat"))["HSI"]
     np.testing.assert_allclose(scaled, (raw - end.min()) / (end.max() - end.min()), atol=1e-5)
+
+
+def test_class_of_a_conditional_sample_travels_into_its_synthetic_hsi(setup):
+    """A class-conditional sample stores its scene class as `class` (Diffusion.py -p val --class); the
+    synthetic HSI made from it keeps that label, and unlabelled samples stay unlabelled."""
+    ckpt, abundances, end, tmp_path = setup
+    labelled = read_mat(os.path.join(abundances, "sample_1.mat"))
+    write_mat(os.path.join(abundances, "sample_1.mat"), {**labelled, "class": "farmland"})
+    out = str(tmp_path / "labelled")
+    run_synthesis(abundances, ckpt, out, options=IMPROVED)
+    assert str(read_mat(os.path.join(out, "HSI", "sample_1.mat"), ["class"])["class"][0]) == "farmland"
+    assert "class" not in read_mat(os.path.join(out, "HSI", "sample_2.mat"))
