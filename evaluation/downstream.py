@@ -9,9 +9,17 @@ Both are tested on held-out real files (or the right part of a single real file)
 (`core.metrics`) and MRAE, over several seeds; the report gives mean and standard deviation per arm
 and the difference (b - a).
 
+Two ways to use the synthetic set (`protocol`): `mix` draws synthetic crops into the batches as above;
+`pretrain` trains on synthetic crops only for `pretrain_steps`, then fine-tunes on the real training
+files for `steps` (the real-only arm trains `steps` on real). Pre-training costs extra compute, so
+read its gain against the controls (noisy copies of the real files get the same extra steps).
+
 Inputs are built as the unmixing stage builds them: the three bands of the cube, min-max scaled
-together (`data.hsi_dataset.prepare_pair`). Real targets are min-max normalised per file; synthetic
-targets are taken as they are.
+together (`data.hsi_dataset.prepare_pair`), and targets are the cube min-max normalised per file.
+Synthetic files get the same preprocessing (`synthetic_norm="minmax"`): an input stretched to [0, 1]
+beside a target left in its own narrower range teaches another input-to-target map than the real
+files' and cost up to 3.5 dB by itself (docs/evaluation.md). `"as_is"` keeps synthetic targets
+unscaled (inputs still stretched), the behaviour before that was measured.
 """
 import os
 import time
@@ -55,6 +63,9 @@ class DownstreamSettings:
     key: str | None = None
     task: str = "rgb2hsi"  # or "denoise": HSI + Gaussian noise (noise_sigma) -> HSI, a spatial task
     noise_sigma: float = 0.1
+    synthetic_norm: str = "minmax"  # or "as_is": synthetic targets unscaled (see the module docstring)
+    protocol: str = "mix"           # or "pretrain": synthetic only for pretrain_steps, then real for steps
+    pretrain_steps: int | None = None  # None: the same as steps
 
 
 class SpectralReconstructionNet(nn.Module):
@@ -86,12 +97,20 @@ def default_bands(n_bands: int) -> list[int]:
     return list(BAND_PRESETS["chikusei-rgb"]) if n_bands == 59 else evenly_spread_bands(n_bands)
 
 
-def load_pairs(files: list[str], band_indices, real: bool, key: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(input (H, W, 3), target (H, W, C)) per file; real targets min-max normalised, synthetic as they are."""
+SYNTHETIC_NORMS = ("minmax", "as_is")
+PROTOCOLS = ("mix", "pretrain")
+
+
+def load_pairs(files: list[str], band_indices, real: bool, key: str | None,
+               synthetic_norm: str = "minmax") -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input (H, W, 3), target (H, W, C)) per file: inputs and targets min-max normalised per file,
+    synthetic targets only with `synthetic_norm="minmax"` (else as they are)."""
+    if synthetic_norm not in SYNTHETIC_NORMS:
+        raise UserError(f"synthetic normalisation {synthetic_norm!r}: expected one of {', '.join(SYNTHETIC_NORMS)}")
     pairs = []
     for path in files:
         cube, _ = read_cube(path, key)
-        if real:
+        if real or synthetic_norm == "minmax":
             pairs.append(prepare_pair(cube, band_indices))
         else:
             pairs.append((minmax(select_bands(cube, band_indices)), cube.astype(np.float32)))
@@ -147,15 +166,33 @@ def train_arm(train_pairs, synthetic_pairs, settings: DownstreamSettings, seed: 
     model = SpectralReconstructionNet(bands, settings.width, settings.blocks, bands if denoise else 3,
                                       residual=denoise).to(device)
     noise_gen = torch.Generator().manual_seed(seed * 7919 + 11)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, settings.steps)
+    if settings.protocol not in PROTOCOLS:
+        raise UserError(f"downstream protocol {settings.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if settings.protocol == "pretrain" and synthetic_pairs:
+        pretrain_steps = settings.steps if settings.pretrain_steps is None else settings.pretrain_steps
+        _fit(model, synthetic_pairs, None, 0.0, pretrain_steps, settings, rng, noise_gen, device,
+             f"seed {seed} pretrain", progress)
+        synthetic_pairs = None
     use_synthetic = bool(synthetic_pairs) and settings.synthetic_fraction > 0
-    bar = tqdm(range(settings.steps), desc=f"seed {seed} {'real+syn' if use_synthetic else 'real'}",
-               disable=not progress, dynamic_ncols=True, leave=False)
+    _fit(model, train_pairs, synthetic_pairs if use_synthetic else None, settings.synthetic_fraction,
+         settings.steps, settings, rng, noise_gen, device, f"seed {seed} {'real+syn' if use_synthetic else 'real'}",
+         progress)
+    return model.eval()
+
+
+def _fit(model, train_pairs, synthetic_pairs, synthetic_fraction: float, steps: int, settings: DownstreamSettings,
+         rng: np.random.Generator, noise_gen: torch.Generator, device, label: str, progress: bool) -> None:
+    """`steps` Adam steps with a cosine schedule of their own; each crop from `synthetic_pairs` with
+    probability `synthetic_fraction`, else from `train_pairs`."""
+    denoise = settings.task == "denoise"
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
+    model.train()
+    bar = tqdm(range(steps), desc=label, disable=not progress, dynamic_ncols=True, leave=False)
     for _ in bar:
         inputs, targets = [], []
         for _ in range(settings.batch):
-            pool = synthetic_pairs if use_synthetic and rng.random() < settings.synthetic_fraction else train_pairs
+            pool = synthetic_pairs if synthetic_pairs and rng.random() < synthetic_fraction else train_pairs
             x, y = random_crop(pool[int(rng.integers(0, len(pool)))], settings.crop, rng)
             inputs.append(x)
             targets.append(y)
@@ -169,7 +206,6 @@ def train_arm(train_pairs, synthetic_pairs, settings: DownstreamSettings, seed: 
         optimiser.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return model.eval()
 
 
 @torch.no_grad()
@@ -209,7 +245,7 @@ def run_downstream(real_dir: str, synthetic_dir: str, out_dir: str, settings: Do
         pick = np.random.default_rng([settings.seeds[0], 9]).choice(len(synthetic_files), settings.synthetic_cap,
                                                                     replace=False)
         synthetic_files = [synthetic_files[i] for i in sorted(pick)]
-    synthetic_pairs = load_pairs(synthetic_files, settings.bands, False, settings.key)
+    synthetic_pairs = load_pairs(synthetic_files, settings.bands, False, settings.key, settings.synthetic_norm)
     if synthetic_pairs[0][1].shape[2] != first.shape[2]:
         raise UserError(f"{synthetic_files[0]}: {synthetic_pairs[0][1].shape[2]} bands, "
                         f"but the real set has {first.shape[2]}")
@@ -256,6 +292,8 @@ def downstream_summary(report: dict, seeds: list[int]) -> list[str]:
              f"Real: `{report['real_dir']}` ({report['split']}). Synthetic: `{report['synthetic_dir']}` "
              f"({report['n_synthetic_files']} files). Seeds: {', '.join(map(str, seeds))}; "
              "mean +/- std over seeds.", "",
+             f"Protocol: {report.get('settings.protocol', 'mix')} (synthetic files normalised: "
+             f"{report.get('settings.synthetic_norm', 'as_is')}).", "",
              "| arm | PSNR (dB) | SSIM | SAM (deg) | MRAE |", "|---|---|---|---|---|"]
     for arm in ARMS + ("delta",):
         cells = [f"{report[f'{arm}.{m}_mean']:.4f} +/- {report[f'{arm}.{m}_std']:.4f}" for m in METRICS]

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, help="override the budget's number of synthetic HSIs")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] for every step (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the DDPM (default torch's)")
+    parser.add_argument("--protocol", choices=("pretrain", "mix"), default="pretrain",
+                        help="how the downstream models use a synthetic set: pretrain on it, then fine-tune on real "
+                             "(default), or mix it into the real batches (Evaluate.py downstream --protocol)")
     return parser
 
 
@@ -289,20 +292,22 @@ def run_study(args) -> dict:
     downstream = {}
     for task in TASKS:
         for name in CONTROLS:
-            label = f"downstream_{task}_{name}"
+            # the protocol is part of the folder name: a rerun with the other one does not reuse these
+            label = f"downstream_{task}_{name}" if args.protocol == "mix" else f"downstream_{args.protocol}_{task}_{name}"
 
             def work(task=task, name=name, label=label):
                 report_dir = study.folder(label)
                 run_cli([os.path.join(ROOT, "Evaluate.py"), "downstream", "--real", real_dir,
                          "--synthetic", hsi_dirs[name], "--task", task, "--steps", str(budget["downstream_steps"]),
                          "--seeds", *map(str, budget["seeds"]), "--out", report_dir, "--overwrite", "--no-progress",
-                         *device])
+                         "--protocol", args.protocol, *device])
                 report = load_json(os.path.join(report_dir, "report.json"))
                 return {k: report[k] for k in report if k.startswith(("real_only.", "real_plus_synthetic.", "delta."))
                         and k.endswith(("_mean", "_std"))}
             downstream[(task, name)] = study.step(label, work)
 
     flat = {"profile": args.profile, "budget": args.budget, "data": os.path.abspath(args.data),
+            "downstream.protocol": args.protocol,
             "stage1.psnr": stage1["psnr"], "stage1.sam": stage1["sam"], "stage1.linear_psnr": stage1["linear_psnr"],
             "ddpm.steps": budget["ddpm_steps"], "ddpm.train_s": ddpm["seconds"],
             "ddpm.seconds_per_sample": sampled["seconds_per_sample"]}
@@ -352,8 +357,10 @@ def write_report_md(out: str, r: dict, folders: dict) -> None:
              f"{_f(r.get('generation.baseline_real_copies.D_b_ncc'))} |", "",
              f"Real-vs-real floor FD {_f(r.get('generation.FD_real_floor'))}. Noisy samples (more high-frequency "
              f"energy than the noisiest training crop): {_f(r.get('generation.noisy_sample_fraction'), 2)}.", "",
-             "## Downstream: real only vs real + synthetic (mean +/- std over seeds, PSNR in dB)", "",
-             "| task | synthetic set | real only | real + synthetic | difference |", "|---|---|---|---|---|"]
+             f"## Downstream: real only vs real + synthetic (protocol {r.get('downstream.protocol', 'mix')}; "
+             "mean +/- std over seeds)", "",
+             "| task | synthetic set | real only (dB) | real + synthetic (dB) | PSNR difference (dB) | "
+             "SAM difference (deg) |", "|---|---|---|---|---|---|"]
     for task in TASKS:
         for name in CONTROLS:
             prefix = ("downstream." if task == "rgb2hsi" else f"downstream_{task}.") + \
@@ -364,7 +371,8 @@ def write_report_md(out: str, r: dict, folders: dict) -> None:
                          f"{_f(r.get(prefix + 'real_only.psnr_std'), 2)} | "
                          f"{_f(r.get(prefix + 'real_plus_synthetic.psnr_mean'), 2)} +/- "
                          f"{_f(r.get(prefix + 'real_plus_synthetic.psnr_std'), 2)} | "
-                         f"{_f(r.get(prefix + 'delta.psnr_mean'), 2)} +/- {_f(r.get(prefix + 'delta.psnr_std'), 2)} |")
+                         f"{_f(r.get(prefix + 'delta.psnr_mean'), 2)} +/- {_f(r.get(prefix + 'delta.psnr_std'), 2)} | "
+                         f"{_f(r.get(prefix + 'delta.sam_mean'), 2)} +/- {_f(r.get(prefix + 'delta.sam_std'), 2)} |")
     lines += ["", "Plots: `downstream_*/plots/downstream.png`, `generation/plots/`."]
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
