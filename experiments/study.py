@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage settings: improved (default, the measured departures) or faithful (reference)")
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="default",
                         help="default (under an hour on 2 idle cores) or small (a smoke run)")
+    parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG,
+                        help=f"stage-1 config (default {UNMIXING_CONFIG}: the paper's network, narrower, whose maps "
+                             "a DDPM can learn; config/improved_unmixing.json reconstructs better, with flatter maps)")
     parser.add_argument("--ddpm-steps", type=int, help="override the budget's DDPM training steps")
     parser.add_argument("--samples", type=int, help="override the budget's number of synthetic HSIs")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] for every step (default cpu)")
@@ -212,12 +215,16 @@ def run_study(args) -> dict:
     print(f"[study] profile {args.profile}{' (default)' if args.profile == 'improved' else ''}, budget "
           f"{args.budget} ({budget}), output {out}", flush=True)
 
+    unmixing_config = next((os.path.abspath(p) for p in (args.unmixing_config, os.path.join(ROOT, args.unmixing_config))
+                            if os.path.isfile(p)), None)
+    if unmixing_config is None:
+        raise UserError(f"--unmixing-config {args.unmixing_config}: no such file")
     folders = study.step("data", lambda: split_data(os.path.abspath(args.data), study.out))
 
     unmixing = study.folder("unmixing")
     ckpt = os.path.join(unmixing, "checkpoint", "best.pth")
     study.step("unmixing", lambda: run_cli([
-        os.path.join(ROOT, "Unmixing.py"), "train", "-c", os.path.join(ROOT, UNMIXING_CONFIG),
+        os.path.join(ROOT, "Unmixing.py"), "train", "-c", unmixing_config,
         "--train", folders["train"], "--val", folders["val"], "--test", folders["test"], "--out", unmixing,
         *device, *profile_flag("Unmixing.py", args.profile)]))
 
@@ -307,6 +314,7 @@ def run_study(args) -> dict:
             downstream[(task, name)] = study.step(label, work)
 
     flat = {"profile": args.profile, "budget": args.budget, "data": os.path.abspath(args.data),
+            "stage1.config": args.unmixing_config,
             "downstream.protocol": args.protocol,
             "stage1.psnr": stage1["psnr"], "stage1.sam": stage1["sam"], "stage1.linear_psnr": stage1["linear_psnr"],
             "ddpm.steps": budget["ddpm_steps"], "ddpm.train_s": ddpm["seconds"],
