@@ -27,7 +27,8 @@ from data.matio import read_mat, write_mat  # noqa: E402
 from evaluation.generation import GenerationSettings, run_generation  # noqa: E402
 from evaluation.roughness import as_channels_first, noisy_fraction  # noqa: E402
 from pipeline.diffusion_config import load_diffusion_config  # noqa: E402
-from pipeline.diffusion_sample import build_diffusion, load_weights_for_sampling, to_abundance  # noqa: E402
+from pipeline.diffusion_sample import (build_diffusion, load_weights_for_sampling, signed_abundance,  # noqa: E402
+                                       to_abundance)
 from pipeline.synthesis import load_endmembers, synthesize  # noqa: E402
 
 SAMPLERS = [("ancestral", None), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
@@ -82,7 +83,7 @@ def main() -> None:
             else:
                 x = diffusion.dpmpp2m_sample(noise.shape, "cpu", steps, noise=noise)
         seconds = (time.perf_counter() - started) / args.samples
-        abundance = to_abundance(x.clamp(-1, 1), True)
+        abundance = to_abundance(signed_abundance(x.clamp(-1, 1), model_cfg), True)
         folder = os.path.join(args.out, label)
         render(list(abundance.permute(0, 2, 3, 1).numpy()), endmembers, folder)
         rough = noisy_fraction(abundance.double(), [as_channels_first(m) for m in maps])

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from core.abundance_scaling import channel_range, to_model_space
 from core.errors import UserError
 from core.fs import require_folder
 from data.matio import ABUNDANCE_KEYS, LazyMatArray
@@ -44,10 +45,11 @@ class AbundanceDataset(Dataset):
     K or a too small map fails before training starts.
     """
 
-    def __init__(self, files: list[str], image_size: int, channels: int):
+    def __init__(self, files: list[str], image_size: int, channels: int, value_range=None):
         self.files = list(files)
         self.image_size = image_size
         self.channels = channels
+        self.value_range = value_range  # [[low_k], [high_k]]: model.diffusion.abundance_scaling "channel_range"
         self.read(0, 0.0, 0.0)
 
     def __len__(self) -> int:
@@ -80,7 +82,7 @@ class AbundanceDataset(Dataset):
             expected = "[-1, 1]" if key == "SR" else "[0, 1]"
             raise UserError(f"{path}: '{key}' has values from {span[0]:.3g} to {span[1]:.3g}, far outside {expected}; "
                             "these are not abundances (store abundance maps, e.g. from `Unmixing.py infer`)")
-        return crop
+        return to_model_space(crop, self.value_range).astype(np.float32, copy=False)
 
     def __getitem__(self, item) -> torch.Tensor:
         if isinstance(item, (tuple, list)):
@@ -93,6 +95,16 @@ class AbundanceDataset(Dataset):
         if flip_v:
             crop = crop[::-1]
         return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
+
+
+def training_range(files: list[str]) -> list[list[float]]:
+    """Per-channel [low, high] of the abundances of every file (`core.abundance_scaling.channel_range`)."""
+    maps = []
+    for path in files:
+        with LazyMatArray(path, candidates=ABUNDANCE_KEYS, hint=ABUNDANCE_HINT) as array:
+            values = np.asarray(array.window(slice(None), slice(None)), dtype=np.float32)
+            maps.append(np.clip((values + 1.0) / 2.0 if array.key == "SR" else values, 0.0, 1.0))
+    return channel_range(maps)
 
 
 class AbundanceStream(Sampler):

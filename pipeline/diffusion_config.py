@@ -7,6 +7,7 @@ values: `datasets.train.dataroot`, `batch_size`, `num_workers`; the sampler sett
 """
 import copy
 
+from core.abundance_scaling import SCALINGS
 from core.errors import UserError
 from core.logs import get_logger
 from core.profiles import load_profiled_config
@@ -69,6 +70,9 @@ DIFFUSION_DEFAULTS = {
             "loss_weighting": "none",   # "none" (reference) or "min_snr" (capped at SNR snr_gamma)
             "snr_gamma": 5.0,
             "clipping": "static",       # x_0 estimates: "static" clamp (reference), "dynamic" or "none"
+            # "none": 2a - 1 (reference); "channel_range": each channel's training range stretched to [-1, 1]
+            # (core/abundance_scaling.py); the range is filled in by training and saved with the checkpoint
+            "abundance_scaling": "none",
         },
     },
     "train": {
@@ -221,6 +225,7 @@ def validate(cfg: dict, source: str) -> dict:
         ("model.diffusion.prediction", model["diffusion"]["prediction"], PREDICTIONS),
         ("model.diffusion.loss_weighting", model["diffusion"]["loss_weighting"], LOSS_WEIGHTINGS),
         ("model.diffusion.clipping", model["diffusion"]["clipping"], CLIPPING),
+        ("model.diffusion.abundance_scaling", model["diffusion"]["abundance_scaling"], SCALINGS),
         ("sample.sampler", cfg["sample"]["sampler"], SAMPLERS),
         ("train.optimizer.type", str(cfg["train"]["optimizer"]["type"]).lower(), ("adam", "adamw")),
         ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),

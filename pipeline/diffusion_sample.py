@@ -27,6 +27,7 @@ from core.progress import tqdm  # a line every few percent when not on a termina
 
 import torch.distributed as dist
 
+from core.abundance_scaling import from_model_space
 from core.checkpoint import load_checkpoint
 from core.distributed import barrier, is_distributed, is_main_process, rank, strip_module_prefix, world_size
 from core.errors import UserError
@@ -231,6 +232,19 @@ def load_weights_for_sampling(path: str, cfg: dict, device: torch.device, use_em
 
 # samples ----------------------------------------------------------------------------------------
 
+def signed_abundance(batch: torch.Tensor, model_cfg: dict) -> torch.Tensor:
+    """(N, K, H, W) samples in the network's space -> abundances as 2a - 1, undoing
+    `model.diffusion.abundance_scaling` with the range saved in the checkpoint's config."""
+    diffusion = model_cfg["diffusion"]
+    if diffusion.get("abundance_scaling", "none") != "channel_range":
+        return batch
+    value_range = diffusion.get("abundance_range")
+    if not value_range or len(value_range) != 2 or len(value_range[0]) != batch.shape[1]:
+        raise UserError("the checkpoint was trained with model.diffusion.abundance_scaling \"channel_range\" but "
+                        "holds no valid abundance_range for its channels; it cannot be sampled")
+    return from_model_space(batch, value_range, axis=1)
+
+
 def to_abundance(sr: torch.Tensor, project: bool = True) -> torch.Tensor:
     """(N, K, H, W) samples in [-1, 1] -> abundances in [0, 1], on the simplex along K if `project`."""
     abundance = (sr.clamp(-1.0, 1.0) + 1.0) / 2.0
@@ -405,6 +419,7 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
                                       sampler=sampler, steps=steps, eta=eta, generator=generator,
                                       progress=progress and main)
         for batch in batches:
+            batch = signed_abundance(batch, model_cfg)
             classes = [names[label] for label in mine[:batch.shape[0]]]
             mine = mine[batch.shape[0]:]
             write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record, classes)
@@ -412,7 +427,8 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
     elif counts[me]:
         for batch in draw_samples(diffusion, counts[me], sample_cfg["batch_size"], device, sampler, steps, eta,
                                   generator, progress and main):
-            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record)
+            write_samples(signed_abundance(batch, model_cfg), paths, step, start, sample_cfg["project_simplex"],
+                          record)
             start += batch.shape[0]
     elapsed = time.perf_counter() - started
     barrier()  # every process has written its files

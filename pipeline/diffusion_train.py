@@ -46,7 +46,7 @@ from core.logs import setup_logging
 from core.previews import save_png
 from core.signals import StopRequest, ignore_stop_signals, signals_ignored
 from core.tracking import start_tracking
-from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files
+from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files, training_range
 from models.diffusion import q_sample
 from models.sr3_unet import count_parameters, init_weights, unet_from_config
 from pipeline.class_labels import LabelledDataset, drop_labels, training_labels
@@ -54,7 +54,7 @@ from pipeline.diffusion_config import DIFFUSION_DEFAULTS
 from pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, checkpoint_step, decided_by_main_process,
                                        discard_unused_run_folder, draw_samples, lock_run_folder, new_run_dir,
                                        plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
-                                       run_subdirs, to_abundance, unlock_run_folder)
+                                       run_subdirs, signed_abundance, to_abundance, unlock_run_folder)
 from pipeline.reference_checkpoints import load_diffusion_resume
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -201,7 +201,8 @@ def check_resume_compatible(state: dict, cfg: dict, path: str) -> None:
     for key in ("unet", "diffusion"):
         # how the attention is computed changes no weight: older checkpoints lack the key
         changed = sorted(k for k in set(old[key]) | set(cfg["model"][key])
-                         if old[key].get(k) != cfg["model"][key].get(k) and k != "fused_attention")
+                         if old[key].get(k) != cfg["model"][key].get(k)
+                         and k not in ("fused_attention", "abundance_range"))
         if changed:
             raise UserError(f"{path}: the checkpoint was trained with other model.{key} settings "
                             f"({', '.join(changed)}); resume with the config it was trained with")
@@ -220,7 +221,8 @@ def write_preview(cfg: dict, unet, paths: dict, step: int, device: torch.device,
     count = cfg["train"]["preview_samples"]
     batches = list(draw_samples(diffusion, count, min(count, s["batch_size"]), device, s["sampler"], s["steps"],
                                 float(s["eta"]), generator, progress=False))
-    abundance = to_abundance(torch.cat(batches), s["project_simplex"]).permute(0, 2, 3, 1).numpy()
+    signed = signed_abundance(torch.cat(batches), cfg["model"])
+    abundance = to_abundance(signed, s["project_simplex"]).permute(0, 2, 3, 1).numpy()
     unet.train(was_training)
     path = os.path.join(paths["results"], f"I{step}_preview.png")
     save_png(preview_sheet(abundance), path)
@@ -263,6 +265,10 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     state = (load_diffusion_resume(resume, cfg) or load_checkpoint(resume, "diffusion")) if resume else None
     from_reference = state is not None and state.get("format") == "reference"
     file_labels = training_labels(cfg, state)  # None unless model.diffusion.class_conditional
+    scaled = cfg["model"]["diffusion"].get("abundance_scaling", "none") == "channel_range"
+    cfg["model"]["diffusion"].pop("abundance_range", None)
+    if state is not None and scaled:  # a resumed network keeps the space it was trained in
+        cfg["model"]["diffusion"]["abundance_range"] = state["config"]["model"]["diffusion"].get("abundance_range")
     if state is not None:
         check_resume_compatible(state, cfg, resume)
         if int(state.get("seed", seed)) != seed:
@@ -275,7 +281,13 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     start_step = int(state["step"]) if state else 0
     # the data is checked before a run folder exists, so a failed start leaves none behind
     files = list_abundance_files(data_cfg["dataroot"], data_cfg["data_len"])
-    dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"])
+    if scaled and not diff_cfg.get("abundance_range"):
+        diff_cfg["abundance_range"] = training_range(files)
+        log.info("abundance scaling: each channel's range over the training maps to [-1, 1] (low %s, high %s)",
+                 " ".join(f"{v:.3f}" for v in diff_cfg["abundance_range"][0]),
+                 " ".join(f"{v:.3f}" for v in diff_cfg["abundance_range"][1]))
+    dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"],
+                               diff_cfg.get("abundance_range") if scaled else None)
     if file_labels is not None:
         dataset = LabelledDataset(dataset, file_labels)
         log.info("class-conditional: %d classes (%s), label dropout %s", len(diff_cfg["class_names"]),
