@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--rgb", nargs="+", help="RGB image folders (default dataset/RGB)")
     infer.add_argument("--hsi", nargs="+", help="HSI .mat folders (their 3 selected bands are the input)")
     infer.add_argument("--out", default="dataset/inferred_abu", help="output folder (default dataset/inferred_abu)")
-    infer.add_argument("--tile", type=flag(INT_POSITIVE), default=None, help="tile size for large images (default 256)")
+    infer.add_argument("--tile", type=flag(INT_NONNEGATIVE), default=None,
+                       help="0: each image whole, as the reference (default; tiles of 1024 above 2048 x 2048 pixels); "
+                            "N: overlapping N x N tiles")
     infer.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=None,
                        help="tile overlap in pixels (default 32)")
     infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
@@ -147,8 +149,6 @@ def run_infer(args) -> int:
     log.info("unmixing checkpoint: %s", ckpt)
     rgb = args.rgb if args.rgb or args.hsi else ["dataset/RGB"]
     tile, overlap = options["infer"]["tile"], options["infer"]["overlap"]
-    if overlap >= tile:
-        raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
                            save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,

@@ -58,7 +58,9 @@ UNMIXING_DEFAULTS = {
     },
     # `checkpoint`: which file of a run folder infer uses: "latest" (the final epoch, as the reference) or "best"
     # `color_match`: "moments" matches RGB images' channel mean/std to the training inputs'
-    "infer": {"tile": 256, "overlap": 32, "checkpoint": "latest", "color_match": "none"},
+    # `tile`: 0 runs each image whole through the encoder, as the reference (images above 2048 x 2048 pixels
+    # go in tiles of 1024 to bound memory, with a log line); N > 0: overlapping tiles of N x N, blended
+    "infer": {"tile": 0, "overlap": 32, "checkpoint": "latest", "color_match": "none"},
 }
 
 # Keys of the reference's argparse that a config may mention but this implementation does not need.
@@ -100,7 +102,7 @@ UNMIXING_RULES = {
     "train.test_checkpoint": ("latest", "best"),
     "train.schedule": ("step", "onecycle"),
     "train.warmup": Number(low=0, high=1),
-    "infer.tile": INT_POSITIVE,
+    "infer.tile": INT_NONNEGATIVE,
     "infer.overlap": INT_NONNEGATIVE,
     "infer.checkpoint": ("latest", "best"),
     "infer.color_match": ("none", "moments"),
@@ -128,7 +130,7 @@ def validate_unmixing_config(cfg: dict, source: str) -> dict:
         get_logger().warning("%s: model.linear_skip without model.decoder_init 'linear_simplex' starts the skip at "
                              "zero; the improved recipe needs both (did a config value beat part of the profile? "
                              "config/improved_unmixing.json has the whole recipe)", source)
-    if cfg["infer"]["overlap"] >= cfg["infer"]["tile"]:
+    if cfg["infer"]["tile"] and cfg["infer"]["overlap"] >= cfg["infer"]["tile"]:
         raise UserError(f"{source}: 'infer.overlap' ({cfg['infer']['overlap']}) must be smaller than "
                         f"'infer.tile' ({cfg['infer']['tile']})")
     return cfg

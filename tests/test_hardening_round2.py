@@ -177,11 +177,11 @@ def test_nan_abundances_are_never_written_as_done(tmp_path):
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--tile", "-5"], "--tile: must be an integer >= 1, got -5"),
-    (["--tile", "0"], "--tile: must be an integer >= 1, got 0"),
+    (["--tile", "-5"], "--tile: must be an integer >= 0, got -5"),
     (["--tile-batch", "0"], "--tile-batch: must be an integer >= 1, got 0"),
     (["--overlap", "-1"], "--overlap: must be an integer >= 0, got -1"),
-    (["--tile", "2.5"], "--tile: must be an integer >= 1, got '2.5'"),
+    (["--tile", "2.5"], "--tile: must be an integer >= 0, got '2.5'"),
+    (["--tile", "16", "--overlap", "16"], "'infer.overlap' (16) must be smaller than 'infer.tile' (16)"),
 ])
 def test_infer_tiling_flags_are_checked_before_any_work(tmp_path, capsys, flags, needle):
     line = one_line_error(capsys, lambda: Unmixing.main(["infer", "--ckpt", "missing.pth", "--out",
@@ -340,7 +340,7 @@ def test_flag_errors_are_one_line_without_the_usage(capsys):
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()  # prog is sys.argv[0]: Unmixing.py when run as a script
     assert line.startswith("error: ") and line.endswith(
-        " infer: argument --tile: must be an integer >= 1, got -5 (see " + line.split(" ")[1] + " infer --help)")
+        " infer: argument --tile: must be an integer >= 0, got -5 (see " + line.split(" ")[1] + " infer --help)")
 
 
 def test_synthesis_and_demo_flags(tmp_path, capsys):
