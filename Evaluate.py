@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--synthetic-norm", choices=("minmax", "as_is"), default="minmax",
                       help="minmax: synthetic files preprocessed as the real ones (default); as_is: synthetic "
                            "targets unscaled (the behaviour before 2026-12; costs up to 3.5 dB by itself)")
+    down.add_argument("--reuse-real-only", metavar="REPORT",
+                      help="an earlier downstream report.json: its real-only arm is reused when it was trained on "
+                           "the same real data with the same settings (else trained here)")
     down.add_argument("--rgb-bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
                       help="input band indices (default: Chikusei RGB bands for 59 bands, else evenly spread)")
     _common(down)
@@ -141,7 +144,8 @@ def run_downstream_command(args, device) -> None:
         synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key, task=args.task,
         noise_sigma=args.noise_sigma, synthetic_norm=args.synthetic_norm, protocol=args.protocol,
         pretrain_steps=args.pretrain_steps)
-    run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress)
+    run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress,
+                   args.reuse_real_only)
 
 
 def run_reconstruction_command(args, device) -> None:

@@ -229,9 +229,34 @@ def test_arm(model: SpectralReconstructionNet, test_pairs, device, settings: Dow
     return {m: float(np.mean(v)) for m, v in results.items()}
 
 
+# settings that decide the real-only arm: equal in two runs, equal real-only models (same seed, same data)
+REAL_ONLY_SETTINGS = ("steps", "batch", "crop", "lr", "width", "blocks", "test_fraction", "bands", "key", "task",
+                      "noise_sigma")
+
+
+def reusable_real_only(path: str, report: dict, seeds: list[int]) -> dict | None:
+    """The real-only results of an earlier report.json when its real data, split and real-only settings
+    equal `report`'s (so its real-only models are the ones this run would train); else None."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = all(earlier.get(k) == report.get(k) for k in ("real_dir", "split"))
+    same = same and all(earlier.get(f"settings.{k}") == report.get(f"settings.{k}") for k in REAL_ONLY_SETTINGS)
+    if not same or any(f"real_only.seed{s}.psnr" not in earlier for s in seeds):
+        return None
+    return {k: v for k, v in earlier.items()
+            if any(k.startswith(f"real_only.seed{s}.") or k == f"timing.real_only.seed{s}_s" for s in seeds)}
+
+
 def run_downstream(real_dir: str, synthetic_dir: str, out_dir: str, settings: DownstreamSettings,
-                   device: torch.device, overwrite: bool = False, progress: bool = True) -> dict:
-    """Train both arms for every seed, test on held-out real data, write report.json and summary.md."""
+                   device: torch.device, overwrite: bool = False, progress: bool = True,
+                   reuse_real_only: str | None = None) -> dict:
+    """Train both arms for every seed, test on held-out real data, write report.json and summary.md.
+    `reuse_real_only`: an earlier report.json whose real-only arm is taken over when it was trained on
+    the same real data with the same settings (several synthetic sets against one real-only arm)."""
     log = get_logger()
     check_out_dir(out_dir, overwrite)
     started = time.time()
@@ -255,8 +280,17 @@ def run_downstream(real_dir: str, synthetic_dir: str, out_dir: str, settings: Do
               "n_synthetic_files": len(synthetic_pairs), "n_test_images": len(test_pairs)}
     report.update({f"settings.{k}": (v if not isinstance(v, list) else ",".join(map(str, v)))
                    for k, v in asdict(settings).items()})
+    reused = reusable_real_only(reuse_real_only, report, settings.seeds) if reuse_real_only else None
+    if reused:
+        report.update(reused)
+        report["real_only_from"] = os.path.abspath(reuse_real_only)
+        log.info("real-only arm taken from %s (same real data and settings)", reuse_real_only)
+    elif reuse_real_only:
+        log.info("%s: other real data or settings; the real-only arm is trained here", reuse_real_only)
     for seed in settings.seeds:
         for arm in ARMS:
+            if reused and arm == "real_only":
+                continue
             t = time.time()
             model = train_arm(train_pairs, synthetic_pairs if arm == "real_plus_synthetic" else None,
                               settings, seed, device, progress)

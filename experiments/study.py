@@ -117,6 +117,12 @@ def profile_flag(script: str, profile: str) -> list[str]:
     return ["--profile", profile] if supports_profile(script) else []
 
 
+def downstream_label(task: str, name: str, protocol: str) -> str:
+    """Folder of one downstream step; the protocol is part of it, so a rerun with the other protocol
+    does not reuse these results."""
+    return f"downstream_{task}_{name}" if protocol == "mix" else f"downstream_{protocol}_{task}_{name}"
+
+
 def load_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -299,15 +305,17 @@ def run_study(args) -> dict:
     downstream = {}
     for task in TASKS:
         for name in CONTROLS:
-            # the protocol is part of the folder name: a rerun with the other one does not reuse these
-            label = f"downstream_{task}_{name}" if args.protocol == "mix" else f"downstream_{args.protocol}_{task}_{name}"
+            label = downstream_label(task, name, args.protocol)
 
             def work(task=task, name=name, label=label):
                 report_dir = study.folder(label)
+                # the real-only arm is the same for every synthetic set of a task: trained once (with the first)
+                first = study.folder(downstream_label(task, CONTROLS[0], args.protocol)) if name != CONTROLS[0] else None
+                reuse = ["--reuse-real-only", os.path.join(first, "report.json")] if first else []
                 run_cli([os.path.join(ROOT, "Evaluate.py"), "downstream", "--real", real_dir,
                          "--synthetic", hsi_dirs[name], "--task", task, "--steps", str(budget["downstream_steps"]),
                          "--seeds", *map(str, budget["seeds"]), "--out", report_dir, "--overwrite", "--no-progress",
-                         "--protocol", args.protocol, *device])
+                         "--protocol", args.protocol, *reuse, *device])
                 report = load_json(os.path.join(report_dir, "report.json"))
                 return {k: report[k] for k in report if k.startswith(("real_only.", "real_plus_synthetic.", "delta."))
                         and k.endswith(("_mean", "_std"))}

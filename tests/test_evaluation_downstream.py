@@ -132,3 +132,29 @@ def test_cli_records_protocol_and_normalisation(tmp_path):
     report = json.load(open(os.path.join(out, "report.json")))
     assert report["settings.protocol"] == "pretrain" and report["settings.synthetic_norm"] == "minmax"
     assert "Protocol: pretrain" in open(os.path.join(out, "summary.md")).read()
+
+
+def test_real_only_arm_is_reused_only_when_it_would_be_the_same(tmp_path):
+    """Several synthetic sets against one real-only arm: a second run with the same real data and
+    settings takes the first run's real-only results, and they equal what it would have trained;
+    other steps (another real-only model) are trained anew."""
+    real_dir, syn_a, syn_b = tmp_path / "real", tmp_path / "a", tmp_path / "b"
+    for name in ("block_118.mat", "block_282.mat"):
+        write_mat(str(real_dir / name), {"Y": read_hsi(shared_path("paper", "chikusei", name))[0][:32, :32]})
+    cube = read_hsi(shared_path("paper", "chikusei", "block_118.mat"))[0]
+    write_mat(str(syn_a / "s.mat"), {"HSI": cube[32:64, 32:64]})
+    write_mat(str(syn_b / "s.mat"), {"HSI": cube[64:96, 64:96]})
+    common = ["--real", str(real_dir), "--seeds", "0", "--crop", "16", "--batch-size", "2", "--no-progress",
+              "--device", "cpu"]
+    run = lambda syn, out, *extra: Evaluate.main(["downstream", "--synthetic", str(syn), "--out", str(tmp_path / out),
+                                                  "--steps", "3", *common, *extra]) == 0
+    assert run(syn_a, "first") and run(syn_b, "reused", "--reuse-real-only", str(tmp_path / "first" / "report.json"))
+    assert run(syn_b, "trained")
+    first, reused, trained = (json.load(open(tmp_path / n / "report.json")) for n in ("first", "reused", "trained"))
+    assert reused["real_only_from"].endswith("report.json") and "real_only_from" not in trained
+    for m in ("psnr", "sam"):
+        assert reused[f"real_only.seed0.{m}"] == first[f"real_only.seed0.{m}"] == trained[f"real_only.seed0.{m}"]
+    assert reused["real_plus_synthetic.seed0.psnr"] == trained["real_plus_synthetic.seed0.psnr"]
+    assert Evaluate.main(["downstream", "--synthetic", str(syn_b), "--out", str(tmp_path / "other"), "--steps", "4",
+                          *common, "--reuse-real-only", str(tmp_path / "first" / "report.json")]) == 0
+    assert "real_only_from" not in json.load(open(tmp_path / "other" / "report.json"))
