@@ -249,6 +249,26 @@ def _check_targets(paths: list[str], overwrite: bool) -> None:
                         "use --overwrite or another --out")
 
 
+PREVIEW_PERCENTILES = (0.5, 99.5)
+PREVIEW_FILES = 16
+
+
+def preview_range(files: list[str], rgb_endmembers: np.ndarray, simplex: bool, k: int, ckpt: str,
+                  device=None) -> tuple[float, float]:
+    """Black and white of the `bands` previews: the 0.5th and 99.5th percentiles of the three preview
+    bands over up to 16 of the synthetic cubes (one range for the set keeps the images comparable).
+    The endmembers' own range, used before, bounds every mixture but is far wider than the data when
+    the endmembers lie outside it (the improved stage 1's do), and made every preview grey."""
+    pick = np.unique(np.linspace(0, len(files) - 1, min(PREVIEW_FILES, len(files))).round().astype(int))
+    values = [synthesize(check_abundance_file(files[i], k, ckpt), rgb_endmembers, simplex,
+                         device or torch.device("cpu"))[1].ravel()
+              for i in pick]
+    low, high = np.percentile(np.concatenate(values), PREVIEW_PERCENTILES)
+    if not high > low:  # a constant set: the endmembers' extremes, which always hold it
+        low, high = float(rgb_endmembers.min()), float(rgb_endmembers.max())
+    return float(low), float(max(high, low + 1e-12))
+
+
 def contact_sheet(previews: list[np.ndarray], min_size: int = 128) -> np.ndarray:
     """Tile (H, W, 3) uint8 previews, padded to a common size and enlarged (nearest) to >= min_size px."""
     height = max(p.shape[0] for p in previews)
@@ -295,8 +315,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         value_range = (min(0.0, float(endmembers.min())), float(endmembers.max()))
         hsi_to_rgb(np.zeros((1, 1, n_bands)), wavelengths, "cie")  # coverage check before any work
     else:
-        # on the simplex every band value lies between the endmembers' extremes in that band
-        value_range = (float(endmembers[rgb_bands].min()), float(endmembers[rgb_bands].max()))
+        value_range = None  # from the synthetic cubes themselves, once the inputs are checked (below)
 
     stems = [flat_name(p, abundance_dir) for p in files]
     hsi_dir, rgb_dir = os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")
@@ -312,6 +331,8 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     # every input is checked before the first output is written: a bad file later on leaves nothing half done
     for path in tqdm(files, desc="checking abundances", unit="file", leave=False):
         check_abundance_file(path, k, ckpt)
+    if value_range is None:
+        value_range = preview_range(files, endmembers[rgb_bands], options.simplex, k, ckpt, device)
     total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
     variability_rng = np.random.default_rng([options.seed, 1])
     for path, stem in zip(tqdm(files, desc="synthesis", unit="file"), stems):

@@ -66,14 +66,19 @@ def test_every_spectrum_is_end_times_abu(setup):
         np.testing.assert_allclose(hsi, abu @ end.T, rtol=1e-5, atol=1e-6)
         assert abu.min() >= 0 and np.allclose(abu.sum(-1), 1, atol=1e-5)
         np.testing.assert_allclose(data["wavelengths"].ravel(), chikusei_wavelengths())
-    for i in range(3):  # every preview is the stored cube's bands, scaled by the endmembers' range there
+    # every preview is the stored cube's bands, black and white at the 0.5th / 99.5th percentile of
+    # those bands over the set (one range for all, so the previews stay comparable)
+    bands = [47, 29, 12]  # nearest 640 / 550 / 460 nm on the Chikusei grid (test_bands_images)
+    pooled = np.concatenate([read_mat(os.path.join(out, "HSI", f"sample_{i}.mat"))["HSI"][..., bands].ravel()
+                             for i in range(3)])
+    lo, hi = np.percentile(pooled, [0.5, 99.5])
+    for i in range(3):
         data = read_mat(os.path.join(out, "HSI", f"sample_{i}.mat"))
-        bands = [47, 29, 12]  # nearest 640 / 550 / 460 nm on the Chikusei grid (test_bands_images)
-        lo, hi = end[bands].min(), end[bands].max()
         with Image.open(os.path.join(out, "RGB", f"sample_{i}.png")) as image:
             assert image.size == (8, 8) and image.mode == "RGB"
             rgb = np.asarray(image, dtype=np.float64) / 255
-        np.testing.assert_allclose(rgb, (data["HSI"][..., bands] - lo) / (hi - lo), atol=1 / 255 + 1e-6)
+        np.testing.assert_allclose(rgb, np.clip((data["HSI"][..., bands] - lo) / (hi - lo), 0, 1),
+                                   atol=1 / 255 + 1e-5)
     with Image.open(os.path.join(out, "spectra.png")) as image:
         assert image.size[0] >= 300 and image.size[1] >= 200  # a readable figure, not an empty file
     with Image.open(os.path.join(out, "contact_sheet.png")) as image:
@@ -139,9 +144,11 @@ def test_rgb_bands_choose_the_preview_channels(setup):
     run_synthesis(abundances, ckpt, out, options=SynthesisOptions(endmembers="raw", simplex=True, rgb_bands=[10, 20, 30]))
     data = read_mat(os.path.join(out, "HSI", "sample_0.mat"))
     rgb = np.asarray(Image.open(os.path.join(out, "RGB", "sample_0.png")), dtype=np.float64) / 255
-    lo, hi = end[[10, 20, 30]].min(), end[[10, 20, 30]].max()
-    expected = (data["HSI"][..., [10, 20, 30]] - lo) / (hi - lo)
-    np.testing.assert_allclose(rgb, expected, atol=1 / 255 + 1e-6)
+    pooled = np.concatenate([read_mat(os.path.join(out, "HSI", f"sample_{i}.mat"))["HSI"][..., [10, 20, 30]].ravel()
+                             for i in range(3)])
+    lo, hi = np.percentile(pooled, [0.5, 99.5])
+    expected = np.clip((data["HSI"][..., [10, 20, 30]] - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(rgb, expected, atol=1 / 255 + 1e-5)
     with pytest.raises(UserError, match="out of range"):
         run_synthesis(abundances, ckpt, str(tmp_path / "b2"), options=SynthesisOptions(rgb_bands=[0, 1, 59]))
 
@@ -214,3 +221,27 @@ def test_class_of_a_conditional_sample_travels_into_its_synthetic_hsi(setup):
     run_synthesis(abundances, ckpt, out, options=IMPROVED)
     assert str(read_mat(os.path.join(out, "HSI", "sample_1.mat"), ["class"])["class"][0]) == "farmland"
     assert "class" not in read_mat(os.path.join(out, "HSI", "sample_2.mat"))
+
+
+def test_previews_show_the_data_when_endmembers_lie_far_outside_it(tmp_path):
+    """Endmembers far outside the data (as the improved stage 1 learns) with mixtures near the centre:
+    previews scaled by the endmembers' range came out flat grey; scaled by the data they span the
+    grey levels."""
+    real = tmp_path / "real"
+    write_mat(str(real / "crop.mat"), {"Y": np.random.default_rng(1).random((6, 6, C)).astype(np.float32)})
+    ckpt = str(tmp_path / "far.pth")
+    end = fabricate_checkpoint(ckpt, str(real))
+    state = torch.load(ckpt, weights_only=False)
+    far = (torch.from_numpy(end) - 0.5) * 20  # ten times farther from the centre
+    state["model"]["decoder.weight"] = far[:, :, None, None]
+    save_checkpoint(state, ckpt)
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "near_centre"
+    for i in range(2):
+        abu = 0.25 + 0.04 * rng.dirichlet(np.ones(K), size=(16, 16)) - 0.01  # sums to one, close to uniform
+        write_mat(str(folder / f"s{i}.mat"), {"Abu": abu.astype(np.float32)})
+    out = str(tmp_path / "out")
+    run_synthesis(str(folder), ckpt, out, options=IMPROVED)
+    with Image.open(os.path.join(out, "RGB", "s0.png")) as image:
+        grey = np.asarray(image, dtype=np.float64)
+    assert grey.max() - grey.min() > 200  # the endmembers' range would leave about 2 % of it
