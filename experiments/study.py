@@ -2,6 +2,7 @@
 
     python experiments/study.py --data ../shared/data/paper [--out experiments/study]
                                 [--profile improved|faithful] [--budget default|small] [--device cpu]
+                                [--protocol pretrain|mix] [--unmixing-config FILE]
 
 Runs, as a user would, the CLIs of every stage on DIR (HSI crops `.mat` plus RGB image folders, any
 number of them: the sources): stage 1 (`Unmixing.py train`, its reconstruction against the linear
@@ -10,7 +11,10 @@ train and sample), stage 3 (`Synthesis.py`), then `Evaluate.py generation` (samp
 rendered from the DDPM's own training maps, the like-for-like reference) and `Evaluate.py downstream`
 (RGB-to-HSI and HSI denoising, 3 seeds) for the synthetic HSIs and three controls: HSIs rendered
 from the inferred maps themselves (the DDPM's ceiling), random Dirichlet mixtures, and noisy copies
-of the real crops. Writes `report.md` (with pictures) and `report.json` (flat keys) in --out.
+of the real crops. The downstream models pre-train on each synthetic set and then fine-tune on the
+real crops (`--protocol pretrain`, default) or mix it into the real batches (`mix`); each task's
+real-only arm is trained once and reused for the four sets. Writes `report.md` (with pictures) and
+`report.json` (flat keys) in --out.
 
 Resumable: every finished step leaves `<step>/done.json`; a rerun skips those steps (delete a
 folder to redo it). The profile picks the stage configs: `improved` (default) uses
