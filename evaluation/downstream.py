@@ -21,6 +21,7 @@ beside a target left in its own narrower range teaches another input-to-target m
 files' and cost up to 3.5 dB by itself (docs/evaluation.md). `"as_is"` keeps synthetic targets
 unscaled (inputs still stretched), the behaviour before that was measured.
 """
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -237,7 +238,6 @@ REAL_ONLY_SETTINGS = ("steps", "batch", "crop", "lr", "width", "blocks", "test_f
 def reusable_real_only(path: str, report: dict, seeds: list[int]) -> dict | None:
     """The real-only results of an earlier report.json when its real data, split and real-only settings
     equal `report`'s (so its real-only models are the ones this run would train); else None."""
-    import json
     try:
         with open(path, encoding="utf-8") as f:
             earlier = json.load(f)

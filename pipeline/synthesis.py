@@ -34,7 +34,7 @@ from core.previews import grid, save_png, to_uint8
 from core.simplex import project_to_simplex
 from data.cubes import FORMATS, write_cube
 from data.hsi_dataset import list_mat_files
-from data.matio import read_array, read_hsi
+from data.matio import mat_keys, read_array, read_hsi, read_mat
 from data.normalize import minmax
 from pipeline.plots import plot_spectra
 from pipeline.reference_checkpoints import load_unmixing_checkpoint
@@ -157,7 +157,6 @@ def read_sampled_abundances(path: str) -> np.ndarray:
 def sample_class(path: str) -> str | None:
     """The scene class a class-conditional sample was drawn for (its `class` variable), else None;
     the synthetic HSI keeps it so a labelled dataset stays labelled."""
-    from data.matio import mat_keys, read_mat
     if not path.endswith(".mat") or "class" not in mat_keys(path):
         return None
     value = np.asarray(read_mat(path, ["class"]).get("class", np.array([]))).ravel()
@@ -253,16 +252,19 @@ PREVIEW_PERCENTILES = (0.5, 99.5)
 PREVIEW_FILES = 16
 
 
-def preview_range(files: list[str], rgb_endmembers: np.ndarray, simplex: bool, k: int, ckpt: str,
+def preview_indices(count: int) -> set[int]:
+    """Up to PREVIEW_FILES evenly spread indices of `count` files: the cubes `preview_range` looks at."""
+    return set(np.linspace(0, count - 1, min(PREVIEW_FILES, count)).round().astype(int).tolist())
+
+
+def preview_range(abundances: list[np.ndarray], rgb_endmembers: np.ndarray, simplex: bool,
                   device=None) -> tuple[float, float]:
     """Black and white of the `bands` previews: the 0.5th and 99.5th percentiles of the three preview
-    bands over up to 16 of the synthetic cubes (one range for the set keeps the images comparable).
-    The endmembers' own range, used before, bounds every mixture but is far wider than the data when
-    the endmembers lie outside it (the improved stage 1's do), and made every preview grey."""
-    pick = np.unique(np.linspace(0, len(files) - 1, min(PREVIEW_FILES, len(files))).round().astype(int))
-    values = [synthesize(check_abundance_file(files[i], k, ckpt), rgb_endmembers, simplex,
-                         device or torch.device("cpu"))[1].ravel()
-              for i in pick]
+    bands over the synthetic cubes of `abundances` (up to 16 of the set, `preview_indices`; one range
+    for the set keeps the images comparable). The endmembers' own range, used before, bounds every
+    mixture but is far wider than the data when the endmembers lie outside it (the improved stage 1's
+    do), and made every preview grey."""
+    values = [synthesize(a, rgb_endmembers, simplex, device or torch.device("cpu"))[1].ravel() for a in abundances]
     low, high = np.percentile(np.concatenate(values), PREVIEW_PERCENTILES)
     if not high > low:  # a constant set: the endmembers' extremes, which always hold it
         low, high = float(rgb_endmembers.min()), float(rgb_endmembers.max())
@@ -329,10 +331,15 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
 
     # every input is checked before the first output is written: a bad file later on leaves nothing half done
-    for path in tqdm(files, desc="checking abundances", unit="file", leave=False):
-        check_abundance_file(path, k, ckpt)
+    # (the cubes the preview range is taken from are kept from this pass: no second read)
+    picks = preview_indices(len(files)) if value_range is None else set()
+    picked = []
+    for index, path in enumerate(tqdm(files, desc="checking abundances", unit="file", leave=False)):
+        abundances = check_abundance_file(path, k, ckpt)
+        if index in picks:
+            picked.append(abundances)
     if value_range is None:
-        value_range = preview_range(files, endmembers[rgb_bands], options.simplex, k, ckpt, device)
+        value_range = preview_range(picked, endmembers[rgb_bands], options.simplex, device)
     total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
     variability_rng = np.random.default_rng([options.seed, 1])
     for path, stem in zip(tqdm(files, desc="synthesis", unit="file"), stems):

@@ -59,6 +59,16 @@ def test_downstream_report(tmp_path):
     assert "difference (b - a)" in open(os.path.join(out, "summary.md")).read()
 
 
+def smooth_cubes(count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`count` 32 x 32 x 6 cubes of random plane waves around 0.5: smooth, known, cheap to learn."""
+    yy, xx = np.mgrid[0:32, 0:32] / 32.0
+    cubes = []
+    for _ in range(count):
+        bands = [0.5 + 0.3 * np.sin(2 * np.pi * (f * xx + g * yy)) for f, g in rng.uniform(0.2, 1.0, (6, 2))]
+        cubes.append(np.stack(bands, axis=-1).astype(np.float32))
+    return cubes
+
+
 def test_denoising_task_beats_its_noisy_input():
     """The spatial task: a model trained 150 steps on smooth cubes removes much of sigma = 0.1 noise
     (the noisy input itself scores 20 dB: 10 log10(1 / 0.1^2))."""
@@ -66,11 +76,7 @@ def test_denoising_task_beats_its_noisy_input():
     from core.metrics import psnr
     from evaluation.downstream import test_arm, train_arm
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:32, 0:32] / 32.0
-    cubes = []
-    for _ in range(3):
-        bands = [0.5 + 0.3 * np.sin(2 * np.pi * (f * xx + g * yy)) for f, g in rng.uniform(0.2, 1.0, (6, 2))]
-        cubes.append(np.stack(bands, axis=-1).astype(np.float32))
+    cubes = smooth_cubes(3, rng)
     pairs = [(c[..., :3], c) for c in cubes]
     settings = DownstreamSettings(seeds=[0], steps=150, batch=4, crop=16, task="denoise", noise_sigma=0.1)
     model = train_arm(pairs[:2], None, settings, 0, torch.device("cpu"), progress=False)
@@ -104,12 +110,7 @@ def test_pretraining_on_copies_of_the_training_crop_is_more_training():
     of training it must score clearly above the real-only arm of the same seed."""
     import torch
     from evaluation.downstream import test_arm, train_arm
-    rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[0:32, 0:32] / 32.0
-    cubes = []
-    for _ in range(2):
-        bands = [0.5 + 0.3 * np.sin(2 * np.pi * (f * xx + g * yy)) for f, g in rng.uniform(0.2, 1.0, (6, 2))]
-        cubes.append(np.stack(bands, axis=-1).astype(np.float32))
+    cubes = smooth_cubes(2, np.random.default_rng(1))
     pairs = [(c[..., :3], c) for c in cubes]
     device = torch.device("cpu")
     scores = {}
