@@ -460,7 +460,15 @@ def test_real_aid_and_rgb_folders(tmp_path):
     out = tmp_path / "rgb"
     main(["rgb", "--src", rgb, "--out", str(out), "--size", "64"])
     rows = load_manifest(out, "rgb")
-    assert {r["class"] for r in rows} == {"natural", "remote"} and len(rows) == 6
+    # every image under rgb/, counted here by walking the folder; its class is the folder it sits in
+    expected = {}
+    for folder, _, names in os.walk(rgb):
+        for name in names:
+            if name.lower().endswith((".png", ".jpg", ".jpeg")):
+                expected.setdefault(os.path.relpath(folder, rgb).replace(os.sep, "/"), []).append(name)
+    assert {"natural", "remote"} <= set(expected)
+    assert {r["class"] for r in rows} == set(expected)
+    assert len(rows) == sum(len(v) for v in expected.values())
     for row in rows:
         with Image.open(out / row["output"]) as im:
             assert im.size == (64, 64) and im.mode == "RGB"
