@@ -19,16 +19,16 @@ import os
 
 import torch
 
-from core.config import apply_overrides
-from core.checkpoint import add_trust_flag, trust_checkpoint_code
-from core.device import resolve_device
-from core.distributed import distributed_session, launched_with_several_processes
-from core.errors import OneLineParser, UserError, cli_main
-from core.logs import setup_logging
-from core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, Number, flag
-from core.overrides import add_set_argument, parse_set_values
-from core.version import add_version_argument
-from core.profiles import add_profile_argument
+from ubf.core.config import apply_overrides
+from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.device import resolve_device
+from ubf.core.distributed import distributed_session, launched_with_several_processes
+from ubf.core.errors import OneLineParser, UserError, cli_main
+from ubf.core.logs import setup_logging
+from ubf.core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, Number, flag
+from ubf.core.overrides import add_set_argument, parse_set_values
+from ubf.core.version import add_version_argument
+from ubf.core.profiles import add_profile_argument
 
 DEFAULT_CONFIG = "config/Chikusei_256_DDPM.json"
 DEFAULT_OUT = os.path.join("experiments", "ddpm")
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     out_given, args.out = args.out is not None, args.out or DEFAULT_OUT
     other_rank = launched_with_several_processes() and os.environ.get("RANK", "0") != "0"
     log = setup_logging(level=logging.WARNING if other_rank else logging.INFO)
-    from pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config, validate
+    from ubf.pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config, validate
 
     for first, second in (("raw", "simplex"), ("no_ema", "ema")):
         if getattr(args, first) and getattr(args, second):
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         apply_overrides(cfg, debug_overrides(cfg, args.n_iter))
     cfg = validate(cfg, args.config)
     if args.resume == "latest":
-        from pipeline.diffusion_sample import find_newest_checkpoint
+        from ubf.pipeline.diffusion_sample import find_newest_checkpoint
         args.resume = find_newest_checkpoint(args.out, cfg["name"], cfg["path"]["checkpoint"])
         log.info("--resume latest: %s", args.resume)
     if args.log_wandb_ckpt:
@@ -139,12 +139,12 @@ def main(argv=None) -> int:
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with distributed_session(device) as device, trust_checkpoint_code(args.trust_checkpoint_code):
         if phase == "train":
-            from pipeline.diffusion_train import train_diffusion
+            from ubf.pipeline.diffusion_train import train_diffusion
             checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
                                          wandb=args.enable_wandb)
             log.info("checkpoint: %s", checkpoint)
         else:
-            from pipeline.diffusion_sample import sample_run
+            from ubf.pipeline.diffusion_sample import sample_run
             run_dir = sample_run(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
                                  num_samples=args.num_samples, out_given=out_given)
             log.info("samples: %s", os.path.join(run_dir, cfg["path"]["mat_results"]))

@@ -13,15 +13,15 @@ import sys
 
 import torch
 
-from core.checkpoint import add_trust_flag, trust_checkpoint_code
-from core.device import resolve_device
-from core.errors import OneLineParser, UserError, cli_main
-from core.fs import check_output_path
-from core.logs import get_logger, setup_logging
-from core.profiles import add_profile_argument
-from core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
+from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.device import resolve_device
+from ubf.core.errors import OneLineParser, UserError, cli_main
+from ubf.core.fs import check_output_path
+from ubf.core.logs import get_logger, setup_logging
+from ubf.core.profiles import add_profile_argument
+from ubf.core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            flag)
-from core.version import add_version_argument
+from ubf.core.version import add_version_argument
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_generation_command(args, device) -> None:
-    from evaluation.features import FeatureSettings
-    from evaluation.generation import GenerationSettings, run_generation
-    from evaluation.sampling import Caps
+    from ubf.evaluation.features import FeatureSettings
+    from ubf.evaluation.generation import GenerationSettings, run_generation
+    from ubf.evaluation.sampling import Caps
     for name in ("pixel_cap", "prdc_cap", "patch_cap", "patch_size", "block_size", "feature_steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -133,7 +133,7 @@ def run_generation_command(args, device) -> None:
 
 
 def run_downstream_command(args, device) -> None:
-    from evaluation.downstream import DownstreamSettings, run_downstream
+    from ubf.evaluation.downstream import DownstreamSettings, run_downstream
     if not 0 <= args.synthetic_fraction <= 1:
         raise UserError(f"--synthetic-fraction {args.synthetic_fraction} must be in [0, 1]")
     if not 0 < args.test_fraction < 1:
@@ -149,9 +149,9 @@ def run_downstream_command(args, device) -> None:
 
 
 def run_reconstruction_command(args, device) -> None:
-    from evaluation.reconstruction import run_reconstruction
-    from pipeline.unmixing_config import load_unmixing_config
-    from pipeline.unmixing_infer import newest_unmixing_checkpoint
+    from ubf.evaluation.reconstruction import run_reconstruction
+    from ubf.pipeline.unmixing_config import load_unmixing_config
+    from ubf.pipeline.unmixing_infer import newest_unmixing_checkpoint
     if args.overlap >= args.tile:
         raise UserError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
     which = load_unmixing_config(None, {"infer.checkpoint": args.checkpoint}, args.profile, "infer")["infer"]["checkpoint"]

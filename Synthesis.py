@@ -13,16 +13,16 @@ import argparse
 import dataclasses
 import os
 
-from core.checkpoint import add_trust_flag, trust_checkpoint_code
-from core.device import resolve_device
-from core.errors import OneLineParser, UserError, cli_main
-from core.fs import check_output_path
-from core.logs import get_logger, setup_logging
-from core.overrides import add_set_argument, parse_set_values
-from core.profiles import add_profile_argument
-from core.validate import INT_NONNEGATIVE, flag
-from core.version import add_version_argument
-from pipeline.synthesis import DEFAULT_OUT, SynthesisOptions, load_synthesis_settings
+from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.device import resolve_device
+from ubf.core.errors import OneLineParser, UserError, cli_main
+from ubf.core.fs import check_output_path
+from ubf.core.logs import get_logger, setup_logging
+from ubf.core.overrides import add_set_argument, parse_set_values
+from ubf.core.profiles import add_profile_argument
+from ubf.core.validate import INT_NONNEGATIVE, flag
+from ubf.core.version import add_version_argument
+from ubf.pipeline.synthesis import DEFAULT_OUT, SynthesisOptions, load_synthesis_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
                         help="synthetic HSI files: mat (default, with Abu and End), envi (.hdr + .img) or tiff "
                              "(multi-band, needs tifffile)")
-    parser.add_argument("--sensor", help="render into a target sensor's bands: a preset (python -m data.sensors list) "
+    parser.add_argument("--sensor", help="render into a target sensor's bands: a preset (python -m ubf.data.sensors list) "
                         "or a CSV/JSON of responses, optionally NAME:BAND,BAND (docs/sensors.md)")
     parser.add_argument("--variability", metavar="auto|S", help="per-pixel endmember scaling (extended linear mixing "
                         "model) with smooth fields; S = std of log scale, auto = measured on the training HSIs")
@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     check_output_path(args.out)
     setup_logging(os.path.join(args.out, "synthesis.log"))
-    from pipeline.synthesis import run_synthesis
+    from ubf.pipeline.synthesis import run_synthesis
     if args.simplex and args.no_simplex:
         raise UserError("--simplex and --no-simplex contradict each other; choose one")
     settings = load_synthesis_settings(args.config, args.profile, {

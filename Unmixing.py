@@ -10,16 +10,16 @@ import logging
 import os
 import sys
 
-from core.checkpoint import add_trust_flag, trust_checkpoint_code
-from core.device import resolve_device
-from core.errors import OneLineParser, UserError, cli_main
-from core.fs import remove_stale_temp_files
-from core.logs import setup_logging
-from core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
-from core.overrides import add_set_argument, parse_set_values
-from core.profiles import add_profile_argument
-from core.version import add_version_argument
-from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
+from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.device import resolve_device
+from ubf.core.errors import OneLineParser, UserError, cli_main
+from ubf.core.fs import remove_stale_temp_files
+from ubf.core.logs import setup_logging
+from ubf.core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
+from ubf.core.overrides import add_set_argument, parse_set_values
+from ubf.core.profiles import add_profile_argument
+from ubf.core.version import add_version_argument
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
 
 DEFAULT_CONFIG = "config/Chikusei_unmixing.json"
 
@@ -102,9 +102,9 @@ def run_train(args) -> None:
     if not args.resume and found:
         newest = max(found, key=os.path.getmtime)
         raise UserError(f"{newest}: a run exists in {out_dir}; resume it with --resume {newest} or choose another --out")
-    from core.distributed import distributed_session
-    from core.runlock import RunLock
-    from pipeline.unmixing_train import train_unmixing
+    from ubf.core.distributed import distributed_session
+    from ubf.core.runlock import RunLock
+    from ubf.pipeline.unmixing_train import train_unmixing
     # one writer per run folder: rank 0 holds the lock for all processes of a torchrun job
     lock = RunLock(out_dir, "Unmixing.py train") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
@@ -125,7 +125,7 @@ def newest_run_checkpoint(out_dir: str) -> str:
 
 def checkpoint_config(path: str) -> dict:
     """The config a stage-1 checkpoint was trained with: `--resume` without `-c` continues that run."""
-    from core.checkpoint import load_checkpoint
+    from ubf.core.checkpoint import load_checkpoint
     config = load_checkpoint(path, "unmixing").get("config")
     if not isinstance(config, dict):
         raise UserError(f"{path}: holds no config; pass the run's config with -c")
@@ -134,7 +134,7 @@ def checkpoint_config(path: str) -> dict:
 
 
 def run_infer(args) -> int:
-    from pipeline.unmixing_infer import infer_folders, newest_unmixing_checkpoint
+    from ubf.pipeline.unmixing_infer import infer_folders, newest_unmixing_checkpoint
     log = setup_logging()
     options = load_unmixing_config(args.config, {"infer.tile": args.tile, "infer.overlap": args.overlap,
                                                  "infer.checkpoint": args.checkpoint,

@@ -20,11 +20,11 @@ import subprocess
 import sys
 import time
 
-from core.errors import OneLineParser, UserError, cli_main
-from core.fs import check_output_path, require_folder
-from core.profiles import add_profile_argument
-from core.validate import INT_ANY, INT_POSITIVE, flag
-from core.version import add_version_argument
+from ubf.core.errors import OneLineParser, UserError, cli_main
+from ubf.core.fs import check_output_path, require_folder
+from ubf.core.profiles import add_profile_argument
+from ubf.core.validate import INT_ANY, INT_POSITIVE, flag
+from ubf.core.version import add_version_argument
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join("experiments", "demo")
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_step_configs(unmixing_config: str, ddpm_config: str) -> None:
     """Load (and so validate) both configs before step 1, so a bad value stops the demo before any work."""
-    from pipeline.diffusion_config import load_diffusion_config
-    from pipeline.unmixing_config import load_unmixing_config
+    from ubf.pipeline.diffusion_config import load_diffusion_config
+    from ubf.pipeline.unmixing_config import load_unmixing_config
     load_unmixing_config(unmixing_config if os.path.isfile(unmixing_config) else os.path.join(ROOT, unmixing_config))
     load_diffusion_config(ddpm_config if os.path.isfile(ddpm_config) else os.path.join(ROOT, ddpm_config))
 
@@ -89,8 +89,8 @@ def split_real_data(data_dir: str, out: str) -> dict:
     One crop: used for all three. Two: the second trains, the first validates and tests. More: the
     first tests, the second validates, the rest train. Crops are linked (or copied) into `out/data/hsi`.
     """
-    from data.hsi_dataset import list_mat_files
-    from data.images import list_images
+    from ubf.data.hsi_dataset import list_mat_files
+    from ubf.data.images import list_images
     require_folder(data_dir, "data folder")
     crops, images = list_mat_files(data_dir), list_images(data_dir)
     if not crops:
@@ -184,8 +184,8 @@ def print_generation_scores(report_path: str, paths: dict) -> None:
     print(line.format(r.get("FD_half", nan), r.get("FD_real_floor", nan), r.get("baseline_dirichlet.FD_half", nan),
                       r.get("precision", nan), r.get("recall", nan)))
     import numpy as np
-    from data.matio import read_mat
-    from evaluation.roughness import as_channels_first, noisy_fraction
+    from ubf.data.matio import read_mat
+    from ubf.evaluation.roughness import as_channels_first, noisy_fraction
 
     def abundance_maps(folder):
         return [as_channels_first(read_mat(os.path.join(folder, f), ["Abu"])["Abu"]).numpy()
@@ -224,9 +224,9 @@ def main(argv=None) -> None:
     if args.data:
         folders = split_real_data(args.data, out)
     else:
-        from data.demo_data import make_demo_dataset
+        from ubf.data.demo_data import make_demo_dataset
         folders = make_demo_dataset(os.path.join(out, "data"), seed=args.seed, size=args.size)
-        print("  synthetic scenes: linear mixtures of real USGS splib07 spectra (see data/demo_data.py)")
+        print("  synthetic scenes: linear mixtures of real USGS splib07 spectra (see ubf/data/demo_data.py)")
     paths["rgb"] = folders["rgb"]
     timings["data"] = time.perf_counter() - started
     print(f"  HSI crops: {os.path.dirname(folders['train'])}  RGB images: {folders['rgb']}")
@@ -244,7 +244,7 @@ def main(argv=None) -> None:
     timings["diffusion sample"] = run_step(5, total, "stage 2: sample new abundance maps", [
         python, os.path.join(ROOT, "Diffusion.py"), "-p", "val", "-c", ddpm_config, "--out", paths["ddpm"],
         "--num-samples", str(args.samples), *shared_flags])
-    from pipeline.synthesis import newest_abundance_dir
+    from ubf.pipeline.synthesis import newest_abundance_dir
     paths["samples"] = newest_abundance_dir(paths["ddpm"])
     timings["synthesis"] = run_step(6, total, "stage 3: synthesize HSIs", [
         python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["samples"], "--ckpt", paths["checkpoint"],

@@ -30,10 +30,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.previews import grid, save_png, to_uint8  # noqa: E402
-from data.images import list_images, read_rgb  # noqa: E402
-from data.matio import read_mat  # noqa: E402
-from evaluation.frechet import frechet_distance, real_floor  # noqa: E402
+from ubf.core.previews import grid, save_png, to_uint8  # noqa: E402
+from ubf.data.images import list_images, read_rgb  # noqa: E402
+from ubf.data.matio import read_mat  # noqa: E402
+from ubf.evaluation.frechet import frechet_distance, real_floor  # noqa: E402
 
 SCENES = {"farmland": ("paper", "aid"), "landsat": ("rgb", "remote"), "natural": ("rgb", "natural")}
 

@@ -23,12 +23,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from core.logs import setup_logging  # noqa: E402
-from data.matio import write_mat  # noqa: E402
-from models.sr3_unet import count_parameters, unet_from_config  # noqa: E402
-from pipeline.diffusion_config import load_diffusion_config  # noqa: E402
-from pipeline.diffusion_sample import build_diffusion  # noqa: E402
-from pipeline.diffusion_train import train_diffusion  # noqa: E402
+from ubf.core.logs import setup_logging  # noqa: E402
+from ubf.data.matio import write_mat  # noqa: E402
+from ubf.models.sr3_unet import count_parameters, unet_from_config  # noqa: E402
+from ubf.pipeline.diffusion_config import load_diffusion_config  # noqa: E402
+from ubf.pipeline.diffusion_sample import build_diffusion  # noqa: E402
+from ubf.pipeline.diffusion_train import train_diffusion  # noqa: E402
 
 
 def peak_rss_mib() -> float:

@@ -30,11 +30,11 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from core.checkpoint import save_checkpoint  # noqa: E402
-from data.matio import read_mat  # noqa: E402
-from models.unmixing import build_unmixing_model  # noqa: E402
-from pipeline.unmixing_config import load_unmixing_config  # noqa: E402
-from pipeline.unmixing_infer import infer_folders  # noqa: E402
+from ubf.core.checkpoint import save_checkpoint  # noqa: E402
+from ubf.data.matio import read_mat  # noqa: E402
+from ubf.models.unmixing import build_unmixing_model  # noqa: E402
+from ubf.pipeline.unmixing_config import load_unmixing_config  # noqa: E402
+from ubf.pipeline.unmixing_infer import infer_folders  # noqa: E402
 
 CONFIGS = {"demo": "config/demo_unmixing.json", "paper": "config/Chikusei_unmixing.json"}
 # "before": issue 16's starting point (256 tiles, one per pass, contiguous, decoding in the network's process);
@@ -105,7 +105,7 @@ def bench_settings(work: str, images: str, config: str, count: int, size: int, r
 def bench_network(config: str, size: int, rounds: int) -> None:
     """`tile_infer` alone (no decoding, no writing) on one image: one tile per pass and contiguous
     memory against 4 tiles per pass, channels-last, and both, interleaved."""
-    from pipeline.unmixing_infer import tile_infer
+    from ubf.pipeline.unmixing_infer import tile_infer
     cfg = load_unmixing_config(os.path.join(ROOT, CONFIGS[config]))
     torch.manual_seed(0)
     model = build_unmixing_model(cfg["model"], 3, N_BANDS).eval()

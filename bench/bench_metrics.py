@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.metrics import sam, ssim, ssim_gaussian  # noqa: E402
-from evaluation.neighbors import max_cosine  # noqa: E402
+from ubf.core.metrics import sam, ssim, ssim_gaussian  # noqa: E402
+from ubf.evaluation.neighbors import max_cosine  # noqa: E402
 
 DEFAULT_HSI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "paper",
                            "chikusei", "block_118.mat")
@@ -35,8 +35,8 @@ DEFAULT_HSI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..
 
 def load_cube(path: str) -> tuple[np.ndarray, str]:
     if os.path.isfile(path):
-        from data.matio import read_hsi
-        from data.normalize import minmax
+        from ubf.data.matio import read_hsi
+        from ubf.data.normalize import minmax
         return minmax(read_hsi(path)[0]).astype(np.float64), os.path.basename(path)
     return np.random.default_rng(0).random((128, 128, 59)), "random 128x128x59"
 

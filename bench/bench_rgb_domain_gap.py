@@ -22,19 +22,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.color import hsi_to_rgb  # noqa: E402
-from data.bands import chikusei_wavelengths  # noqa: E402
-from data.hsi_dataset import prepare_pair  # noqa: E402
-from data.images import list_images, read_rgb  # noqa: E402
-from data.matio import read_hsi  # noqa: E402
-from data.normalize import minmax  # noqa: E402
-from models.losses import unmixing_loss  # noqa: E402
-from models.unmixing_init import linear_simplex_init  # noqa: E402
-from pipeline.unmixing_infer import load_unmixing_model  # noqa: E402
-from pipeline.unmixing_color import match_moments  # noqa: E402
-from pipeline.unmixing_train import one_cycle_lr  # noqa: E402
-from models.unmixing import build_unmixing_model  # noqa: E402
-from pipeline.unmixing_config import UNMIXING_DEFAULTS  # noqa: E402
+from ubf.core.color import hsi_to_rgb  # noqa: E402
+from ubf.data.bands import chikusei_wavelengths  # noqa: E402
+from ubf.data.hsi_dataset import prepare_pair  # noqa: E402
+from ubf.data.images import list_images, read_rgb  # noqa: E402
+from ubf.data.matio import read_hsi  # noqa: E402
+from ubf.data.normalize import minmax  # noqa: E402
+from ubf.models.losses import unmixing_loss  # noqa: E402
+from ubf.models.unmixing_init import linear_simplex_init  # noqa: E402
+from ubf.pipeline.unmixing_infer import load_unmixing_model  # noqa: E402
+from ubf.pipeline.unmixing_color import match_moments  # noqa: E402
+from ubf.pipeline.unmixing_train import one_cycle_lr  # noqa: E402
+from ubf.models.unmixing import build_unmixing_model  # noqa: E402
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 COLLECTIONS = {"AID tiles": "paper/aid", "Landsat": "rgb/remote", "natural photos": "rgb/natural"}

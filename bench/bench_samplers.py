@@ -23,13 +23,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.matio import read_mat, write_mat  # noqa: E402
-from evaluation.generation import GenerationSettings, run_generation  # noqa: E402
-from evaluation.roughness import as_channels_first, noisy_fraction  # noqa: E402
-from pipeline.diffusion_config import load_diffusion_config  # noqa: E402
-from pipeline.diffusion_sample import (build_diffusion, load_weights_for_sampling, signed_abundance,  # noqa: E402
+from ubf.data.matio import read_mat, write_mat  # noqa: E402
+from ubf.evaluation.generation import GenerationSettings, run_generation  # noqa: E402
+from ubf.evaluation.roughness import as_channels_first, noisy_fraction  # noqa: E402
+from ubf.pipeline.diffusion_config import load_diffusion_config  # noqa: E402
+from ubf.pipeline.diffusion_sample import (build_diffusion, load_weights_for_sampling, signed_abundance,  # noqa: E402
                                        to_abundance)
-from pipeline.synthesis import load_endmembers, synthesize  # noqa: E402
+from ubf.pipeline.synthesis import load_endmembers, synthesize  # noqa: E402
 
 SAMPLERS = [("ancestral", None), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
             ("dpmpp2m", 10), ("dpmpp2m", 20), ("dpmpp2m", 50), ("ddim_eta1", 50), ("ddim_eta1", 100)]

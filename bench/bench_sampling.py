@@ -24,11 +24,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from core.checkpoint import save_checkpoint  # noqa: E402
-from core.logs import setup_logging  # noqa: E402
-from models.sr3_unet import unet_from_config  # noqa: E402
-from pipeline.diffusion_config import load_diffusion_config  # noqa: E402
-from pipeline.diffusion_sample import build_diffusion, sample_run  # noqa: E402
+from ubf.core.checkpoint import save_checkpoint  # noqa: E402
+from ubf.core.logs import setup_logging  # noqa: E402
+from ubf.models.sr3_unet import unet_from_config  # noqa: E402
+from ubf.pipeline.diffusion_config import load_diffusion_config  # noqa: E402
+from ubf.pipeline.diffusion_sample import build_diffusion, sample_run  # noqa: E402
 
 
 def emit(**record) -> None:

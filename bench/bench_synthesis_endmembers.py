@@ -21,14 +21,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from core.logs import setup_logging  # noqa: E402
-from core.metrics import psnr, sam  # noqa: E402
-from data.hsi_dataset import prepare_pair  # noqa: E402
-from data.matio import read_hsi  # noqa: E402
-from pipeline.synthesis import prepare_endmembers, synthesize  # noqa: E402
-from pipeline.unmixing_config import load_unmixing_config  # noqa: E402
-from pipeline.unmixing_infer import load_unmixing_model, tile_infer  # noqa: E402
-from pipeline.unmixing_train import train_unmixing  # noqa: E402
+from ubf.core.logs import setup_logging  # noqa: E402
+from ubf.core.metrics import psnr, sam  # noqa: E402
+from ubf.data.hsi_dataset import prepare_pair  # noqa: E402
+from ubf.data.matio import read_hsi  # noqa: E402
+from ubf.pipeline.synthesis import prepare_endmembers, synthesize  # noqa: E402
+from ubf.pipeline.unmixing_config import load_unmixing_config  # noqa: E402
+from ubf.pipeline.unmixing_infer import load_unmixing_model, tile_infer  # noqa: E402
+from ubf.pipeline.unmixing_train import train_unmixing  # noqa: E402
 
 
 def run_seed(data: str, seed: int, epochs: int, work: str) -> list[dict]:

@@ -32,7 +32,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from models.sr3_unet import SR3UNet, count_parameters  # noqa: E402
+from ubf.models.sr3_unet import SR3UNet, count_parameters  # noqa: E402
 
 PAPER = dict(in_channel=5, out_channel=5, inner_channel=64, norm_groups=32, channel_mults=(1, 2, 4, 8, 8),
              attn_res=(16,), res_blocks=2, dropout=0.2)

@@ -42,8 +42,8 @@ def machine() -> dict:
 
 
 def load_model(config: str, device):
-    from models.unmixing import build_unmixing_model
-    from pipeline.unmixing_config import load_unmixing_config
+    from ubf.models.unmixing import build_unmixing_model
+    from ubf.pipeline.unmixing_config import load_unmixing_config
     cfg = load_unmixing_config(os.path.join(ROOT, CONFIGS[config]))
     return cfg, build_unmixing_model(cfg["model"], 3, N_BANDS).to(device)
 
@@ -65,8 +65,8 @@ def synchronize(device) -> None:
 def measure_train(spec: dict) -> dict:
     """Steps of forward + loss + backward + Adam on random (N, 3, crop, crop) -> (N, 59, crop, crop) batches."""
     import torch
-    from core.device import resolve_device
-    from models.losses import unmixing_loss
+    from ubf.core.device import resolve_device
+    from ubf.models.losses import unmixing_loss
     device = resolve_device(spec["device"])
     torch.manual_seed(0)
     cfg, model = load_model(spec["config"], device)
@@ -104,7 +104,7 @@ def tiled(model, image, device, tile: int, overlap: int, batch: int = 1, channel
     stack into one batch; the output equals tile_infer's (checked by `check_equivalence`).
     """
     import torch
-    from pipeline.unmixing_infer import blend_window, tile_starts
+    from ubf.pipeline.unmixing_infer import blend_window, tile_starts
     _, height, width = image.shape
     boxes = [(top, left) for top in tile_starts(height, tile, overlap) for left in tile_starts(width, tile, overlap)]
     total = torch.zeros(model.num_endmembers, height, width)
@@ -125,8 +125,8 @@ def tiled(model, image, device, tile: int, overlap: int, batch: int = 1, channel
 def check_equivalence(device) -> float:
     """Largest difference between `tiled` (batched, channels-last) and the pipeline's tile_infer."""
     import torch
-    from models.unmixing import UnmixingAutoencoder
-    from pipeline.unmixing_infer import tile_infer
+    from ubf.models.unmixing import UnmixingAutoencoder
+    from ubf.pipeline.unmixing_infer import tile_infer
     torch.manual_seed(0)
     model = UnmixingAutoencoder(out_bands=8, widths=(8, 8), n_blocks=1).to(device).eval()
     image = torch.rand(3, 150, 170)
@@ -139,7 +139,7 @@ def check_equivalence(device) -> float:
 def measure_infer(spec: dict) -> dict:
     """Tiled inference of a (3, size, size) image; megapixels of input per second and peak memory."""
     import torch
-    from core.device import resolve_device
+    from ubf.core.device import resolve_device
     device = resolve_device(spec["device"])
     torch.manual_seed(0)
     _, model = load_model(spec["config"], device)
@@ -208,7 +208,7 @@ def main() -> None:
         return
     print(json.dumps(machine()), flush=True)
     if args.only in (None, "infer"):
-        from core.device import resolve_device
+        from ubf.core.device import resolve_device
         print(json.dumps({"bench": "tiling_check", "max_abs_diff_vs_tile_infer":
                           check_equivalence(resolve_device(args.device))}), flush=True)
     for spec in plan(args):

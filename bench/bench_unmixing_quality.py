@@ -24,14 +24,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.metrics import psnr, sam  # noqa: E402
-from data.bands import evenly_spread_bands, nearest_bands  # noqa: E402
-from data.hsi_dataset import prepare_pair  # noqa: E402
-from data.matio import read_hsi  # noqa: E402
-from models.losses import unmixing_loss  # noqa: E402
-from models.unmixing import build_unmixing_model  # noqa: E402
-from models.unmixing_init import farthest_points, linear_simplex_init, orthogonal_vertices  # noqa: E402
-from pipeline.unmixing_config import UNMIXING_DEFAULTS  # noqa: E402
+from ubf.core.metrics import psnr, sam  # noqa: E402
+from ubf.data.bands import evenly_spread_bands, nearest_bands  # noqa: E402
+from ubf.data.hsi_dataset import prepare_pair  # noqa: E402
+from ubf.data.matio import read_hsi  # noqa: E402
+from ubf.models.losses import unmixing_loss  # noqa: E402
+from ubf.models.unmixing import build_unmixing_model  # noqa: E402
+from ubf.models.unmixing_init import farthest_points, linear_simplex_init, orthogonal_vertices  # noqa: E402
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS  # noqa: E402
 
 RGB_NM = (672.0, 569.0, 471.0)
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")

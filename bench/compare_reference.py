@@ -33,15 +33,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import core.metrics as ours_metrics  # noqa: E402
-from data.matio import read_hsi, read_mat, write_mat  # noqa: E402
-from data.normalize import minmax  # noqa: E402
-from models.diffusion import GaussianDiffusion, NoiseSchedule  # noqa: E402
-from models.losses import charbonnier, endmember_tv, spectral_angle_loss, unmixing_loss  # noqa: E402
-from models.sr3_unet import SR3UNet, count_parameters  # noqa: E402
-from models.unmixing import UnmixingAutoencoder  # noqa: E402
-from pipeline.diffusion_config import DIFFUSION_DEFAULTS  # noqa: E402
-from pipeline.synthesis import SynthesisOptions, run_synthesis  # noqa: E402
+import ubf.core.metrics as ours_metrics  # noqa: E402
+from ubf.data.matio import read_hsi, read_mat, write_mat  # noqa: E402
+from ubf.data.normalize import minmax  # noqa: E402
+from ubf.models.diffusion import GaussianDiffusion, NoiseSchedule  # noqa: E402
+from ubf.models.losses import charbonnier, endmember_tv, spectral_angle_loss, unmixing_loss  # noqa: E402
+from ubf.models.sr3_unet import SR3UNet, count_parameters  # noqa: E402
+from ubf.models.unmixing import UnmixingAutoencoder  # noqa: E402
+from ubf.pipeline.diffusion_config import DIFFUSION_DEFAULTS  # noqa: E402
+from ubf.pipeline.synthesis import SynthesisOptions, run_synthesis  # noqa: E402
 
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "paper")
 PAPER_UNET = dict(in_channel=5, out_channel=5, inner_channel=64, norm_groups=32, channel_mults=(1, 2, 4, 8, 8),
@@ -84,7 +84,7 @@ def load_reference(ref_dir: str, shims: str | None) -> dict:
 
 # helpers ---------------------------------------------------------------------------------------------
 
-# The reference's unmixing key names (read off unmixingmodel/unmixingAE.py and core/common.py) -> ours.
+# The reference's unmixing key names (read off unmixingmodel/unmixingAE.py and ubf/core/common.py) -> ours.
 UNMIXING_RENAMES = (("layerup1.", "encoder.stem."), ("layerup2.", "encoder.stages.0."),
                     ("layerup3.", "encoder.stages.1."), ("layer1.", "encoder.stages.2."),
                     ("layer2.", "encoder.stages.3."), ("layer3.", "encoder.stages.4."),

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from core.errors import UserError, cli_main  # noqa: E402
+from ubf.core.errors import UserError, cli_main  # noqa: E402
 
 BUDGETS = {
     # ddpm_steps: training steps of the DDPM; samples: synthetic HSIs; downstream_steps: per model
@@ -136,9 +136,9 @@ def load_json(path: str) -> dict:
 
 def linear_baseline_psnr(train_dir: str, test_dir: str, band_indices) -> float:
     """PSNR on the test crops of the least-squares affine map from the 3 input bands to all bands."""
-    from core.metrics import psnr
-    from data.hsi_dataset import list_mat_files, prepare_pair
-    from data.matio import read_hsi
+    from ubf.core.metrics import psnr
+    from ubf.data.hsi_dataset import list_mat_files, prepare_pair
+    from ubf.data.matio import read_hsi
 
     def pairs(folder):
         return [prepare_pair(read_hsi(p)[0], band_indices) for p in list_mat_files(folder)]
@@ -157,7 +157,7 @@ def linear_baseline_psnr(train_dir: str, test_dir: str, band_indices) -> float:
 
 def write_dirichlet_abundances(folder: str, count: int, size: int, k: int, seed: int) -> None:
     """`count` maps of i.i.d. Dirichlet(1) abundances (no spatial structure) as sampled-abundance files."""
-    from data.matio import write_mat
+    from ubf.data.matio import write_mat
     rng = np.random.default_rng([seed, 17])
     for i in range(count):
         abundance = rng.dirichlet(np.ones(k), size=(size, size)).astype(np.float32)
@@ -166,7 +166,7 @@ def write_dirichlet_abundances(folder: str, count: int, size: int, k: int, seed:
 
 def downstream_train_files(real_dir: str, test_fraction: float = 0.5) -> list[str]:
     """The real files `Evaluate.py downstream` trains on (its split: evaluation.downstream.split_real)."""
-    from data.hsi_dataset import list_mat_files
+    from ubf.data.hsi_dataset import list_mat_files
     files = list_mat_files(real_dir)
     if len(files) == 1:
         return files
@@ -178,8 +178,8 @@ def downstream_train_files(real_dir: str, test_fraction: float = 0.5) -> list[st
 def split_data(data_dir: str, out: str) -> dict:
     """Stage 1 trains on exactly the real crops the downstream task trains on and is tested on the
     crops it tests on: endmembers learned from a test crop would leak it into every synthetic HSI."""
-    from data.hsi_dataset import list_mat_files
-    from data.images import list_images
+    from ubf.data.hsi_dataset import list_mat_files
+    from ubf.data.images import list_images
     from demo import link_step_folders
     crops, images = list_mat_files(data_dir), list_images(data_dir)
     if not crops or not images:
@@ -192,8 +192,8 @@ def split_data(data_dir: str, out: str) -> dict:
 def write_noisy_copies(real_dir: str, folder: str, sigma: float, copies: int, seed: int) -> None:
     """Min-max normalised real training crops of the downstream split plus Gaussian noise, `copies`
     per crop, as synthetic HSIs (never the held-out test crop)."""
-    from data.matio import read_hsi, write_mat
-    from data.normalize import minmax
+    from ubf.data.matio import read_hsi, write_mat
+    from ubf.data.normalize import minmax
     rng = np.random.default_rng([seed, 23])
     for path in downstream_train_files(real_dir):
         cube = minmax(read_hsi(path)[0]).astype(np.float32)
@@ -204,8 +204,8 @@ def write_noisy_copies(real_dir: str, folder: str, sigma: float, copies: int, se
 
 
 def abundance_maps(folder: str) -> list[np.ndarray]:
-    from data.matio import read_mat
-    from evaluation.roughness import as_channels_first
+    from ubf.data.matio import read_mat
+    from ubf.evaluation.roughness import as_channels_first
     files = sorted(f for f in os.listdir(folder) if f.endswith(".mat"))
     return [as_channels_first(read_mat(os.path.join(folder, f), ["Abu"])["Abu"]).numpy() for f in files]
 
@@ -263,7 +263,7 @@ def run_study(args) -> dict:
 
     def sample():
         import glob
-        from pipeline.diffusion_sample import checkpoint_step
+        from ubf.pipeline.diffusion_sample import checkpoint_step
         checkpoints = glob.glob(os.path.join(ddpm_run, "run", "checkpoint", "I*_E*.pth"))
         last = max(checkpoints, key=checkpoint_step)
         started_sampling = time.time()
@@ -293,7 +293,7 @@ def run_study(args) -> dict:
     hsi_dirs["noisy"] = study.folder("noisy_copies")
 
     def generation():
-        from evaluation.roughness import noisy_fraction
+        from ubf.evaluation.roughness import noisy_fraction
         report_dir = study.folder("generation")
         run_cli([os.path.join(ROOT, "Evaluate.py"), "generation", "--real", hsi_dirs["inferred"], "--real-as-is",
                  "--synthetic", hsi_dirs["ddpm"], "--endmembers", ckpt, "--out", report_dir, "--overwrite",

@@ -1,6 +1,6 @@
 """The reference code's checkpoint layouts, written out from its architecture for the tests.
 
-Key names and shapes follow the authors' `unmixingmodel/unmixingAE.py` + `core/common.py` (stage 1)
+Key names and shapes follow the authors' `unmixingmodel/unmixingAE.py` + `ubf/core/common.py` (stage 1)
 and `diffusionmodel/networks.py` (stage 2: `GaussianDiffusion(UNet)`, schedule buffers registered by
 `set_new_noise_schedule`), read from that code, not from this project's models. Counts checked in
 the tests were listed by running the reference itself (73 keys for `UnmixingAE(n_blocks=1)`, 136 for

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import Diffusion
-from core.abundance_scaling import channel_range, from_model_space, to_model_space
-from data.abundance_dataset import AbundanceDataset, training_range
-from data.matio import read_mat, write_mat
+from ubf.core.abundance_scaling import channel_range, from_model_space, to_model_space
+from ubf.data.abundance_dataset import AbundanceDataset, training_range
+from ubf.data.matio import read_mat, write_mat
 from tests.test_diffusion_cli import TINY, write_json
 
 

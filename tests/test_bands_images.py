@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import UserError
-from data.bands import chikusei_wavelengths, evenly_spread_bands, nearest_bands, resolve_bands
-from data.images import list_images, read_rgb
-from data.normalize import minmax
+from ubf.core.errors import UserError
+from ubf.data.bands import chikusei_wavelengths, evenly_spread_bands, nearest_bands, resolve_bands
+from ubf.data.images import list_images, read_rgb
+from ubf.data.normalize import minmax
 
 
 def test_chikusei_subset_wavelengths():
@@ -60,7 +60,7 @@ def test_image_modes(tmp_path):
 
 def test_wavelength_fallback_for_files_without_them(tmp_path):
     import scipy.io as sio
-    from data.hsi_dataset import HSICropDataset
+    from ubf.data.hsi_dataset import HSICropDataset
     sio.savemat(tmp_path / "a.mat", {"Y": np.random.rand(8, 8, 59).astype(np.float32)})
     assert HSICropDataset(str(tmp_path)).wavelengths is None
     ds = HSICropDataset(str(tmp_path), wavelengths="chikusei-59")

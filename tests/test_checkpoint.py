@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
-from core import checkpoint
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.errors import UserError
+from ubf.core import checkpoint
+from ubf.core.checkpoint import load_checkpoint, save_checkpoint
+from ubf.core.errors import UserError
 
 
 def test_roundtrip_and_stage_check(tmp_path):

@@ -20,10 +20,10 @@ import Diffusion
 import Evaluate
 import Synthesis
 from Unmixing import main as unmixing_main
-from core import checkpoint
-from core.checkpoint import load_checkpoint, save_checkpoint, trust_checkpoint_code
-from core.errors import UserError
-from pipeline.export_reference import main as export_main
+from ubf.core import checkpoint
+from ubf.core.checkpoint import load_checkpoint, save_checkpoint, trust_checkpoint_code
+from ubf.core.errors import UserError
+from ubf.pipeline.export_reference import main as export_main
 
 
 class Payload:

@@ -12,14 +12,14 @@ from PIL import Image
 
 import Diffusion
 from Unmixing import main as unmixing_main
-from core.checkpoint import load_checkpoint
-from core.errors import UserError
-from data.matio import read_mat, write_mat
-from models.class_embedding import ClassEmbedding
-from models.guidance import GuidedDenoiser
-from models.sr3_unet import SR3UNet, count_parameters, unet_from_config
-from pipeline.class_labels import drop_labels, requested_labels, scene_class
-from pipeline.diffusion_sample import load_weights_for_sampling
+from ubf.core.checkpoint import load_checkpoint
+from ubf.core.errors import UserError
+from ubf.data.matio import read_mat, write_mat
+from ubf.models.class_embedding import ClassEmbedding
+from ubf.models.guidance import GuidedDenoiser
+from ubf.models.sr3_unet import SR3UNet, count_parameters, unet_from_config
+from ubf.pipeline.class_labels import drop_labels, requested_labels, scene_class
+from ubf.pipeline.diffusion_sample import load_weights_for_sampling
 from test_diffusion_cli import TINY, write_json
 from test_unmixing_infer import tiny_checkpoint
 
@@ -237,8 +237,8 @@ def test_training_refuses_files_without_a_class(tmp_path):
 
 def test_class_conditional_resume_is_bit_exact(tmp_path, two_class_dir):
     """Label dropout draws from the checkpointed training generator, so a resumed run repeats the same drops."""
-    from pipeline.diffusion_config import load_diffusion_config
-    from pipeline.diffusion_train import train_diffusion
+    from ubf.pipeline.diffusion_config import load_diffusion_config
+    from ubf.pipeline.diffusion_train import train_diffusion
 
     def cfg(n_iter):
         return load_diffusion_config(class_config(tmp_path), {"datasets.train.dataroot": two_class_dir,

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from core.color import cie_coverage, default_rgb_bands, hsi_to_rgb, spectra_to_xyz_matrix, srgb_gamma
-from core.errors import UserError
-from data import cie
-from data.bands import chikusei_wavelengths
+from ubf.core.color import cie_coverage, default_rgb_bands, hsi_to_rgb, spectra_to_xyz_matrix, srgb_gamma
+from ubf.core.errors import UserError
+from ubf.data import cie
+from ubf.data.bands import chikusei_wavelengths
 
 VISIBLE = np.arange(380.0, 781.0, 5.0)
 

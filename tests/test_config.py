@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from core.config import load_config, merge_config, read_json_config, save_config, strip_json_comments
-from core.errors import UserError
+from ubf.core.config import load_config, merge_config, read_json_config, save_config, strip_json_comments
+from ubf.core.errors import UserError
 
 DEFAULTS = {"name": "x", "train": {"lr": 1e-4, "epochs": 3}, "data": {"bands": [1, 2, 3]}}
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from core.errors import UserError
-from data.bands import chikusei_wavelengths
-from data.cubes import list_cube_files, read_cube, write_envi, write_tiff
-from data.matio import read_hsi, read_mat, write_mat
+from ubf.core.errors import UserError
+from ubf.data.bands import chikusei_wavelengths
+from ubf.data.cubes import list_cube_files, read_cube, write_envi, write_tiff
+from ubf.data.matio import read_hsi, read_mat, write_mat
 
 
 def random_cube(seed=0, shape=(7, 5, 4)):
@@ -69,8 +69,8 @@ def test_listing_and_reading_a_mixed_folder(tmp_path):
 
 def test_evaluation_and_inference_read_envi_like_mat(tmp_path):
     """A real Chikusei crop as .mat and as ENVI gives the same evaluation input and network input."""
-    from evaluation.sampling import hsi_files, read_folder
-    from pipeline.unmixing_infer import load_input
+    from ubf.evaluation.sampling import hsi_files, read_folder
+    from ubf.pipeline.unmixing_infer import load_input
     crop, _ = read_hsi(shared_path("paper", "chikusei", "block_118.mat"))
     write_envi(str(tmp_path / "envi" / "block_118"), crop, chikusei_wavelengths())
     write_mat(str(tmp_path / "mat" / "block_118.mat"), {"Y": crop})
@@ -87,7 +87,7 @@ def test_evaluation_and_inference_read_envi_like_mat(tmp_path):
 def test_synthesis_format_matches_the_mat_output(tmp_path, fmt):
     if fmt == "tiff":
         pytest.importorskip("tifffile")
-    from pipeline.synthesis import SynthesisOptions, run_synthesis
+    from ubf.pipeline.synthesis import SynthesisOptions, run_synthesis
     from test_synthesis import fabricate_abundances, fabricate_checkpoint
     ckpt = str(tmp_path / "best.pth")
     fabricate_checkpoint(ckpt)
@@ -106,7 +106,7 @@ def test_synthesis_format_matches_the_mat_output(tmp_path, fmt):
 
 def test_training_dataset_reads_envi_and_tiff_crops(tmp_path):
     pytest.importorskip("tifffile")
-    from data.hsi_dataset import HSICropDataset
+    from ubf.data.hsi_dataset import HSICropDataset
     crop, _ = read_hsi(shared_path("paper", "chikusei", "block_282.mat"))
     write_mat(str(tmp_path / "mat" / "a.mat"), {"Y": crop})
     write_envi(str(tmp_path / "envi" / "a"), crop, chikusei_wavelengths())

@@ -4,12 +4,12 @@ import os
 import numpy as np
 import pytest
 
-from core.errors import UserError
-from data.bands import chikusei_wavelengths
-from data.demo_data import STYLE_GENERATORS, main, make_demo_dataset, smooth_abundances
-from data.images import list_images, read_rgb
-from data.matio import read_hsi, read_mat
-from data.spectral_library import resample_spectra
+from ubf.core.errors import UserError
+from ubf.data.bands import chikusei_wavelengths
+from ubf.data.demo_data import STYLE_GENERATORS, main, make_demo_dataset, smooth_abundances
+from ubf.data.images import list_images, read_rgb
+from ubf.data.matio import read_hsi, read_mat
+from ubf.data.spectral_library import resample_spectra
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from core.device import resolve_device
-from core.errors import UserError
+from ubf.core.device import resolve_device
+from ubf.core.errors import UserError
 
 
 def test_device_names():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.diffusion import GaussianDiffusion, NoiseSchedule, make_beta_schedule, q_sample
-from models.sr3_unet import SR3UNet
+from ubf.models.diffusion import GaussianDiffusion, NoiseSchedule, make_beta_schedule, q_sample
+from ubf.models.sr3_unet import SR3UNet
 
 
 

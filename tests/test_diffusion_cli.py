@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import Diffusion
-from core.checkpoint import load_checkpoint
-from core.errors import UserError
-from data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files
-from data.matio import read_mat, write_mat
-from models.sr3_unet import count_parameters, unet_from_config
-from pipeline.diffusion_config import load_diffusion_config
-from pipeline.diffusion_train import train_diffusion
+from ubf.core.checkpoint import load_checkpoint
+from ubf.core.errors import UserError
+from ubf.data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files
+from ubf.data.matio import read_mat, write_mat
+from ubf.models.sr3_unet import count_parameters, unet_from_config
+from ubf.pipeline.diffusion_config import load_diffusion_config
+from ubf.pipeline.diffusion_train import train_diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -274,7 +274,7 @@ def test_val_reads_reference_gen_weights(tmp_path):
     record = json.loads(open(os.path.join(os.path.dirname(mat), "samples.jsonl")).readline())
     assert record["weights"] == "reference weights" and record["step"] == 10
     # the same sample from our UNet holding those tensors under the reference's names minus `denoise_fn.`
-    from models.diffusion import GaussianDiffusion, NoiseSchedule
+    from ubf.models.diffusion import GaussianDiffusion, NoiseSchedule
     model_cfg = load_diffusion_config(config)["model"]
     unet = unet_from_config(model_cfg)
     unet.load_state_dict({k[len("denoise_fn."):]: v for k, v in state.items()

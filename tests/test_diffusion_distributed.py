@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
-from data.abundance_dataset import AbundanceStream
-from data.matio import read_mat, write_mat
-from pipeline.diffusion_config import load_diffusion_config
-from pipeline.diffusion_sample import sample_run, split_count
-from pipeline.diffusion_train import train_diffusion
+from ubf.core.checkpoint import load_checkpoint
+from ubf.data.abundance_dataset import AbundanceStream
+from ubf.data.matio import read_mat, write_mat
+from ubf.pipeline.diffusion_config import load_diffusion_config
+from ubf.pipeline.diffusion_sample import sample_run, split_count
+from ubf.pipeline.diffusion_train import train_diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")

@@ -1,7 +1,7 @@
 """Prediction targets, loss weights, clipping and the samplers, checked with exact denoisers.
 
 The oracles below know the data distribution, so their outputs are the true posterior quantities
-(computed here by hand, not by models/diffusion.py): whatever the samplers get wrong with them is
+(computed here by hand, not by ubf/models/diffusion.py): whatever the samplers get wrong with them is
 the sampler's fault, and whatever goes wrong with the posterior *median* (what an L1 loss learns)
 is the loss's fault.
 """
@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from evaluation.roughness import laplacian_energy
-from models.diffusion import (GaussianDiffusion, NoiseSchedule, clip_start, loss_weights, make_beta_schedule,
+from ubf.evaluation.roughness import laplacian_energy
+from ubf.models.diffusion import (GaussianDiffusion, NoiseSchedule, clip_start, loss_weights, make_beta_schedule,
                               split_prediction, training_target)
 
 

@@ -15,11 +15,11 @@ import pytest
 import scipy.io as sio
 import torch
 
-from core import distributed
-from core.checkpoint import load_checkpoint
-from core.errors import UserError
-from pipeline.unmixing_config import load_unmixing_config
-from pipeline.unmixing_train import train_unmixing
+from ubf.core import distributed
+from ubf.core.checkpoint import load_checkpoint
+from ubf.core.errors import UserError
+from ubf.pipeline.unmixing_config import load_unmixing_config
+from ubf.pipeline.unmixing_train import train_unmixing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")

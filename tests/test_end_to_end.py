@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 import demo
-from data.bands import chikusei_wavelengths
-from data.matio import read_mat
+from ubf.data.bands import chikusei_wavelengths
+from ubf.data.matio import read_mat
 
 TINY_UNMIXING = {
     "name": "e2e_unmixing",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import Evaluate
-from data.matio import read_hsi, write_mat
-from core.metrics import mrae
-from evaluation.downstream import DownstreamSettings, split_real, summarise
+from ubf.data.matio import read_hsi, write_mat
+from ubf.core.metrics import mrae
+from ubf.evaluation.downstream import DownstreamSettings, split_real, summarise
 from tests.conftest import shared_path
 
 
@@ -73,8 +73,8 @@ def test_denoising_task_beats_its_noisy_input():
     """The spatial task: a model trained 150 steps on smooth cubes removes much of sigma = 0.1 noise
     (the noisy input itself scores 20 dB: 10 log10(1 / 0.1^2))."""
     import torch
-    from core.metrics import psnr
-    from evaluation.downstream import test_arm, train_arm
+    from ubf.core.metrics import psnr
+    from ubf.evaluation.downstream import test_arm, train_arm
     rng = np.random.default_rng(0)
     cubes = smooth_cubes(3, rng)
     pairs = [(c[..., :3], c) for c in cubes]
@@ -90,7 +90,7 @@ def test_synthetic_files_get_the_real_files_preprocessing(tmp_path):
     """Per-file min-max is blind to gain and offset: a real crop stored at 0.4 x + 0.1 must give the
     same (input, target) pair as the crop itself, as a held-out real file would; `as_is` keeps the
     narrow target beside an input stretched to [0, 1] (another input-to-target map)."""
-    from evaluation.downstream import load_pairs
+    from ubf.evaluation.downstream import load_pairs
     cube = read_hsi(shared_path("paper", "chikusei", "block_118.mat"))[0][:24, :24].astype(np.float64)
     write_mat(str(tmp_path / "real.mat"), {"Y": cube})
     write_mat(str(tmp_path / "scaled.mat"), {"HSI": 0.4 * cube + 0.1})
@@ -109,7 +109,7 @@ def test_pretraining_on_copies_of_the_training_crop_is_more_training():
     real training crop itself as the synthetic set that is twice the training, so at an early stage
     of training it must score clearly above the real-only arm of the same seed."""
     import torch
-    from evaluation.downstream import test_arm, train_arm
+    from ubf.evaluation.downstream import test_arm, train_arm
     cubes = smooth_cubes(2, np.random.default_rng(1))
     pairs = [(c[..., :3], c) for c in cubes]
     device = torch.device("cpu")

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import torch
 
-from data.matio import read_hsi
-from data.normalize import minmax
-from evaluation.features import FeatureSettings, cache_key, embed_patches, load_or_train, train_feature_net
+from ubf.data.matio import read_hsi
+from ubf.data.normalize import minmax
+from ubf.evaluation.features import FeatureSettings, cache_key, embed_patches, load_or_train, train_feature_net
 from tests.conftest import shared_path
 
 SMALL = FeatureSettings(steps=40, batch=16, width=16, features=8)

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.matio import read_hsi
-from data.normalize import minmax
-from evaluation.fidelity import block_diversity, point_fidelity, unit_spectra, with_rotations
+from ubf.data.matio import read_hsi
+from ubf.data.normalize import minmax
+from ubf.evaluation.fidelity import block_diversity, point_fidelity, unit_spectra, with_rotations
 from tests.conftest import shared_path
 
 

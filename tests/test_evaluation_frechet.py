@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evaluation.frechet import disjoint_halves, frechet_distance, kernel_distance, real_floor
+from ubf.evaluation.frechet import disjoint_halves, frechet_distance, kernel_distance, real_floor
 
 
 def test_fd_of_a_set_against_itself_is_zero():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import Evaluate
-from data.matio import read_hsi, write_mat
-from data.normalize import minmax
+from ubf.data.matio import read_hsi, write_mat
+from ubf.data.normalize import minmax
 from tests.conftest import shared_path
 
 SMALL = ["--pixel-cap", "1500", "--prdc-cap", "800", "--patch-cap", "150", "--block-cap", "6", "--block-size", "8",

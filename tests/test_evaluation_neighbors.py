@@ -1,7 +1,7 @@
 """Chunked nearest-neighbour searches agree with brute force, at any chunk size."""
 import torch
 
-from evaluation.neighbors import kth_neighbour_distance, l2_normalise, max_cosine, within_any_ball
+from ubf.evaluation.neighbors import kth_neighbour_distance, l2_normalise, max_cosine, within_any_ball
 
 
 def test_max_cosine_matches_brute_force_across_chunks():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evaluation.physical import PhysicalStats
+from ubf.evaluation.physical import PhysicalStats
 
 
 def test_hand_computed_abundance_and_range_checks():

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.matio import read_hsi
-from data.normalize import minmax
-from evaluation.prdc import precision_recall
+from ubf.data.matio import read_hsi
+from ubf.data.normalize import minmax
+from ubf.evaluation.prdc import precision_recall
 from tests.conftest import shared_path
 
 

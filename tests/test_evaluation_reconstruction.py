@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import Evaluate
-from core.checkpoint import save_checkpoint
-from core.metrics import quality_assessment
-from data.hsi_dataset import prepare_pair
-from data.matio import read_hsi, write_mat
-from models.unmixing import build_unmixing_model
-from pipeline.unmixing_config import UNMIXING_DEFAULTS
+from ubf.core.checkpoint import save_checkpoint
+from ubf.core.metrics import quality_assessment
+from ubf.data.hsi_dataset import prepare_pair
+from ubf.data.matio import read_hsi, write_mat
+from ubf.models.unmixing import build_unmixing_model
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS
 from tests.conftest import shared_path
 
 

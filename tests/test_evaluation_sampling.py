@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.matio import write_mat
-from evaluation.sampling import Caps, collect, collect_folder, cubes_of
+from ubf.data.matio import write_mat
+from ubf.evaluation.sampling import Caps, collect, collect_folder, cubes_of
 
 
 def cubes(count: int, seed: int = 0) -> list[np.ndarray]:

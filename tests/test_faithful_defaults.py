@@ -10,13 +10,13 @@ import torch
 
 import Unmixing
 from conftest import shared_path
-from data.bands import BAND_PRESETS, chikusei_wavelengths
-from data.matio import read_hsi, read_mat, write_mat
-from data.prepare import build_parser, resolve_settings
-from evaluation.baselines import endmembers_from_file
-from evaluation.physical import PhysicalStats
-from pipeline.unmixing_config import load_unmixing_config
-from pipeline.unmixing_train import train_unmixing
+from ubf.data.bands import BAND_PRESETS, chikusei_wavelengths
+from ubf.data.matio import read_hsi, read_mat, write_mat
+from ubf.data.prepare import build_parser, resolve_settings
+from ubf.evaluation.baselines import endmembers_from_file
+from ubf.evaluation.physical import PhysicalStats
+from ubf.pipeline.unmixing_config import load_unmixing_config
+from ubf.pipeline.unmixing_train import train_unmixing
 
 
 def mixed_crops(folder, count=2, size=16, bands=59, seed=0):

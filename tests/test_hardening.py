@@ -21,18 +21,18 @@ from PIL import Image
 
 import Diffusion
 import Synthesis
-import pipeline.diffusion_train as diffusion_train
-import pipeline.unmixing_train as unmixing_train
+import ubf.pipeline.diffusion_train as diffusion_train
+import ubf.pipeline.unmixing_train as unmixing_train
 from Unmixing import main as unmixing_main
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.errors import UserError
-from data.matio import write_mat
-from data.prepare import main as prepare_main
-from models.unmixing import UnmixingAutoencoder
-from pipeline.diffusion_config import load_diffusion_config
-from pipeline.synthesis import read_sampled_abundances
-from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
-from pipeline.unmixing_train import train_unmixing
+from ubf.core.checkpoint import load_checkpoint, save_checkpoint
+from ubf.core.errors import UserError
+from ubf.data.matio import write_mat
+from ubf.data.prepare import main as prepare_main
+from ubf.models.unmixing import UnmixingAutoencoder
+from ubf.pipeline.diffusion_config import load_diffusion_config
+from ubf.pipeline.synthesis import read_sampled_abundances
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
+from ubf.pipeline.unmixing_train import train_unmixing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -172,7 +172,7 @@ def test_constant_crop_trains_without_nan(tmp_path):
 
 KILL_DURING_WRITE = textwrap.dedent("""
     import sys, time, torch
-    from core import checkpoint
+    from ubf.core import checkpoint
     path = sys.argv[1]
     checkpoint.save_checkpoint({"stage": "unmixing", "model": {"w": torch.ones(3)}, "epoch": 1}, path)
     def slow_save(obj, f):
@@ -310,7 +310,7 @@ def test_nan_in_a_float_image_is_reported_and_the_rest_inferred(tmp_path, capsys
 
 
 def prepare_inputs(tmp_path, case):
-    """Arguments of `python -m data.prepare` for one bad input."""
+    """Arguments of `python -m ubf.data.prepare` for one bad input."""
     if case == "corrupt image":
         folder = tmp_path / "AID" / "a"
         folder.mkdir(parents=True)
@@ -469,7 +469,7 @@ def test_diffusion_speed_flags(tmp_path, ddpm_config, monkeypatch, capsys):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     # a CPU without bf16 kernels (this one may have them: then bf16 autocast is used, see test_speed_options)
-    monkeypatch.setattr("pipeline.diffusion_train.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("ubf.pipeline.diffusion_train.cpu_supports_bf16", lambda: False)
     Diffusion.main(["-p", "train", "-c", ddpm_config, "--run-dir", str(tmp_path / "run"), "--n-iter", "1",
                     "--compile", "--amp", "bf16", "--device", "cpu"])
     assert len(compiled) == 1
@@ -519,7 +519,7 @@ def test_nan_in_diffusion_training_data_is_one_line(tmp_path, ddpm_config, capsy
 
 
 def test_prepare_refuses_nan_in_the_source(tmp_path):
-    from data.prepare import main as prepare_main
+    from ubf.data.prepare import main as prepare_main
     cube = np.random.default_rng(0).random((32, 32, 59)).astype(np.float32)
     cube[3, 4, 5] = np.nan
     sio.savemat(tmp_path / "c.mat", {"chikusei": cube})
@@ -530,7 +530,7 @@ def test_prepare_refuses_nan_in_the_source(tmp_path):
 
 def test_synthesis_refuses_a_diffusion_checkpoint(tmp_path, capsys):
     from Synthesis import main as synthesis_main
-    from core.checkpoint import save_checkpoint
+    from ubf.core.checkpoint import save_checkpoint
     save_checkpoint({"stage": "diffusion", "model": {}}, str(tmp_path / "d.pth"))
     (tmp_path / "abu").mkdir()
     sio.savemat(tmp_path / "abu" / "a.mat", {"Abu": np.full((4, 4, 5), 0.2, np.float32)})
@@ -541,7 +541,7 @@ def test_synthesis_refuses_a_diffusion_checkpoint(tmp_path, capsys):
 
 
 def test_disk_full_while_writing_a_mat_keeps_the_old_file(tmp_path, monkeypatch):
-    import data.matio as matio
+    import ubf.data.matio as matio
     path = str(tmp_path / "a.mat")
     write_mat(path, {"Abu": np.ones((2, 2, 5), np.float32)})
 

@@ -23,19 +23,19 @@ import Evaluate
 import Synthesis
 import Unmixing
 import demo
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import merge_config, read_json_config
-from core.errors import UserError
-from core.fs import check_output_path, remove_stale_temp_files
-from core.runlock import LOCK_NAME, RunLock
-from core.validate import INT_POSITIVE, Number, check_band_indices, check_value
-from data.matio import read_hsi, read_mat, write_mat
-from data.prepare import main as prepare_main
-from data.splits import parse_split
-from models.unmixing import UnmixingAutoencoder
-from pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config
-from pipeline.diffusion_sample import write_samples
-from pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
+from ubf.core.checkpoint import load_checkpoint, save_checkpoint
+from ubf.core.config import merge_config, read_json_config
+from ubf.core.errors import UserError
+from ubf.core.fs import check_output_path, remove_stale_temp_files
+from ubf.core.runlock import LOCK_NAME, RunLock
+from ubf.core.validate import INT_POSITIVE, Number, check_band_indices, check_value
+from ubf.data.matio import read_hsi, read_mat, write_mat
+from ubf.data.prepare import main as prepare_main
+from ubf.data.splits import parse_split
+from ubf.models.unmixing import UnmixingAutoencoder
+from ubf.pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config
+from ubf.pipeline.diffusion_sample import write_samples
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
 
 CPU = torch.device("cpu")
 TINY_TRAIN = {"data": {"crop_size": 16, "samples_per_epoch": 4, "bands": [5, 3, 1], "val": None, "test": None},
@@ -509,7 +509,7 @@ def test_disk_full_inside_torch_save_keeps_the_previous_checkpoint(tmp_path, mon
 
 
 def test_failed_config_write_leaves_no_temp_file(tmp_path, monkeypatch):
-    from core.config import save_config
+    from ubf.core.config import save_config
     path = tmp_path / "config.json"
     path.write_text('{"old": true}')
 
@@ -530,12 +530,12 @@ def cli_calls(tmp_path, out):
         "Synthesis.py": lambda: Synthesis.main(["--abundances", str(tmp_path), "--ckpt", "c.pth", "--out", out]),
         "Evaluate.py": lambda: Evaluate.main(["reconstruction", "--ckpt", "c.pth", "--hsi", str(tmp_path),
                                               "--out", out]),
-        "data.prepare": lambda: prepare_main(["rgb", "--src", str(tmp_path), "--out", out]),
+        "ubf.data.prepare": lambda: prepare_main(["rgb", "--src", str(tmp_path), "--out", out]),
         "demo.py": lambda: demo.main(["--out", out]),
     }
 
 
-@pytest.mark.parametrize("cli", ["Synthesis.py", "Evaluate.py", "data.prepare", "demo.py"])
+@pytest.mark.parametrize("cli", ["Synthesis.py", "Evaluate.py", "ubf.data.prepare", "demo.py"])
 def test_output_path_that_is_a_file_is_one_line(tmp_path, capsys, cli):
     (tmp_path / "a_file").write_text("keep me")
     line = one_line_error(capsys, cli_calls(tmp_path, str(tmp_path / "a_file"))[cli])

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import save_checkpoint
-from data.matio import read_mat
-from models.unmixing import UnmixingAutoencoder
-from pipeline.unmixing_config import UNMIXING_DEFAULTS
-from pipeline.unmixing_infer import infer_folders, process_share
+from ubf.core.checkpoint import save_checkpoint
+from ubf.data.matio import read_mat
+from ubf.models.unmixing import UnmixingAutoencoder
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS
+from ubf.pipeline.unmixing_infer import infer_folders, process_share
 
 
 @pytest.fixture

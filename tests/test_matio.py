@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from core.errors import UserError
+from ubf.core.errors import UserError
 from conftest import shared_path
-from data.matio import LazyMatArray, read_array, read_hsi, read_mat, write_mat
+from ubf.data.matio import LazyMatArray, read_array, read_hsi, read_mat, write_mat
 
 
 def write_v73(path, variables):
@@ -82,7 +82,7 @@ def test_real_chikusei_crop():
 
 
 def test_mat_shape_without_reading_values(tmp_path):
-    from data.matio import mat_shape
+    from ubf.data.matio import mat_shape
     sio.savemat(tmp_path / "v5.mat", {"cube": np.zeros((4, 3, 2))})
     write_v73(tmp_path / "v73.mat", {"cube": np.zeros((4, 3, 2))})
     assert mat_shape(str(tmp_path / "v5.mat"), "cube") == (4, 3, 2)

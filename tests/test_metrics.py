@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from core.metrics import cc, ergas, psnr, quality_assessment, rmse, sam, spectral_angles, ssim, ssim_gaussian
+from ubf.core.metrics import cc, ergas, psnr, quality_assessment, rmse, sam, spectral_angles, ssim, ssim_gaussian
 
 
 def test_psnr_of_constant_offset_is_closed_form():
@@ -159,7 +159,7 @@ def test_shape_mismatch_raises():
 
 
 def test_mrae_hand_value_and_floor():
-    from core.metrics import mrae
+    from ubf.core.metrics import mrae
     gt = np.array([[[0.5, 0.0]]])
     pred = np.array([[[0.6, 0.001]]])
     # (0.1 / 0.5 + 0.001 / 0.01) / 2

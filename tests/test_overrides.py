@@ -1,10 +1,10 @@
 """`--set key=value`: typed by the default's type, unknown keys refused with the nearest key."""
 import pytest
 
-from core.errors import UserError
-from core.overrides import parse_set_values
-from pipeline.diffusion_config import DIFFUSION_DEFAULTS
-from pipeline.unmixing_config import UNMIXING_DEFAULTS
+from ubf.core.errors import UserError
+from ubf.core.overrides import parse_set_values
+from ubf.pipeline.diffusion_config import DIFFUSION_DEFAULTS
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS
 
 DEFAULTS = {"train": {"lr": 2e-4, "epochs": 40, "augment": False, "clip": None, "name": "x"},
             "model": {"widths": [32, 64], "unet": {"dropout": 0.2}}}
@@ -52,8 +52,8 @@ def test_diffusion_cli_set_and_resume_latest(tmp_path, capsys):
     import numpy as np
 
     import Diffusion
-    from core.checkpoint import load_checkpoint
-    from data.matio import write_mat
+    from ubf.core.checkpoint import load_checkpoint
+    from ubf.data.matio import write_mat
     from test_diffusion_cli import TINY, write_json
     rng = np.random.default_rng(0)
     for i in range(3):

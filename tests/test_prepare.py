@@ -11,14 +11,14 @@ import scipy.io as sio
 from PIL import Image
 
 from conftest import shared_path
-from core.errors import UserError
-from data.bands import chikusei_wavelengths
-from data.envi import read_envi_header
-from data.matio import read_hsi, read_mat
-from data.prepare import main
-from data.prepare_hsi import HSRS_SC_WAVELENGTHS, resample_bands
-from data.splits import allocate, assign, crop_windows, parse_split, region_grid, valid_windows
-from data.tiff import _lzw_decode, read_tiff_cube
+from ubf.core.errors import UserError
+from ubf.data.bands import chikusei_wavelengths
+from ubf.data.envi import read_envi_header
+from ubf.data.matio import read_hsi, read_mat
+from ubf.data.prepare import main
+from ubf.data.prepare_hsi import HSRS_SC_WAVELENGTHS, resample_bands
+from ubf.data.splits import allocate, assign, crop_windows, parse_split, region_grid, valid_windows
+from ubf.data.tiff import _lzw_decode, read_tiff_cube
 
 
 # ---------------------------------------------------------------- fabricated files

@@ -10,11 +10,11 @@ import os
 
 import pytest
 
-from core.errors import UserError
-from core.profiles import IMPROVED, resolve_profile
-from pipeline.diffusion_config import load_diffusion_config
-from pipeline.synthesis import load_synthesis_settings
-from pipeline.unmixing_config import load_unmixing_config
+from ubf.core.errors import UserError
+from ubf.core.profiles import IMPROVED, resolve_profile
+from ubf.pipeline.diffusion_config import load_diffusion_config
+from ubf.pipeline.synthesis import load_synthesis_settings
+from ubf.pipeline.unmixing_config import load_unmixing_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHIKUSEI_DDPM = os.path.join(ROOT, "config", "Chikusei_256_DDPM.json")
@@ -93,7 +93,7 @@ def test_bad_profile_names_the_file_and_the_choices(tmp_path):
 
 
 def test_resolved_profile_is_saved_with_the_run_config(tmp_path):
-    from core.config import save_config
+    from ubf.core.config import save_config
     cfg = load_diffusion_config(write_config(tmp_path / "c.json", {"profile": "improved"}))
     save_config(cfg, str(tmp_path / "run" / "config.json"))
     assert json.load(open(tmp_path / "run" / "config.json"))["profile"] == "improved"
@@ -125,7 +125,7 @@ def test_every_cli_has_the_profile_flag():
 def test_shipped_configs_leave_profile_keys_to_the_profile(name, stage):
     """A key spelled out in a config file beats the profile, so a shipped config that wrote the faithful
     value of a profile key would silently defeat `--profile improved`."""
-    from core.config import read_json_config
+    from ubf.core.config import read_json_config
     data = read_json_config(os.path.join(ROOT, "config", name))
     for dotted in IMPROVED[stage]:
         node = data

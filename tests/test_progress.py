@@ -1,7 +1,7 @@
 """Progress output into files and pipes: one line per few percent, not one per update."""
 import io
 
-from core import progress
+from ubf.core import progress
 
 
 class FakeTerminal(io.StringIO):

@@ -2,7 +2,7 @@
 
 Reference checkpoints are built from the reference's own key names and shapes (tests/reference_layouts.py,
 written from its architecture), loaded through our CLIs, exported back with
-`python -m pipeline.export_reference`, and reloaded: the outputs must be equal all the way.
+`python -m ubf.pipeline.export_reference`, and reloaded: the outputs must be equal all the way.
 """
 import glob
 import json
@@ -17,12 +17,12 @@ from PIL import Image
 import Diffusion
 import Synthesis
 from Unmixing import main as unmixing_main
-from core.checkpoint import load_checkpoint, load_file, save_checkpoint
-from core.errors import UserError
-from data.matio import read_mat
-from pipeline.export_reference import main as export_main
-from pipeline.reference_checkpoints import load_diffusion_resume
-from pipeline.unmixing_infer import load_unmixing_model
+from ubf.core.checkpoint import load_checkpoint, load_file, save_checkpoint
+from ubf.core.errors import UserError
+from ubf.data.matio import read_mat
+from ubf.pipeline.export_reference import main as export_main
+from ubf.pipeline.reference_checkpoints import load_diffusion_resume
+from ubf.pipeline.unmixing_infer import load_unmixing_model
 from reference_layouts import ddpm_layout, random_state, reference_buffers, unmixing_forward, unmixing_layout
 
 CPU = torch.device("cpu")
@@ -112,8 +112,8 @@ def test_stage1_round_trip_reference_ours_reference(tmp_path, reference_unmixing
 
 
 def test_our_stage1_checkpoint_exports_and_refuses_what_the_reference_cannot_hold(tmp_path, capsys):
-    from models.unmixing import UnmixingAutoencoder
-    from pipeline.unmixing_config import UNMIXING_DEFAULTS
+    from ubf.models.unmixing import UnmixingAutoencoder
+    from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS
     cfg = json.loads(json.dumps(UNMIXING_DEFAULTS))
     model = UnmixingAutoencoder(out_bands=31, n_blocks=2)
     config = dict(cfg, model=dict(cfg["model"], n_blocks=2))
@@ -145,8 +145,8 @@ def test_our_stage1_checkpoint_exports_and_refuses_what_the_reference_cannot_hol
 
 
 def test_resuming_training_from_a_reference_stage1_checkpoint_is_refused_clearly(tmp_path, reference_unmixing):
-    from pipeline.unmixing_config import load_unmixing_config
-    from pipeline.unmixing_train import train_unmixing
+    from ubf.pipeline.unmixing_config import load_unmixing_config
+    from ubf.pipeline.unmixing_train import train_unmixing
     path, _ = reference_unmixing
     (tmp_path / "crops").mkdir()
     crop = np.random.default_rng(0).random((16, 16, BANDS)).astype(np.float32)
@@ -220,7 +220,7 @@ def test_diffusion_training_continues_from_a_reference_pair(tmp_path, reference_
 def test_a_gen_file_without_its_opt_file_cannot_continue_training(tmp_path, reference_ddpm):
     alone = tmp_path / "I6_E2_gen.pth"
     alone.write_bytes(open(reference_ddpm["prefix"] + "_gen.pth", "rb").read())
-    from pipeline.diffusion_config import load_diffusion_config
+    from ubf.pipeline.diffusion_config import load_diffusion_config
     cfg = load_diffusion_config(reference_ddpm["config"])
     with pytest.raises(UserError, match="I6_E2_opt.pth is not beside it"):
         load_diffusion_resume(str(alone), cfg)
@@ -230,7 +230,7 @@ def test_a_gen_file_without_its_opt_file_cannot_continue_training(tmp_path, refe
 
 
 def test_stage2_round_trip_reference_ours_reference(tmp_path, reference_ddpm):
-    from pipeline.diffusion_config import load_diffusion_config
+    from ubf.pipeline.diffusion_config import load_diffusion_config
     cfg = load_diffusion_config(reference_ddpm["config"])
     state = load_diffusion_resume(reference_ddpm["prefix"], cfg)
     ours = str(tmp_path / "I6_E2.pth")

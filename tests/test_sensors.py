@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from core.errors import UserError
-from data.bands import chikusei_wavelengths
-from data.matio import read_hsi, read_mat, write_mat
-from data.sensors import TABLES, Sensor, load_sensor, main as sensors_main, render_cube, render_matrix
+from ubf.core.errors import UserError
+from ubf.data.bands import chikusei_wavelengths
+from ubf.data.matio import read_hsi, read_mat, write_mat
+from ubf.data.sensors import TABLES, Sensor, load_sensor, main as sensors_main, render_cube, render_matrix
 
 
 def gaussian(name, center, fwhm):
@@ -47,7 +47,7 @@ def test_narrow_band_on_an_input_band_returns_that_band():
 
 
 def independent_band_values(pixels, wavelengths, table_wl, response):
-    """Direct integration, written apart from data/sensors.py: 0.05-nm grid, np.interp, np.trapezoid."""
+    """Direct integration, written apart from ubf/data/sensors.py: 0.05-nm grid, np.interp, np.trapezoid."""
     lo, hi = wavelengths.min(), wavelengths.max()
     fine = np.arange(lo, hi + 1e-9, 0.05)
     r = np.interp(fine, table_wl, response, left=0, right=0)
@@ -126,7 +126,7 @@ def test_grid_presets_cover_the_input_range():
 
 
 def test_synthesis_with_a_sensor_renders_every_pixel(tmp_path):
-    from pipeline.synthesis import SynthesisOptions, run_synthesis
+    from ubf.pipeline.synthesis import SynthesisOptions, run_synthesis
     from test_synthesis import fabricate_abundances, fabricate_checkpoint
     ckpt = str(tmp_path / "best.pth")
     fabricate_checkpoint(ckpt)

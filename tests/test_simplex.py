@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.simplex import project_to_simplex
+from ubf.core.simplex import project_to_simplex
 
 
 @pytest.mark.parametrize("v, expected", [

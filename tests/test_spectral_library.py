@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from core.errors import UserError
-from data.spectral_library import (library_spectra, library_wavelengths, material_names, read_table,
+from ubf.core.errors import UserError
+from ubf.data.spectral_library import (library_spectra, library_wavelengths, material_names, read_table,
                                    resample_spectra, TABLE_PATH)
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
-from data.matio import write_mat
-from pipeline.diffusion_config import load_diffusion_config
-from pipeline.diffusion_train import autocast_usable, cpu_supports_bf16, train_diffusion
+from ubf.core.checkpoint import load_checkpoint
+from ubf.data.matio import write_mat
+from ubf.pipeline.diffusion_config import load_diffusion_config
+from ubf.pipeline.diffusion_train import autocast_usable, cpu_supports_bf16, train_diffusion
 
 TINY = {
     "name": "tiny",
@@ -56,7 +56,7 @@ def test_channels_last_and_matmul_attention_train_the_same_weights(tmp_path, abu
 def test_old_checkpoints_without_the_attention_key_resume(tmp_path, abundance_dir):
     first = train(tmp_path, abundance_dir, "a")
     del first["config"]["model"]["unet"]["fused_attention"]
-    from pipeline.diffusion_train import check_resume_compatible
+    from ubf.pipeline.diffusion_train import check_resume_compatible
     path = tmp_path / "tiny.json"
     cfg = load_diffusion_config(str(path), {"datasets.train.dataroot": abundance_dir})
     check_resume_compatible(first, cfg, "old.pth")  # no error
@@ -84,7 +84,7 @@ class CountingDiffusion:
 
 
 def test_batch_size_zero_fills_the_device_and_halves_on_out_of_memory():
-    from pipeline.diffusion_sample import AUTO_BATCH, draw_samples
+    from ubf.pipeline.diffusion_sample import AUTO_BATCH, draw_samples
     cpu = torch.device("cpu")
     run = lambda diffusion, count, batch: [b.shape[0] for b in draw_samples(
         diffusion, count, batch, cpu, "ddim", 2, 0.0, torch.Generator(), progress=False)]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from models.sr3_unet import NoiseLevelEncoding, SelfAttention, SR3UNet, count_parameters, init_weights
+from ubf.models.sr3_unet import NoiseLevelEncoding, SelfAttention, SR3UNet, count_parameters, init_weights
 
 
 PAPER = dict(in_channel=5, out_channel=5, inner_channel=64, norm_groups=32, channel_mults=(1, 2, 4, 8, 8),

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data.matio import read_mat, write_mat
+from ubf.data.matio import read_mat, write_mat
 from tests.conftest import ROOT
 
 
@@ -50,7 +50,7 @@ def test_dirichlet_maps_are_on_the_simplex(tmp_path):
 
 def test_noisy_fraction_counts_speckle_only(tmp_path):
     import torch
-    from evaluation.roughness import noisy_fraction
+    from ubf.evaluation.roughness import noisy_fraction
     yy, xx = np.mgrid[0:64, 0:64] / 64.0
     smooth = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (k + 1) * xx) * np.cos(2 * np.pi * yy) for k in range(3)])
     rng = np.random.default_rng(0)

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 import Synthesis
-from core.checkpoint import save_checkpoint
-from core.errors import UserError
-from core.simplex import project_to_simplex
-from data.bands import chikusei_wavelengths
-from data.matio import read_mat, write_mat
-from pipeline.synthesis import (SynthesisOptions, newest_abundance_dir, newest_unmixing_checkpoint,
+from ubf.core.checkpoint import save_checkpoint
+from ubf.core.errors import UserError
+from ubf.core.simplex import project_to_simplex
+from ubf.data.bands import chikusei_wavelengths
+from ubf.data.matio import read_mat, write_mat
+from ubf.pipeline.synthesis import (SynthesisOptions, newest_abundance_dir, newest_unmixing_checkpoint,
                                 prepare_endmembers, run_synthesis)
 
 C, K = 59, 4

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.logs import setup_logging
-from core.tracking import start_tracking
-from data.matio import write_mat
+from ubf.core.logs import setup_logging
+from ubf.core.tracking import start_tracking
+from ubf.data.matio import write_mat
 
 
 def read_events(log_dir):
@@ -87,8 +87,8 @@ def test_wandb_when_installed_and_asked_for(tmp_path, monkeypatch):
 
 def test_diffusion_training_logs_the_losses_it_writes(tmp_path):
     pytest.importorskip("torch.utils.tensorboard")
-    from pipeline.diffusion_config import load_diffusion_config
-    from pipeline.diffusion_train import train_diffusion
+    from ubf.pipeline.diffusion_config import load_diffusion_config
+    from ubf.pipeline.diffusion_train import train_diffusion
     from test_diffusion_cli import TINY, write_json
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -106,7 +106,7 @@ def test_diffusion_training_logs_the_losses_it_writes(tmp_path):
 
 def test_unmixing_training_logs_its_epoch_records(tmp_path):
     pytest.importorskip("torch.utils.tensorboard")
-    from pipeline.unmixing_train import train_unmixing
+    from ubf.pipeline.unmixing_train import train_unmixing
     from test_unmixing_train import crop_folders, tiny_config
     cfg = tiny_config(crop_folders(tmp_path), epochs=2)
     train_unmixing(cfg, str(tmp_path / "run"), torch.device("cpu"))

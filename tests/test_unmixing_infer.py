@@ -11,13 +11,13 @@ from PIL import Image
 
 from Unmixing import main as unmixing_main
 from conftest import shared_path
-from core.checkpoint import save_checkpoint
-from data.images import read_rgb
-from data.matio import read_mat
-from data.normalize import minmax
-from models.unmixing import UnmixingAutoencoder
-from pipeline.unmixing_config import UNMIXING_DEFAULTS
-from pipeline.unmixing_infer import blend_window, tile_infer, tile_starts
+from ubf.core.checkpoint import save_checkpoint
+from ubf.data.images import read_rgb
+from ubf.data.matio import read_mat
+from ubf.data.normalize import minmax
+from ubf.models.unmixing import UnmixingAutoencoder
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS
+from ubf.pipeline.unmixing_infer import blend_window, tile_infer, tile_starts
 
 
 def tiny_checkpoint(path, out_bands=12, encoder="sspn"):
@@ -61,7 +61,7 @@ def test_default_runs_each_image_whole_as_the_reference(tmp_path, monkeypatch):
     """The reference's infer calls the network once on the whole image; the default (tile 0) must
     give exactly that, and differ from 64-pixel tiles (channel attention sees the whole image).
     Images above the whole-image limit fall back to tiles, with a log line."""
-    import pipeline.unmixing_infer as infer
+    import ubf.pipeline.unmixing_infer as infer
     torch.manual_seed(0)
     model = UnmixingAutoencoder(out_bands=6, widths=(8, 8), n_blocks=1).eval()
     image = torch.rand(3, 90, 110)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from models.losses import charbonnier, endmember_tv, spectral_angle_loss, spectral_smoothness_tv, unmixing_loss
-from models.unmixing import UnmixingAutoencoder
+from ubf.models.losses import charbonnier, endmember_tv, spectral_angle_loss, spectral_smoothness_tv, unmixing_loss
+from ubf.models.unmixing import UnmixingAutoencoder
 
 
 def test_paper_network_shapes_and_size():

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import shared_path
-from data.hsi_dataset import HSICropDataset, prepare_pair
-from data.matio import read_hsi, write_mat
-from models.unmixing import build_unmixing_model, relu_simplex
-from models.unmixing_init import enclosing_tetrahedron, linear_simplex_init, orthogonal_vertices
-from pipeline.unmixing_config import load_unmixing_config
-from pipeline.unmixing_train import one_cycle_lr, train_unmixing
+from ubf.data.hsi_dataset import HSICropDataset, prepare_pair
+from ubf.data.matio import read_hsi, write_mat
+from ubf.models.unmixing import build_unmixing_model, relu_simplex
+from ubf.models.unmixing_init import enclosing_tetrahedron, linear_simplex_init, orthogonal_vertices
+from ubf.pipeline.unmixing_config import load_unmixing_config
+from ubf.pipeline.unmixing_train import one_cycle_lr, train_unmixing
 
 SAMSON_RGB = [86, 53, 22]  # nearest bands to 672 / 569 / 471 nm of 156 bands evenly over 401-889 nm
 
@@ -183,7 +183,7 @@ def test_improved_config_trains_without_a_test_split(tmp_path):
 
 
 def test_match_moments_moves_channel_statistics_to_the_reference():
-    from pipeline.unmixing_color import match_moments
+    from ubf.pipeline.unmixing_color import match_moments
     rng = np.random.default_rng(3)
     photo = rng.uniform(0.4, 0.6, size=(64, 64, 3)).astype(np.float32)  # low-contrast, unclipped after matching
     mean_ref, std_ref = np.array([0.3, 0.5, 0.4]), np.array([0.05, 0.04, 0.03])
@@ -194,8 +194,8 @@ def test_match_moments_moves_channel_statistics_to_the_reference():
 
 
 def test_infer_with_colour_matching_uses_the_checkpoint_moments(tmp_path):
-    from pipeline.unmixing_infer import infer_folders
-    from data.matio import read_mat
+    from ubf.pipeline.unmixing_infer import infer_folders
+    from ubf.data.matio import read_mat
     cube, _ = read_hsi(shared_path("hsi", "moffett.mat"))
     aid = shared_path("paper", "aid")
     (tmp_path / "train").mkdir()

@@ -7,11 +7,11 @@ import torch
 
 from Unmixing import main as unmixing_main  # noqa: F401  (the CLI must import cleanly)
 from conftest import shared_path
-from core.checkpoint import load_checkpoint
-from core.errors import UserError
-from pipeline.unmixing_config import load_unmixing_config
-from pipeline.unmixing_train import evaluate, make_dataset, step_lr, train_unmixing
-from models.unmixing import build_unmixing_model
+from ubf.core.checkpoint import load_checkpoint
+from ubf.core.errors import UserError
+from ubf.pipeline.unmixing_config import load_unmixing_config
+from ubf.pipeline.unmixing_train import evaluate, make_dataset, step_lr, train_unmixing
+from ubf.models.unmixing import build_unmixing_model
 
 TINY_MODEL = {"widths": [8, 8], "n_blocks": 1}
 
@@ -79,7 +79,7 @@ def test_missing_data_explains_how_to_get_it(tmp_path, capsys):
         unmixing_main(["train", "--train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
-    assert "nowhere: no HSI crops" in message and "data.prepare" in message and "demo.py" in message
+    assert "nowhere: no HSI crops" in message and "ubf.data.prepare" in message and "demo.py" in message
 
 
 def test_band_count_mismatch_on_resume(tmp_path):

@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from core.errors import UserError
-from data.matio import read_mat, write_mat
-from pipeline.variability import apply_variability, measure_strength, scaling_fields
+from ubf.core.errors import UserError
+from ubf.data.matio import read_mat, write_mat
+from ubf.pipeline.variability import apply_variability, measure_strength, scaling_fields
 
 
 def test_fields_have_the_asked_strength_mean_one_and_are_smooth():
@@ -49,7 +49,7 @@ def test_measured_strength_recovers_a_known_brightness_spread(tmp_path):
 
 
 def test_synthesis_with_variability(tmp_path):
-    from pipeline.synthesis import SynthesisOptions, run_synthesis
+    from ubf.pipeline.synthesis import SynthesisOptions, run_synthesis
     from test_synthesis import fabricate_abundances, fabricate_checkpoint
     ckpt = str(tmp_path / "best.pth")
     fabricate_checkpoint(ckpt)

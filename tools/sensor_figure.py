@@ -19,10 +19,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from data.bands import chikusei_wavelengths  # noqa: E402
-from data.cubes import read_cube  # noqa: E402
-from data.normalize import minmax  # noqa: E402
-from data.sensors import load_sensor, render_cube, render_matrix  # noqa: E402
+from ubf.data.bands import chikusei_wavelengths  # noqa: E402
+from ubf.data.cubes import read_cube  # noqa: E402
+from ubf.data.normalize import minmax  # noqa: E402
+from ubf.data.sensors import load_sensor, render_cube, render_matrix  # noqa: E402
 
 
 def stretch(image: np.ndarray) -> np.ndarray:

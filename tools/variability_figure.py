@@ -21,9 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from data.cubes import list_cube_files, read_cube  # noqa: E402
-from data.matio import read_mat  # noqa: E402
-from data.normalize import minmax  # noqa: E402
+from ubf.data.cubes import list_cube_files, read_cube  # noqa: E402
+from ubf.data.matio import read_mat  # noqa: E402
+from ubf.data.normalize import minmax  # noqa: E402
 
 
 def brightness(folder: str, normalise: bool) -> np.ndarray:

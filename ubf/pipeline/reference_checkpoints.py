@@ -1,0 +1,161 @@
+"""Checkpoints of the reference code in, checkpoints in the reference's format out.
+
+    python -m ubf.pipeline.export_reference unmixing CKPT OUT.pth
+    python -m ubf.pipeline.export_reference diffusion CKPT OUT_PREFIX [--ema]   (writes OUT_PREFIX_gen.pth, _opt.pth)
+
+In: `load_unmixing_checkpoint` turns the reference's stage-1 `{"epoch", "model"}` into a checkpoint
+dict of ours (the reference stores no config: the paper's model settings are read from the tensor
+shapes, the input bands are the default R, G, B bands 53/33/14, or evenly spread ones when the
+cube has fewer bands); `load_diffusion_resume` turns a reference `I*_E*_gen.pth` + `I*_E*_opt.pth`
+pair into a training state that `Diffusion.py -p train --resume` continues (the reference has no
+EMA, AMP scaler or RNG states: the EMA starts from the weights and the random streams are seeded
+from the run's seed and the step). The key names themselves live in `core.reference_format`.
+"""
+import copy
+import os
+
+import torch
+
+from ubf.core.checkpoint import load_checkpoint, load_file, save_checkpoint
+from ubf.core.errors import UserError
+from ubf.core.logs import get_logger
+from ubf.core.reference_format import (ReferenceFormatError, diffusion_from_reference, diffusion_to_reference,
+                                   optimizer_from_reference, optimizer_to_reference, unmixing_checkpoint_to_reference,
+                                   unmixing_from_reference)
+from ubf.data.bands import evenly_spread_bands
+from ubf.models.diffusion import NoiseSchedule
+from ubf.models.sr3_unet import unet_from_config
+from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS
+
+GEN_SUFFIX, OPT_SUFFIX = "_gen.pth", "_opt.pth"
+
+
+# stage 1 ----------------------------------------------------------------------------------------
+
+def load_unmixing_checkpoint(path: str, for_model: bool = True) -> dict:
+    """A stage-1 checkpoint dict of ours from `path`, which may also be a reference checkpoint.
+
+    `for_model`: the network will be built from it, so its config and band entries must be there
+    (synthesis needs only the decoder weight).
+    """
+    state = load_checkpoint(path, "unmixing", reference_ok=True)
+    if state.get("format") != "reference":
+        if not for_model:
+            return state
+        missing = [key for key in ("config", "out_bands", "band_indices") if key not in state]
+        if missing or not isinstance(state["config"], dict) or "model" not in state["config"]:
+            raise UserError(f"{path}: an incomplete unmixing checkpoint (no {(missing or ['config.model'])[0]!r})")
+        return state
+    try:
+        weights, model_cfg = unmixing_from_reference(state["model"])
+    except ReferenceFormatError as err:
+        raise UserError(f"{path}: a reference stage-1 checkpoint that cannot be read: {err}") from None
+    cfg = copy.deepcopy(UNMIXING_DEFAULTS)
+    cfg["model"].update(model_cfg)
+    out_bands = int(weights["decoder.weight"].shape[0])
+    default_bands = cfg["data"]["bands"]
+    bands = default_bands if max(default_bands) < out_bands else evenly_spread_bands(out_bands)
+    cfg["data"]["bands"] = bands
+    get_logger().info("%s: a checkpoint of the reference code (epoch %s, %d bands); input bands %s", path,
+                      state.get("epoch"), out_bands, "/".join(map(str, bands)))
+    return {"stage": "unmixing", "format": "reference", "model": weights, "config": cfg,
+            "epoch": int(state.get("epoch", 1)) - 1, "band_indices": list(bands),
+            "in_channels": int(weights["encoder.stem.weight"].shape[1]), "out_bands": out_bands, "wavelengths": None}
+
+
+# stage 2 ----------------------------------------------------------------------------------------
+
+def reference_gen_path(path: str) -> str | None:
+    """The `*_gen.pth` that `path` names (the file itself or the reference's `resume_state` prefix), else None."""
+    if path.endswith(GEN_SUFFIX) and os.path.isfile(path):
+        return path
+    if not path.endswith(GEN_SUFFIX) and os.path.isfile(path + GEN_SUFFIX):
+        return path + GEN_SUFFIX
+    return None
+
+
+def read_reference_weights(gen_path: str) -> dict:
+    """Our UNet state dict from a reference `*_gen.pth`."""
+    state = load_file(gen_path)
+    if not isinstance(state, dict):
+        raise UserError(f"{gen_path}: not a weights file (a dict of tensors)")
+    try:
+        return diffusion_from_reference(state)
+    except ReferenceFormatError as err:
+        raise UserError(f"{gen_path}: {err}") from None
+
+
+def check_weights_fit(weights: dict, model_cfg: dict, path: str) -> int:
+    """Refuse weights whose names or shapes differ from the UNet of `model_cfg` (built without memory);
+    returns the number of parameter tensors (what the optimizer state must cover)."""
+    with torch.device("meta"):
+        unet = unet_from_config(model_cfg)
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if found != expected:
+        wrong = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
+        raise UserError(f"{path}: the weights do not fit the config's model.unet / diffusion.image_size "
+                        f"({len(wrong)} tensors differ, e.g. '{wrong[0]}')")
+    return sum(1 for _ in unet.parameters())
+
+
+def load_diffusion_resume(path: str, cfg: dict) -> dict | None:
+    """A training state from a reference `*_gen.pth` + `*_opt.pth` pair, or None when `path` is not one."""
+    gen_path = reference_gen_path(path)
+    if gen_path is None:
+        return None
+    opt_path = gen_path[:-len(GEN_SUFFIX)] + OPT_SUFFIX
+    if not os.path.isfile(opt_path):
+        raise UserError(f"{gen_path}: the reference's optimizer file {os.path.basename(opt_path)} is not beside it; "
+                        "training cannot continue without it (sampling with -p val can)")
+    weights = read_reference_weights(gen_path)
+    parameters = check_weights_fit(weights, cfg["model"], gen_path)
+    try:
+        optimizer, epoch, step = optimizer_from_reference(load_file(opt_path))
+    except ReferenceFormatError as err:
+        raise UserError(f"{opt_path}: {err}") from None
+    if sum(len(group.get("params", [])) for group in optimizer.get("param_groups", [])) != parameters:
+        raise UserError(f"{opt_path}: its optimizer state does not match the weights of {os.path.basename(gen_path)}")
+    get_logger().info("%s: reference checkpoint at iteration %d, epoch %d; EMA starts from these weights, random "
+                      "streams from the seed and the step", gen_path, step, epoch)
+    return {"stage": "diffusion", "format": "reference", "model": weights, "ema": None, "optimizer": optimizer,
+            "step": step, "epoch": epoch, "samples_seen": step * int(cfg["datasets"]["train"]["batch_size"]),
+            "config": cfg}
+
+
+# export -----------------------------------------------------------------------------------------
+
+def _refuse_existing(paths: list[str], overwrite: bool) -> None:
+    taken = [p for p in paths if os.path.exists(p)]
+    if taken and not overwrite:
+        raise UserError(f"{taken[0]}: exists already; pass --overwrite to replace it")
+
+
+def export_unmixing(ckpt: str, out: str, overwrite: bool = False) -> str:
+    """Write our stage-1 checkpoint `ckpt` as the reference's `{"epoch", "model"}` file `out`."""
+    state = load_unmixing_checkpoint(ckpt)
+    try:
+        reference = unmixing_checkpoint_to_reference(state)
+    except ReferenceFormatError as err:
+        raise UserError(f"{ckpt}: {err}") from None
+    _refuse_existing([out], overwrite)
+    save_checkpoint(reference, out)
+    return out
+
+
+def export_diffusion(ckpt: str, prefix: str, ema: bool = False, overwrite: bool = False) -> tuple[str, str]:
+    """Write our stage-2 checkpoint `ckpt` as the reference's `<prefix>_gen.pth` and `<prefix>_opt.pth`.
+
+    The generator holds the trained weights (`ema=True`: the EMA weights, for sampling only) and the
+    training schedule's buffers; the optimizer file holds the Adam state, epoch and iteration.
+    """
+    state = load_checkpoint(ckpt, "diffusion")
+    weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
+    if ema and state.get("ema") is None:
+        get_logger().warning("%s: no EMA weights; exporting the trained weights", ckpt)
+    schedule = NoiseSchedule.from_config(state["config"]["model"]["beta_schedule"]["train"])
+    gen_path, opt_path = prefix + GEN_SUFFIX, prefix + OPT_SUFFIX
+    _refuse_existing([gen_path, opt_path], overwrite)
+    save_checkpoint(diffusion_to_reference(weights, schedule), gen_path)
+    save_checkpoint(optimizer_to_reference(state["optimizer"], state.get("epoch", 0), state["step"]), opt_path)
+    return gen_path, opt_path

@@ -1,0 +1,325 @@
+"""Run the trained encoder over external RGB (or HSI) collections and write abundance maps.
+
+By default each image goes through the encoder whole, as in the reference (and with no tile overlap
+computed twice: 1.6x less work than 256 tiles with 32 overlap on a 600 x 600 image). With `tile` > 0,
+or for images above 2048 x 2048 pixels, `tile_infer` runs overlapping tiles whose outputs are blended
+with weights that fall linearly to the tile borders, so seams vanish and memory stays bounded by the
+tile size. The blend is a convex combination of simplex outputs, so blended abundances still sum to one.
+"""
+import glob
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ubf.core.progress import tqdm  # a line every few percent when not on a terminal
+
+from ubf.core.errors import UserError
+from ubf.core.fs import ensure_folder, flat_name, remove_stale_temp_files
+from ubf.core.logs import get_logger
+from ubf.core.validate import INT_NONNEGATIVE, INT_POSITIVE, check_value
+from ubf.core.previews import abundance_strip, save_png
+from ubf.data.cubes import list_cube_files, read_cube
+from ubf.data.hsi_dataset import prepare_pair
+from ubf.data.images import list_images, read_rgb
+from ubf.data.matio import write_mat
+from ubf.data.normalize import minmax
+from ubf.models.unmixing import UnmixingAutoencoder, build_unmixing_model
+from ubf.pipeline.reference_checkpoints import load_unmixing_checkpoint
+from ubf.pipeline.class_labels import scene_class
+from ubf.pipeline.unmixing_color import match_moments
+
+
+def load_unmixing_model(path: str, device: torch.device) -> tuple[UnmixingAutoencoder, dict]:
+    """The autoencoder of an unmixing checkpoint, in eval mode on `device`, and the checkpoint dict."""
+    state = load_unmixing_checkpoint(path)  # ours, or the reference's {"epoch", "model"}
+    model = build_unmixing_model(state["config"]["model"], state.get("in_channels", 3), state["out_bands"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def blend_window(height: int, width: int, overlap: int) -> torch.Tensor:
+    """(height, width) weights rising linearly over `overlap` pixels from each border (never zero)."""
+    def ramp(n: int) -> torch.Tensor:
+        position = torch.arange(n, dtype=torch.float32)
+        edge = torch.minimum(position + 1, n - position)
+        return (edge / max(overlap, 1)).clamp(max=1.0)
+    return torch.outer(ramp(height), ramp(width))
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, size) with tiles of `tile` overlapping by at least `overlap`."""
+    if size <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048  # tile 0 runs larger images in tiles of FALLBACK_TILE (memory)
+FALLBACK_TILE = 1024
+
+
+@torch.inference_mode()
+def tile_infer(model: UnmixingAutoencoder, image: torch.Tensor, device: torch.device, tile: int = 0,
+               overlap: int = 32, tile_batch: int = 1, channels_last: bool = False) -> torch.Tensor:
+    """(3, H, W) input -> (K, H, W) abundances on the CPU: the whole image at once (`tile` 0, the
+    reference's way; above WHOLE_IMAGE_MAX_PIXELS in tiles of FALLBACK_TILE), else tile by tile.
+
+    All tiles share one shape, so `tile_batch` of them can go through the network together;
+    `channels_last` switches the memory format. Both are speed options (docs/benchmarks.md): they pay
+    for narrow networks such as the demo's and not for the paper's.
+    """
+    _, height, width = image.shape
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return model.abundances(batch).float().cpu()
+
+    if tile == 0:
+        if height * width <= WHOLE_IMAGE_MAX_PIXELS:
+            return run(image[None])[0]
+        get_logger().info("a %d x %d image is larger than %d pixels: inferred in tiles of %d (set --tile to choose)",
+                          height, width, WHOLE_IMAGE_MAX_PIXELS, FALLBACK_TILE)
+        tile, overlap = FALLBACK_TILE, min(max(overlap, 1), FALLBACK_TILE // 4)
+    if height <= tile and width <= tile:
+        return run(image[None])[0]
+    total = torch.zeros(model.num_endmembers, height, width)
+    weight_sum = torch.zeros(height, width)
+    corners = [(top, left) for top in tile_starts(height, tile, overlap) for left in tile_starts(width, tile, overlap)]
+    weights = blend_window(min(tile, height), min(tile, width), overlap)
+    for first in range(0, len(corners), max(1, tile_batch)):
+        group = corners[first:first + max(1, tile_batch)]
+        patches = torch.stack([image[:, top:top + tile, left:left + tile] for top, left in group])
+        for (top, left), abundances in zip(group, run(patches)):
+            total[:, top:top + tile, left:left + tile] += abundances * weights
+            weight_sum[top:top + tile, left:left + tile] += weights
+    return total / weight_sum
+
+
+def newest_unmixing_checkpoint(root: str = "experiments/unmixing", prefer: str = "latest") -> str:
+    """`checkpoint/latest.pth` (the final epoch, as the reference; `prefer="best"`: best.pth), else the
+    other one, of the most recently updated run under `root`."""
+    if prefer not in ("latest", "best"):
+        raise UserError(f"checkpoint choice {prefer!r}: expected latest or best")
+    order = (f"{prefer}.pth", "best.pth" if prefer == "latest" else "latest.pth")
+    found = []
+    for run in glob.glob(os.path.join(root, "*")):
+        for name in order:
+            path = os.path.join(run, "checkpoint", name)
+            if os.path.isfile(path):
+                found.append(path)
+                break
+    if os.path.isdir(os.path.join(root, "checkpoint")):  # `root` is itself a run folder
+        found += [os.path.join(root, "checkpoint", n) for n in order
+                  if os.path.isfile(os.path.join(root, "checkpoint", n))][:1]
+    if not found:
+        raise UserError(f"no unmixing checkpoint under {os.path.join(root, '*', 'checkpoint')}; "
+                        "run `python Unmixing.py train ...` first or pass --ckpt FILE")
+    return max(found, key=os.path.getmtime)
+
+
+def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int, moments=None):
+    """(model input (H, W, 3), ground truth to store) for one RGB image or HSI file.
+
+    `moments` (the training inputs' per-channel mean and std) moves an RGB image's colour statistics
+    onto the training composites' before the encoder sees it (`infer.color_match: "moments"`).
+    """
+    if kind == "rgb":
+        image = minmax(read_rgb(path))
+        if moments is not None:
+            return match_moments(image, tuple(moments)), image
+        return image, image
+    cube, _ = read_cube(path, key, n_bands)
+    if cube.shape[2] != n_bands:
+        raise UserError(f"{path}: {cube.shape[2]} bands, but this checkpoint was trained on {n_bands}")
+    model_input, target = prepare_pair(cube, band_indices)
+    return model_input, target
+
+
+class DecodedInputs(Dataset):
+    """Decoded inputs for a DataLoader, so that workers read the next images while the network runs.
+
+    Item i is (model input (3, H, W) tensor, ground truth (H, W, C)), or the UserError that reading
+    it raised (returned, not raised, so one bad file does not stop the loader)."""
+
+    def __init__(self, pending: list[tuple[str, str]], band_indices, key: str | None, n_bands: int, moments=None):
+        self.pending, self.band_indices, self.key, self.n_bands = pending, band_indices, key, n_bands
+        self.moments = moments
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def __getitem__(self, index: int):
+        kind, path = self.pending[index]
+        try:
+            model_input, ground_truth = load_input(path, kind, self.band_indices, self.key, self.n_bands,
+                                                   self.moments)
+        except UserError as err:
+            return err
+        return torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1))), ground_truth
+
+
+def decoded_inputs(pending: list[tuple[str, str]], band_indices, key, n_bands: int, workers: int, moments=None):
+    """Iterate `DecodedInputs` in order; `workers` processes decode ahead (0: in this process)."""
+    dataset = DecodedInputs(pending, band_indices, key, n_bands, moments)
+    if workers <= 0:
+        return (dataset[i] for i in range(len(dataset)))
+    return iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2,
+                           collate_fn=as_decoded))
+
+
+def as_decoded(item):
+    """The DataLoader's hook for unbatched items: keep them as they are (numpy stays numpy)."""
+    return item
+
+
+def process_share(items: list) -> list:
+    """This process's share of the inputs under `torchrun` (every WORLD_SIZE-th, from RANK), else all."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return items[int(os.environ.get("RANK", 0))::world] if world > 1 else items
+
+
+def collect_inputs(rgb_dirs, hsi_dirs) -> list[tuple[str, str, str]]:
+    """(kind, path, root) for every image of every folder; an empty folder is an error."""
+    items = []
+    for kind, folders, lister in (("rgb", rgb_dirs, list_images), ("hsi", hsi_dirs, list_cube_files)):
+        for folder in folders or []:
+            found = lister(folder)
+            if not found:
+                raise UserError(f"{folder}: no {'images' if kind == 'rgb' else 'HSI files (.mat, ENVI .hdr, .tif)'} found")
+            items += [(kind, path, folder) for path in found]
+    return items
+
+
+def output_stems(items, done: dict, out_dir: str) -> dict[str, str]:
+    """A distinct output stem per input path: its flat name, or that name plus a hash of the input's path.
+
+    Inputs finished before keep the name the manifest gives them; the flat name goes to the first
+    input that claims it, and a later input with the same flat name (another folder holding the same
+    file name) gets `<name>__<8 hex digits of its absolute path>` so nothing is overwritten.
+    """
+    taken = {os.path.splitext(os.path.basename(entry["output"]))[0]: source for source, entry in done.items()
+             if os.path.dirname(os.path.abspath(entry["output"])) == os.path.abspath(out_dir)}
+    stems = {}
+    for _, path, root in items:
+        absolute = os.path.abspath(path)
+        entry = done.get(absolute)
+        if entry is not None and taken.get(os.path.splitext(os.path.basename(entry["output"]))[0]) == absolute:
+            stems[path] = os.path.splitext(os.path.basename(entry["output"]))[0]
+    for _, path, root in items:
+        if path in stems:
+            continue
+        absolute = os.path.abspath(path)
+        stem = flat_name(path, root)
+        if taken.get(stem, absolute) != absolute:
+            stem = f"{stem}__{hashlib.sha1(absolute.encode()).hexdigest()[:8]}"
+        taken[stem] = absolute
+        stems[path] = stem
+    return stems
+
+
+def check_tiling(tile: int, overlap: int, tile_batch: int = 1) -> None:
+    """Tile settings that give a correct blend: tile 0 (whole image) or >= 1 with 0 <= overlap < tile."""
+    check_value(tile, INT_NONNEGATIVE, "tile")
+    check_value(overlap, INT_NONNEGATIVE, "overlap")
+    check_value(tile_batch, INT_POSITIVE, "tile batch")
+    if tile and overlap >= tile:
+        raise UserError(f"overlap {overlap} must be smaller than tile {tile}")
+
+
+def read_manifest(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {entry["input"]: entry for entry in map(json.loads, filter(str.strip, f))}
+
+
+def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 0,
+                  overlap: int = 32, overwrite: bool = False, key: str | None = None,
+                  save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = True,
+                  workers: int = 1, color_match: str = "none") -> dict:
+    """Write `<out>/<name>.mat` (Abu, GT, Y, class) and `<out>/previews/<name>.png` for every input.
+
+    `class` (also in the manifest) is the name of the folder the image sits in: the scene class of
+    collections organised as `<root>/<class>/<image>` (AID, NWPU-RESISC45). `color_match: "moments"`
+    moves each RGB image's channel mean/std onto the training composites' (stored in the checkpoint).
+
+    Returns {"written": [...], "skipped": [...], "failed": [(path, message)]}. Unreadable inputs are
+    reported and skipped; the others go on. Finished inputs listed in the manifest are skipped unless
+    `overwrite`. `workers` processes decode images ahead of the network. Under `torchrun` each
+    process takes every WORLD_SIZE-th input and appends to the one shared manifest.
+    """
+    log = get_logger()
+    check_tiling(tile, overlap, tile_batch)
+    model, state = load_unmixing_model(ckpt, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    moments = None
+    if color_match == "moments":
+        moments = state.get("input_moments")
+        if moments is None:
+            raise UserError(f"{ckpt}: no training colour statistics (input_moments) in this checkpoint; "
+                            "retrain it or use --color-match none")
+    elif color_match != "none":
+        raise UserError(f"color_match must be 'none' or 'moments', got '{color_match}'")
+    items = process_share(collect_inputs(rgb_dirs, hsi_dirs))
+    ensure_folder(out_dir)
+    for stale in remove_stale_temp_files(out_dir) + remove_stale_temp_files(os.path.join(out_dir, "previews")):
+        log.info("removed %s, left by an earlier run that was killed while writing", stale)
+    manifest_path = os.path.join(out_dir, "manifest.jsonl")
+    done = read_manifest(manifest_path)
+    stems = output_stems(items, done, out_dir)
+    endmembers = model.endmembers().detach().float().cpu()
+    result = {"written": [], "skipped": [], "failed": []}
+    log.info("inferring abundances of %d images with %s (K=%d, %d bands) into %s", len(items), ckpt,
+             model.num_endmembers, model.out_bands, out_dir)
+    pending = []
+    for kind, path, root in items:
+        name = stems[path]
+        mat_path = os.path.join(out_dir, name + ".mat")
+        absolute = os.path.abspath(path)
+        if not overwrite and absolute in done and os.path.isfile(mat_path):
+            result["skipped"].append(path)
+            continue
+        if not overwrite and os.path.exists(mat_path) and absolute not in done:
+            result["failed"].append((path, f"{mat_path} exists and is not from this manifest (use --overwrite)"))
+            continue
+        pending.append((kind, path, name, mat_path, absolute))
+    loaded = decoded_inputs([(kind, path) for kind, path, *_ in pending], state["band_indices"], key,
+                            model.out_bands, workers, moments)
+    for (kind, path, name, mat_path, absolute), decoded in tqdm(zip(pending, loaded), total=len(pending),
+                                                                desc="infer", dynamic_ncols=True):
+        try:
+            if isinstance(decoded, UserError):
+                raise decoded
+            image, ground_truth = decoded
+            abundances = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
+            abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)
+            if not np.all(np.isfinite(abu)):
+                raise UserError(f"{path}: the abundances came out NaN/Inf; nothing written (a broken checkpoint?)")
+            variables = {"Abu": abu, "GT": ground_truth.astype(np.float32), "class": scene_class(path)}
+            if save_reconstruction:
+                variables["Y"] = np.clip(abu @ endmembers.numpy().T, 0.0, 1.0).astype(np.float32)
+            write_mat(mat_path, variables)
+            save_png(abundance_strip(abu), os.path.join(out_dir, "previews", name + ".png"))
+        except UserError as err:
+            log.error("%s", err)
+            result["failed"].append((path, str(err)))
+            continue
+        entry = {"input": absolute, "output": os.path.abspath(mat_path), "kind": kind, "shape": list(abu.shape),
+                 "checkpoint": os.path.abspath(ckpt), "class": scene_class(path)}
+        try:
+            with open(manifest_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as err:  # the outputs so far are recorded; without a manifest nothing more can be
+            raise UserError(f"{manifest_path}: could not write ({err.strerror or err}); {len(result['written'])} "
+                            "files were written and recorded before this one") from None
+        done[absolute] = entry
+        result["written"].append(mat_path)
+    return result
