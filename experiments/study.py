@@ -110,15 +110,9 @@ def run_cli(args: list[str]) -> None:
         raise UserError(f"failed with exit status {result.returncode}: python {shown}")
 
 
-def supports_profile(script: str) -> bool:
-    """Whether a CLI of this checkout takes --profile (the flag is newer than some CLIs)."""
-    with open(os.path.join(ROOT, script), encoding="utf-8") as f:
-        text = f.read()
-    return "add_profile_argument" in text or '"--profile"' in text
-
-
 def profile_flag(script: str, profile: str) -> list[str]:
-    return ["--profile", profile] if supports_profile(script) else []
+    """Every CLI of this checkout takes --profile."""
+    return ["--profile", profile]
 
 
 def downstream_label(task: str, name: str, protocol: str) -> str:
@@ -180,7 +174,7 @@ def split_data(data_dir: str, out: str) -> dict:
     crops it tests on: endmembers learned from a test crop would leak it into every synthetic HSI."""
     from ubf.data.hsi_dataset import list_mat_files
     from ubf.data.images import list_images
-    from demo import link_step_folders
+    from ubf.cli.demo import link_step_folders
     crops, images = list_mat_files(data_dir), list_images(data_dir)
     if not crops or not images:
         raise UserError(f"{data_dir}: needs .mat HSI crops and RGB images (e.g. chikusei/*.mat, aid/*.jpg)")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import Diffusion
+from ubf.cli import diffusion as Diffusion
 from ubf.core.abundance_scaling import channel_range, from_model_space, to_model_space
 from ubf.data.abundance_dataset import AbundanceDataset, training_range
 from ubf.data.matio import read_mat, write_mat

@@ -16,10 +16,10 @@ import scipy.io as sio
 import torch
 from PIL import Image
 
-import Diffusion
-import Evaluate
-import Synthesis
-from Unmixing import main as unmixing_main
+from ubf.cli import diffusion as Diffusion
+from ubf.cli import evaluate as Evaluate
+from ubf.cli import synthesis as Synthesis
+from ubf.cli.unmixing import main as unmixing_main
 from ubf.core import checkpoint
 from ubf.core.checkpoint import load_checkpoint, save_checkpoint, trust_checkpoint_code
 from ubf.core.errors import UserError

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import Diffusion
-from Unmixing import main as unmixing_main
+from ubf.cli import diffusion as Diffusion
+from ubf.cli.unmixing import main as unmixing_main
 from ubf.core.checkpoint import load_checkpoint
 from ubf.core.errors import UserError
 from ubf.data.matio import read_mat, write_mat

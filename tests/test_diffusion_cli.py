@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import Diffusion
+from ubf.cli import diffusion as Diffusion
 from ubf.core.checkpoint import load_checkpoint
 from ubf.core.errors import UserError
 from ubf.data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import demo
+from ubf.cli import demo as demo
 from ubf.data.bands import chikusei_wavelengths
 from ubf.data.matio import read_mat
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import Evaluate
+from ubf.cli import evaluate as Evaluate
 from ubf.data.matio import read_hsi, write_mat
 from ubf.core.metrics import mrae
 from ubf.evaluation.downstream import DownstreamSettings, split_real, summarise

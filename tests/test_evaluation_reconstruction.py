@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import Evaluate
+from ubf.cli import evaluate as Evaluate
 from ubf.core.checkpoint import save_checkpoint
 from ubf.core.metrics import quality_assessment
 from ubf.data.hsi_dataset import prepare_pair

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import Unmixing
+from ubf.cli import unmixing as Unmixing
 from conftest import shared_path
 from ubf.data.bands import BAND_PRESETS, chikusei_wavelengths
 from ubf.data.matio import read_hsi, read_mat, write_mat

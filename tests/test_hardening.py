@@ -19,11 +19,11 @@ import scipy.io as sio
 import torch
 from PIL import Image
 
-import Diffusion
-import Synthesis
+from ubf.cli import diffusion as Diffusion
+from ubf.cli import synthesis as Synthesis
 import ubf.pipeline.diffusion_train as diffusion_train
 import ubf.pipeline.unmixing_train as unmixing_train
-from Unmixing import main as unmixing_main
+from ubf.cli.unmixing import main as unmixing_main
 from ubf.core.checkpoint import load_checkpoint, save_checkpoint
 from ubf.core.errors import UserError
 from ubf.data.matio import write_mat
@@ -529,7 +529,7 @@ def test_prepare_refuses_nan_in_the_source(tmp_path):
 
 
 def test_synthesis_refuses_a_diffusion_checkpoint(tmp_path, capsys):
-    from Synthesis import main as synthesis_main
+    from ubf.cli.synthesis import main as synthesis_main
     from ubf.core.checkpoint import save_checkpoint
     save_checkpoint({"stage": "diffusion", "model": {}}, str(tmp_path / "d.pth"))
     (tmp_path / "abu").mkdir()

@@ -18,11 +18,11 @@ import scipy.io as sio
 import torch
 from PIL import Image
 
-import Diffusion
-import Evaluate
-import Synthesis
-import Unmixing
-import demo
+from ubf.cli import diffusion as Diffusion
+from ubf.cli import evaluate as Evaluate
+from ubf.cli import synthesis as Synthesis
+from ubf.cli import unmixing as Unmixing
+from ubf.cli import demo as demo
 from ubf.core.checkpoint import load_checkpoint, save_checkpoint
 from ubf.core.config import merge_config, read_json_config
 from ubf.core.errors import UserError

@@ -74,7 +74,7 @@ def test_torchrun_shares_cover_every_file_once_and_fill_one_manifest(setup, tmp_
 
 
 def test_cli_speed_flags(setup, tmp_path):
-    from Unmixing import main as unmixing_main
+    from ubf.cli.unmixing import main as unmixing_main
     ckpt, images, _ = setup
     for name, flags in (("a", ["--no-channels-last", "--workers", "0"]), ("b", ["--tile-batch", "3", "--workers", "2"])):
         code = unmixing_main(["infer", "--ckpt", ckpt, "--rgb", images, "--out", str(tmp_path / name), "--device", "cpu",

@@ -51,7 +51,7 @@ def test_diffusion_cli_set_and_resume_latest(tmp_path, capsys):
 
     import numpy as np
 
-    import Diffusion
+    from ubf.cli import diffusion as Diffusion
     from ubf.core.checkpoint import load_checkpoint
     from ubf.data.matio import write_mat
     from test_diffusion_cli import TINY, write_json
@@ -75,7 +75,7 @@ def test_diffusion_cli_set_and_resume_latest(tmp_path, capsys):
 
 
 def test_unmixing_resume_latest_without_a_run_is_one_line(tmp_path, capsys):
-    from Unmixing import main
+    from ubf.cli.unmixing import main
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(tmp_path / "run"), "--resume", "latest", "--train", str(tmp_path)])
     assert exit_info.value.code == 2

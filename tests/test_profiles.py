@@ -100,11 +100,11 @@ def test_resolved_profile_is_saved_with_the_run_config(tmp_path):
 
 
 def test_every_cli_has_the_profile_flag():
-    import Diffusion
-    import Evaluate
-    import Synthesis
-    import Unmixing
-    import demo
+    from ubf.cli import diffusion as Diffusion
+    from ubf.cli import evaluate as Evaluate
+    from ubf.cli import synthesis as Synthesis
+    from ubf.cli import unmixing as Unmixing
+    from ubf.cli import demo as demo
     assert Diffusion.build_parser().parse_args(["--profile", "improved"]).profile == "improved"
     assert Synthesis.build_parser().parse_args(["--profile", "improved"]).profile == "improved"
     for command in ("train", "infer"):

@@ -14,9 +14,9 @@ import scipy.io as sio
 import torch
 from PIL import Image
 
-import Diffusion
-import Synthesis
-from Unmixing import main as unmixing_main
+from ubf.cli import diffusion as Diffusion
+from ubf.cli import synthesis as Synthesis
+from ubf.cli.unmixing import main as unmixing_main
 from ubf.core.checkpoint import load_checkpoint, load_file, save_checkpoint
 from ubf.core.errors import UserError
 from ubf.data.matio import read_mat
@@ -83,7 +83,7 @@ def test_infer_and_synthesis_accept_a_reference_checkpoint(tmp_path, reference_u
 
 
 def test_evaluate_reconstruction_accepts_a_reference_checkpoint(tmp_path, reference_unmixing):
-    import Evaluate
+    from ubf.cli import evaluate as Evaluate
     path, weights = reference_unmixing
     (tmp_path / "hsi").mkdir()
     for i in range(2):

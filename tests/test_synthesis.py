@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-import Synthesis
+from ubf.cli import synthesis as Synthesis
 from ubf.core.checkpoint import save_checkpoint
 from ubf.core.errors import UserError
 from ubf.core.simplex import project_to_simplex

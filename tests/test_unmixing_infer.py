@@ -9,7 +9,7 @@ import scipy.io as sio
 import torch
 from PIL import Image
 
-from Unmixing import main as unmixing_main
+from ubf.cli.unmixing import main as unmixing_main
 from conftest import shared_path
 from ubf.core.checkpoint import save_checkpoint
 from ubf.data.images import read_rgb

@@ -218,7 +218,7 @@ def test_infer_with_colour_matching_uses_the_checkpoint_moments(tmp_path):
 
 def test_demo_config_runs_on_a_184_band_scene_with_bands(tmp_path):
     """The CPU demo config (written for 59-band Chikusei, 64-pixel crops) on Moffett halves with --bands."""
-    from Unmixing import main as unmixing_main
+    from ubf.cli.unmixing import main as unmixing_main
     cube, _ = read_hsi(shared_path("hsi", "moffett.mat"))
     for role, part in (("train", cube[:, :25]), ("val", cube[:, 25:])):
         (tmp_path / role).mkdir()

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from Unmixing import main as unmixing_main  # noqa: F401  (the CLI must import cleanly)
+from ubf.cli.unmixing import main as unmixing_main  # noqa: F401  (the CLI must import cleanly)
 from conftest import shared_path
 from ubf.core.checkpoint import load_checkpoint
 from ubf.core.errors import UserError

@@ -1,0 +1,265 @@
+"""The whole pipeline in one command, on built-in synthetic demo data (or on real files with --data).
+
+    python demo.py [--data DIR] [--out DIR] [--device auto|cpu|cuda] [--samples N] [--overwrite]
+                   [--profile improved|faithful]
+
+The demo runs the `improved` profile by default (the measured departures, README "Profiles"); every
+step gets the same `--profile`, and the demo prints which one it uses.
+
+Steps: make the demo data (synthetic HSI scenes mixed from USGS splib07 spectra, and "external" RGB
+images), then run, as a user would, `Unmixing.py train`, `Unmixing.py infer`, `Diffusion.py -p train`,
+`Diffusion.py -p val` and `Synthesis.py` with the small configs `config/demo_unmixing.json` and
+`config/demo_DDPM.json`. Each command is printed before it runs and each step is timed; the end
+lists where the pictures and files are. About five minutes on a 2-core CPU. See docs/synthesis.md.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from ubf.core.errors import OneLineParser, UserError, cli_main
+from ubf.core.fs import check_output_path, require_folder
+from ubf.core.profiles import add_profile_argument
+from ubf.core.validate import INT_ANY, INT_POSITIVE, flag
+from ubf.core.version import add_version_argument
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+DEFAULT_OUT = os.path.join("experiments", "demo")
+# stage 1 under both profiles: the paper's network, narrowed for a CPU, with every key the profile could
+# change written out (the improved recipe's low-contrast abundance maps starve the demo's DDPM: see the config)
+UNMIXING_CONFIG = os.path.join("config", "demo_unmixing.json")
+DDPM_CONFIG = os.path.join("config", "demo_DDPM.json")
+OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "reference", "generation", "timings.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(description="Run the five pipeline steps end to end on demo data")
+    add_version_argument(parser)
+    parser.add_argument("--data", help="run on real files instead: a folder with HSI crops (.mat, e.g. "
+                        "chikusei/*.mat) and RGB images (e.g. aid/*.jpg), such as ../shared/data/paper")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] for every step")
+    parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8,
+                        help="abundance maps to sample = synthetic HSIs (default 8)")
+    parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG,
+                        help=f"stage-1 config (default {UNMIXING_CONFIG}; config/improved_unmixing.json: the "
+                             "improved stage-1 recipe)")
+    parser.add_argument("--ddpm-config", default=DDPM_CONFIG)
+    parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the demo data")
+    parser.add_argument("--size", type=flag(INT_POSITIVE), default=64,
+                        help="height and width of the demo scenes and images")
+    parser.add_argument("--overwrite", action="store_true", help="delete the outputs of an earlier demo in --out first")
+    add_profile_argument(parser, default="improved")
+    return parser
+
+
+def check_step_configs(unmixing_config: str, ddpm_config: str) -> None:
+    """Load (and so validate) both configs before step 1, so a bad value stops the demo before any work."""
+    from ubf.pipeline.diffusion_config import load_diffusion_config
+    from ubf.pipeline.unmixing_config import load_unmixing_config
+    load_unmixing_config(unmixing_config if os.path.isfile(unmixing_config) else os.path.join(ROOT, unmixing_config))
+    load_diffusion_config(ddpm_config if os.path.isfile(ddpm_config) else os.path.join(ROOT, ddpm_config))
+
+
+def prepare_output(out: str, overwrite: bool) -> None:
+    """Refuse to mix with an earlier demo unless --overwrite, which removes only the demo's own outputs."""
+    earlier = [name for name in OWNED if os.path.exists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise UserError(f"{out}: holds an earlier demo ({', '.join(earlier)}); use --overwrite or another --out")
+    for name in earlier:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(out, exist_ok=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.symlink(os.path.abspath(source), target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def split_real_data(data_dir: str, out: str) -> dict:
+    """Folders for the steps from a folder of real files: .mat HSI crops split into train/val/test, RGB images.
+
+    One crop: used for all three. Two: the second trains, the first validates and tests. More: the
+    first tests, the second validates, the rest train. Crops are linked (or copied) into `out/data/hsi`.
+    """
+    from ubf.data.hsi_dataset import list_mat_files
+    from ubf.data.images import list_images
+    require_folder(data_dir, "data folder")
+    crops, images = list_mat_files(data_dir), list_images(data_dir)
+    if not crops:
+        raise UserError(f"{data_dir}: no .mat HSI crops found (e.g. chikusei/*.mat)")
+    if not images:
+        raise UserError(f"{data_dir}: no RGB images found (e.g. aid/*.jpg)")
+    if len(crops) == 1:
+        splits = {"train": crops, "val": crops, "test": crops}
+    elif len(crops) == 2:
+        splits = {"train": crops[1:], "val": crops[:1], "test": crops[:1]}
+    else:
+        splits = {"train": crops[2:], "val": crops[1:2], "test": crops[:1]}
+    return link_step_folders(splits, images, out)
+
+
+def link_step_folders(splits: dict, images: list[str], out: str) -> dict:
+    """Link (or copy) each split's HSI crops into `out/data/hsi/<split>` and the RGB images into
+    `out/data/rgb` (numbered, so equal names from different folders stay apart); the step folders."""
+    folders = {}
+    for split, files in splits.items():
+        folders[split] = os.path.join(out, "data", "hsi", split)
+        for path in files:
+            _link_or_copy(path, os.path.join(folders[split], os.path.basename(path)))
+    folders["rgb"] = os.path.join(out, "data", "rgb")
+    for index, path in enumerate(images):
+        _link_or_copy(path, os.path.join(folders["rgb"], f"{index:04d}_{os.path.basename(path)}"))
+    return folders
+
+
+def _short(argument: str) -> str:
+    """An absolute path below the current folder (or the repository) shown relative to it."""
+    if not os.path.isabs(argument):
+        return argument
+    for base in (os.getcwd(), ROOT):
+        relative = os.path.relpath(argument, base)
+        if not relative.startswith(".."):
+            return relative
+    return argument
+
+
+def run_step(number: int, total: int, title: str, command: list[str]) -> float:
+    """Print and run one CLI command (its progress bars show), return its wall time; a failure stops the demo."""
+    shown = " ".join(["python"] + [_short(c) for c in command[1:]])
+    print(f"\n[{number}/{total}] {title}\n$ {shown}", flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise UserError(f"step {number} ({title}) failed with exit status {result.returncode}: {shown}")
+    print(f"[{number}/{total}] {title}: done in {elapsed:.1f} s", flush=True)
+    return elapsed
+
+
+def report(out: str, timings: dict, paths: dict) -> None:
+    total = sum(timings.values())
+    print(f"\nDemo finished in {total:.0f} s ({total / 60:.1f} min):")
+    for name, seconds in timings.items():
+        print(f"  {name:<18} {seconds:7.1f} s  {100 * seconds / max(total, 1e-9):5.1f} %")
+    metrics_path = os.path.join(paths["unmixing"], "checkpoint", "test_metrics.json")
+    if os.path.isfile(metrics_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            metrics = json.load(f)
+        print(f"  unmixing test reconstruction: PSNR {metrics.get('PSNR', float('nan')):.2f} dB, "
+              f"SAM {metrics.get('SAM', float('nan')):.2f} deg")
+    generation_path = os.path.join(paths.get("generation", ""), "report.json")
+    if os.path.isfile(generation_path):
+        print_generation_scores(generation_path, paths)
+    print("\nPictures:")
+    print(f"  synthetic HSIs (RGB contact sheet): {os.path.join(paths['synthesis'], 'contact_sheet.png')}")
+    print(f"  endmembers and spectra:             {os.path.join(paths['synthesis'], 'spectra.png')}")
+    print(f"  one preview per synthetic HSI:      {os.path.join(paths['synthesis'], 'RGB')}")
+    print(f"  abundances of the external images:  {os.path.join(paths['abundances'], 'previews')}")
+    print(f"  DDPM samples:                       {os.path.join(os.path.dirname(paths['samples']), 'results')}")
+    print(f"  input RGB images:                   {paths['rgb']}")
+    print("Files:")
+    print(f"  unmixing checkpoint:                {paths['checkpoint']}")
+    print(f"  sampled abundances (.mat):          {paths['samples']}")
+    print(f"  synthetic HSIs (.mat):              {os.path.join(paths['synthesis'], 'HSI')}")
+    with open(os.path.join(out, "timings.json"), "w", encoding="utf-8") as f:
+        json.dump({"seconds": timings, "total": total}, f, indent=2)
+        f.write("\n")
+
+
+def print_generation_scores(report_path: str, paths: dict) -> None:
+    """FD of the samples, the real-vs-real floor and the Dirichlet baseline's side by side."""
+    with open(report_path, encoding="utf-8") as f:
+        r = json.load(f)
+    line = "  generation (vs HSIs rendered from the training maps): FD_half {:.3g} | floor {:.3g} | Dirichlet {:.3g}; " \
+           "precision {:.2f} recall {:.2f}"
+    nan = float("nan")
+    print(line.format(r.get("FD_half", nan), r.get("FD_real_floor", nan), r.get("baseline_dirichlet.FD_half", nan),
+                      r.get("precision", nan), r.get("recall", nan)))
+    import numpy as np
+    from ubf.data.matio import read_mat
+    from ubf.evaluation.roughness import as_channels_first, noisy_fraction
+
+    def abundance_maps(folder):
+        return [as_channels_first(read_mat(os.path.join(folder, f), ["Abu"])["Abu"]).numpy()
+                for f in sorted(os.listdir(folder)) if f.endswith(".mat")]
+    rough = noisy_fraction(np.stack(abundance_maps(paths["samples"])), abundance_maps(paths["abundances"]))
+    print(f"  noisy samples (more high-frequency energy than the noisiest training crop): "
+          f"{rough['noisy_sample_fraction']:.0%}")
+
+
+@cli_main
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    for config in (args.unmixing_config, args.ddpm_config):
+        if not os.path.isfile(os.path.join(ROOT, config)) and not os.path.isfile(config):
+            raise UserError(f"{config}: demo config not found")
+    if args.samples < 1:
+        raise UserError("--samples must be at least 1")
+    check_step_configs(args.unmixing_config, args.ddpm_config)
+    out = os.path.abspath(args.out)
+    check_output_path(out)
+    prepare_output(out, args.overwrite)
+    python, total = sys.executable, 8
+    unmixing_config, ddpm_config = (os.path.abspath(c) if os.path.isfile(c) else os.path.join(ROOT, c)
+                                    for c in (args.unmixing_config, args.ddpm_config))
+    paths = {"unmixing": os.path.join(out, "unmixing"), "abundances": os.path.join(out, "abundances"),
+             "ddpm": os.path.join(out, "ddpm"), "synthesis": os.path.join(out, "synthesis")}
+    # the profile decides which checkpoint stage 1 hands on: best.pth (improved) or the final epoch (faithful)
+    paths["checkpoint"] = os.path.join(paths["unmixing"], "checkpoint",
+                                       "best.pth" if args.profile == "improved" else "latest.pth")
+    timings = {}
+    print(f"profile: {args.profile} (every step runs with --profile {args.profile})", flush=True)
+
+    title = "data: real files from " + args.data if args.data else "data: built-in synthetic demo data"
+    print(f"[1/{total}] {title}", flush=True)
+    started = time.perf_counter()
+    if args.data:
+        folders = split_real_data(args.data, out)
+    else:
+        from ubf.data.demo_data import make_demo_dataset
+        folders = make_demo_dataset(os.path.join(out, "data"), seed=args.seed, size=args.size)
+        print("  synthetic scenes: linear mixtures of real USGS splib07 spectra (see ubf/data/demo_data.py)")
+    paths["rgb"] = folders["rgb"]
+    timings["data"] = time.perf_counter() - started
+    print(f"  HSI crops: {os.path.dirname(folders['train'])}  RGB images: {folders['rgb']}")
+
+    shared_flags = ["--device", args.device, "--profile", args.profile]
+    timings["unmixing train"] = run_step(2, total, "stage 1: train the unmixing network", [
+        python, os.path.join(ROOT, "Unmixing.py"), "train", "-c", unmixing_config, "--train", folders["train"],
+        "--val", folders["val"], "--test", folders["test"], "--out", paths["unmixing"], *shared_flags])
+    timings["unmixing infer"] = run_step(3, total, "stage 1: abundances of the external RGB images", [
+        python, os.path.join(ROOT, "Unmixing.py"), "infer", "--ckpt", paths["checkpoint"], "--rgb", folders["rgb"],
+        "--out", paths["abundances"], *shared_flags])
+    timings["diffusion train"] = run_step(4, total, "stage 2: train the abundance DDPM", [
+        python, os.path.join(ROOT, "Diffusion.py"), "-p", "train", "-c", ddpm_config, "--data", paths["abundances"],
+        "--out", paths["ddpm"], *shared_flags])
+    timings["diffusion sample"] = run_step(5, total, "stage 2: sample new abundance maps", [
+        python, os.path.join(ROOT, "Diffusion.py"), "-p", "val", "-c", ddpm_config, "--out", paths["ddpm"],
+        "--num-samples", str(args.samples), *shared_flags])
+    from ubf.pipeline.synthesis import newest_abundance_dir
+    paths["samples"] = newest_abundance_dir(paths["ddpm"])
+    timings["synthesis"] = run_step(6, total, "stage 3: synthesize HSIs", [
+        python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["samples"], "--ckpt", paths["checkpoint"],
+        "--out", paths["synthesis"], *shared_flags])
+    # the like-for-like reference of the samples: HSIs rendered from the DDPM's own training maps
+    paths["reference"], paths["generation"] = os.path.join(out, "reference"), os.path.join(out, "generation")
+    timings["reference"] = run_step(7, total, "reference: HSIs rendered from the DDPM's training maps", [
+        python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["abundances"], "--ckpt", paths["checkpoint"],
+        "--out", paths["reference"], *shared_flags])
+    timings["generation scores"] = run_step(8, total, "generation scores against that reference", [
+        python, os.path.join(ROOT, "Evaluate.py"), "generation", "--real", os.path.join(paths["reference"], "HSI"),
+        "--real-as-is", "--synthetic", os.path.join(paths["synthesis"], "HSI"), "--endmembers", paths["checkpoint"],
+        "--out", paths["generation"], "--feature-cache", "none", "--no-progress", *shared_flags])
+    report(out, timings, paths)
+
+
+if __name__ == "__main__":
+    main()
