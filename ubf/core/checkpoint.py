@@ -198,8 +198,10 @@ def capture_rng_state() -> dict:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's GPU only, the one its dropout draws from: asking for every GPU's state would open a
+        # CUDA context on each of them from every DDP process, and could not be restored with fewer GPUs
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -215,8 +217,14 @@ def restore_rng_state(state: dict) -> None:
                        int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"]))
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:  # applied to the current GPU (lazily, when CUDA starts later)
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif state.get("cuda"):  # older checkpoints: one state per GPU of the machine that wrote them
+        index = torch.cuda.current_device()
+        if index < len(state["cuda"]):
+            torch.cuda.set_rng_state(state["cuda"][index])
 
 
 def seed_everything(seed: int) -> None:

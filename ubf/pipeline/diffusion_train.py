@@ -42,7 +42,7 @@ from ubf.core.distributed import (all_reduce_mean, is_distributed, is_main_proce
                               world_size, wrap_model)
 from ubf.core.errors import UserError
 from ubf.core.fs import remove_stale_temp_files
-from ubf.core.logs import setup_logging
+from ubf.core.logs import get_logger, setup_logging
 from ubf.core.previews import save_png
 from ubf.core.signals import StopRequest, ignore_stop_signals, signals_ignored
 from ubf.core.tracking import start_tracking
@@ -116,6 +116,26 @@ def autocast_usable(dtype: torch.dtype | None, device: torch.device) -> bool:
     if dtype is None:
         return False
     return device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16 and cpu_supports_bf16())
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict | None) -> None:
+    """The AMP gradient scaler's state from a checkpoint. A run without fp16 scaling saved `{}`, which an
+    enabled GradScaler refuses to load: resuming such a checkpoint with `train.amp: fp16` starts a fresh scaler."""
+    if saved:
+        scaler.load_state_dict(saved)
+
+
+def restore_generator(generator: torch.Generator, saved: torch.Tensor, seed: int, path: str) -> None:
+    """The training generator's state; one written on another kind of device (CPU <-> CUDA states differ
+    in size) cannot be set, so the noise stream restarts from `seed` with a warning instead."""
+    try:
+        generator.set_state(saved)
+    except RuntimeError:
+        get_logger().warning(
+            "%s: its noise generator state comes from another kind of device than %s; the noise levels and noise "
+            "restart from a seed of their own (weights, optimizer and data order resume exactly)", path,
+            generator.device.type)
+        generator.manual_seed(seed)
 
 
 def step_loss(diffusion, model: torch.nn.Module, shard: torch.Tensor, global_batch: int,
@@ -333,11 +353,11 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(plain_state_dict(state["ema"] if state.get("ema") is not None else state["model"]))
-        if state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state.get("scaler"))
         restore_process_rng(state, seed)
         if state.get("generator") is not None:
-            generator.set_state(state["generator"])
+            # the same seed on every process: they all draw the whole global batch's noise
+            restore_generator(generator, state["generator"], (seed * 1_000_003 + start_step) % 2 ** 63, resume)
         log.info("resumed from %s at step %d", resume, start_step)
     model = wrap_model(unet, device)
     if train_cfg["compile"]:
