@@ -21,7 +21,7 @@ import torch
 
 from ubf.core.config import apply_overrides
 from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
-from ubf.core.device import resolve_device
+from ubf.core.device import configure_backends, resolve_device
 from ubf.core.distributed import distributed_session, launched_with_several_processes
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.logs import setup_logging
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with distributed_session(device) as device, trust_checkpoint_code(args.trust_checkpoint_code):
+        configure_backends(device)
         if phase == "train":
             from ubf.pipeline.diffusion_train import train_diffusion
             checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,

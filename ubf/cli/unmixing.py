@@ -11,7 +11,7 @@ import os
 import sys
 
 from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
-from ubf.core.device import resolve_device
+from ubf.core.device import configure_backends, resolve_device
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import remove_stale_temp_files
 from ubf.core.logs import setup_logging
@@ -109,6 +109,7 @@ def run_train(args) -> None:
     lock = RunLock(out_dir, "Unmixing.py train") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
     with lock, distributed_session(resolve_device(args.device or "auto")) as device:
+        configure_backends(device)
         if os.environ.get("RANK", "0") == "0":  # a run killed while saving left its half-written file
             remove_stale_temp_files(os.path.join(out_dir, "checkpoint"))
         train_unmixing(cfg, out_dir, device, resume=args.resume, wandb=args.wandb)
@@ -149,7 +150,10 @@ def run_infer(args) -> int:
     log.info("unmixing checkpoint: %s", ckpt)
     rgb = args.rgb if args.rgb or args.hsi else ["dataset/RGB"]
     tile, overlap = options["infer"]["tile"], options["infer"]["overlap"]
-    result = infer_folders(ckpt, rgb, args.hsi, args.out, resolve_device(args.device or "auto"), tile=tile,
+    from ubf.core.distributed import torchrun_device
+    device = torchrun_device(resolve_device(args.device or "auto"))  # torchrun: each process its own GPU
+    configure_backends(device)
+    result = infer_folders(ckpt, rgb, args.hsi, args.out, device, tile=tile,
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
                            save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,
                            channels_last=args.channels_last, workers=args.workers,

@@ -18,3 +18,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise UserError(f"--device {name}: expected auto, cpu, cuda[:N] or GPU ids (--gpus 0)")
+
+
+def configure_backends(device: torch.device) -> None:
+    """On CUDA let cuDNN time its convolution algorithms for each new shape and keep the fastest
+    (`cudnn.benchmark`), as both of the reference's scripts do; the shapes of a run repeat."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -2,8 +2,9 @@
 
 `torchrun --nproc_per_node N script.py ...` starts N copies of a script with RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT in the environment. `init_distributed` reads them once and
-joins the process group (NCCL on CUDA, Gloo on the CPU); without them, or with WORLD_SIZE 1, nothing
-happens and the script runs as before. Rank 0 alone writes logs, metrics and checkpoints
+joins the process group (NCCL on CUDA, Gloo on the CPU), also for N = 1 (DDP of one process: the same
+code path as N GPUs, and the same numbers as a plain run); without them nothing happens and the script
+runs as a single plain process. Rank 0 alone writes logs, metrics and checkpoints
 (`is_main_process`); state dicts are saved from `unwrap(model)`, so they carry no `module.` prefix
 and load in one process or in several alike.
 """
@@ -21,8 +22,8 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 
 
 def is_distributed() -> bool:
-    """True once a process group with more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True once a process group is running (torchrun, any number of processes)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
@@ -42,6 +43,11 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun's variables are set (any number of processes, one included)."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
 def launched_with_several_processes() -> bool:
     """torchrun's variables are set and ask for more than one process."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
@@ -51,24 +57,30 @@ def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> tor
     """Join the torchrun process group if there is one; returns the device this process should use.
 
     On CUDA each process takes GPU LOCAL_RANK (NCCL); on the CPU all processes share it (Gloo).
-    In a single process the given device comes back unchanged.
+    Outside torchrun the given device comes back unchanged.
     """
-    if not launched_with_several_processes() or dist.is_initialized():
+    if not launched_by_torchrun() or dist.is_initialized():
         return device
     if not dist.is_available():
         raise UserError("torch.distributed is not available in this PyTorch build; run a single process")
-    local = int(os.environ["LOCAL_RANK"])
+    device = torchrun_device(device)
     if device.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible; "
-                            "use --nproc_per_node <= the number of GPUs")
-        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
     return device
+
+
+def torchrun_device(device: torch.device) -> torch.device:
+    """This process's device under torchrun: CUDA means GPU LOCAL_RANK (one GPU per process); the CPU,
+    and any device outside torchrun, stay as given."""
+    if device.type != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    local = int(os.environ["LOCAL_RANK"])
+    if local >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                        "use --nproc_per_node <= the number of GPUs")
+    return torch.device("cuda", local)
 
 
 def cleanup() -> None:
