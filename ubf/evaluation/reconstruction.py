@@ -53,9 +53,10 @@ def read_references(path: str, height: int, width: int, bands: int, abundance_ke
     None for the first of REFERENCE_ABUNDANCE_KEYS present.
     Only `.mat` files carry them. Endmembers are mapped with the file's own min-max (the scale the model
     reconstructs); a `GT` that is not a matrix (the input cube of an inferred-abundance file) is not read.
-    Returns abundances, abundance_key, endmembers, endmember_key.
+    Returns abundances, abundance_key, endmembers, endmember_key (and endmembers_raw, on the file's scale).
     """
-    found = {"abundances": None, "abundance_key": None, "endmembers": None, "endmember_key": None}
+    found = {"abundances": None, "abundance_key": None, "endmembers": None, "endmember_key": None,
+             "endmembers_raw": None}
     if not path.lower().endswith(".mat"):
         return found
     available = mat_keys(path)
@@ -81,6 +82,7 @@ def read_references(path: str, height: int, width: int, bands: int, abundance_ke
             cube, _ = read_cube(path, cube_key, bands)
             lo, hi = float(cube.min()), float(cube.max())
             found["endmembers"], found["endmember_key"] = (matrix - lo) / max(hi - lo, 1e-12), name
+            found["endmembers_raw"] = matrix
             break
     return found
 
