@@ -22,8 +22,9 @@ reported beside each.
     python bench/bench_unmixing_quality.py --methods linear config:config/improved_unmixing.json vca+fcls --seeds 0
     python bench/bench_unmixing_quality.py --scene my.mat:40,25,10 --scene a.mat,b.mat --scene demo --steps 300
 
-A scene spec is `TRAIN[,TEST][:R,G,B]`, or `demo` (one training and one test scene of the built-in
-synthetic demo data, which know their abundances); without bands they come from the file's wavelengths
+A scene spec is `TRAIN[,TEST][:R,G,B]`, `shared` (the Chikusei, Samson and Moffett scenes of
+../shared/data that are present; the default), or `demo` (one training and one test scene of the
+built-in synthetic demo data, which know their abundances); without bands they come from the file's wavelengths
 (nearest to 672/569/471 nm), else evenly spread. Prints one JSON line per run, then the tables.
 Endmember distance: to every pixel of both files (halves), each on its own normalisation. Reference
 abundances: the test file's (S_GT, Abu_GT, A or Abu; see ubf/evaluation/reconstruction.py), compared
@@ -332,7 +333,8 @@ def load_average() -> list[str] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", action="append",
-                        help="TRAIN[,TEST][:R,G,B] or demo (repeatable; default: the scenes of ../shared/data)")
+                        help="TRAIN[,TEST][:R,G,B], demo, or shared (the scenes of ../shared/data, the default); "
+                             "repeatable")
     parser.add_argument("--steps", type=int, default=800, help="optimizer steps per variant run (the fixed work)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+",
@@ -345,11 +347,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = args.methods or (["linear"] + [f"variant:{n}" for n in VARIANTS if not args.only or n in args.only])
     methods = [(name, *method_for(name, args.endmembers)) for name in names]
-    if args.scene:
-        scenes = [parse_scene(spec) for spec in args.scene]
-    else:
-        scenes = [(name, tuple(os.path.join(SHARED, f) for f in files), bands) for name, files, bands in DEFAULT_SCENES
-                  if all(os.path.isfile(os.path.join(SHARED, f)) for f in files)]
+    shared = [(name, tuple(os.path.join(SHARED, f) for f in files), bands) for name, files, bands in DEFAULT_SCENES
+              if all(os.path.isfile(os.path.join(SHARED, f)) for f in files)]
+    scenes = [scene for spec in (args.scene or ["shared"])
+              for scene in (shared if spec == "shared" else [parse_scene(spec)])]
     print(json.dumps({"load_before": load_average()}), flush=True)
     tables = []
     with tempfile.TemporaryDirectory(prefix="bench_scenes_") as scratch:
