@@ -12,9 +12,9 @@ function (scene, steps, seed) -> outcome dict):
 - `config:PATH`: an unmixing config trained by `Unmixing.py train`'s own loop (its own epochs, crops and
   schedule; `train.seed` = the bench seed; validated on the test file, tested at its
   `train.test_checkpoint`), i.e. the recipe exactly as users run it;
-- `vca+fcls`, `nfindr+fcls`: endmembers extracted from the training HSI (K = --endmembers), abundances
-  of the *test HSI* by FCLS on all its bands: not a 3-band method, a reference for contrast and
-  endmember distance.
+- `vca+fcls`, `vca-pca+fcls` (VCA's low-SNR PCA projection forced), `nfindr+fcls`: endmembers
+  extracted from the training HSI (K = --endmembers), abundances of the *test HSI* by FCLS on all its
+  bands: not a 3-band method, a reference for contrast and endmember distance.
 Wall seconds and the process's CPU seconds (one thread: about what the run takes on an idle core) are
 reported beside each.
 
@@ -236,12 +236,17 @@ def config_method(path: str):
     return run
 
 
-def geometric_method(extract, count: int):
+GEOMETRIC = {"vca+fcls": (vca, {}), "vca-pca+fcls": (vca, {"snr_db": -np.inf}), "nfindr+fcls": (nfindr, {})}
+GEOMETRIC_LABELS = {"vca+fcls": "VCA + FCLS", "vca-pca+fcls": "VCA (PCA projection forced) + FCLS",
+                    "nfindr+fcls": "N-FINDR + FCLS"}
+
+
+def geometric_method(extract, options: dict, count: int):
     """Endmembers extracted from the training HSI, FCLS abundances of the test HSI (all its bands)."""
     def run(scene: Scene, steps: int, seed: int) -> dict:
         y_train, y_test = scene.train[1], scene.test[1]
         with Clock() as clock:
-            ends, _ = extract(y_train.reshape(-1, y_train.shape[2]), count, seed=seed)
+            ends, _ = extract(y_train.reshape(-1, y_train.shape[2]), count, seed=seed, **options)
             abundances = fcls(y_test.reshape(-1, y_test.shape[2]), ends)
         return {"pred": (abundances @ ends.T).reshape(y_test.shape), "endmembers": ends,
                 "abundances": abundances.reshape(y_test.shape[:2] + (count,)), "seconds": clock.seconds,
@@ -258,11 +263,10 @@ def method_for(name: str, count: int):
     """(run function, seeded, table label) of a --methods name."""
     if name.startswith("config:"):
         return config_method(name[len("config:"):]), True, f"config {os.path.basename(name[len('config:'):])}"
-    if name in ("vca+fcls", "nfindr+fcls"):
-        extract = vca if name == "vca+fcls" else nfindr
-        return geometric_method(extract, count), True, f"{name.replace('+', ' + ').upper()} on the test HSI, K = {count}"
+    if name in GEOMETRIC:
+        return geometric_method(*GEOMETRIC[name], count), True, f"{GEOMETRIC_LABELS[name]} on the test HSI, K = {count}"
     if name not in METHODS:
-        known = ", ".join(list(METHODS) + ["vca+fcls", "nfindr+fcls", "config:PATH"])
+        known = ", ".join(list(METHODS) + list(GEOMETRIC) + ["config:PATH"])
         raise SystemExit(f"unknown method '{name}' (known: {known})")
     run, seeded = METHODS[name]
     return run, seeded, LINEAR if name == "linear" else name[len("variant:"):]
@@ -338,7 +342,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800, help="optimizer steps per variant run (the fixed work)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+",
-                        help="rows: linear, variant:NAME, config:PATH, vca+fcls, nfindr+fcls (default: linear and "
+                        help="rows: linear, variant:NAME, config:PATH, vca+fcls, vca-pca+fcls, nfindr+fcls (default: linear and "
                              "every variant)")
     parser.add_argument("--only", nargs="*", help="variant names to run, without the 'variant:' prefix (default: all)")
     parser.add_argument("--endmembers", type=int, default=5, help="K of the geometric methods (default 5)")
