@@ -40,13 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs")
+    rec = sub.add_parser("reconstruction", help="stage 1: PSNR/SSIM/SAM/ERGAS/RMSE/CC on held-out HSIs, "
+                         "map contrast, endmember distance to the data, abundance RMSE against a reference")
     rec.add_argument("--ckpt", required=True, help="unmixing checkpoint, or a run folder (its latest.pth; best.pth "
                      "with --checkpoint best or --profile improved)")
     rec.add_argument("--checkpoint", choices=("latest", "best"), help="which file of a run folder (default latest)")
     rec.add_argument("--hsi", required=True, help="folder of held-out HSI .mat files")
     rec.add_argument("--tile", type=flag(INT_POSITIVE), default=256, help="inference tile size (default 256)")
     rec.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=32, help="tile overlap (default 32)")
+    rec.add_argument("--reference-key", help="variable of the reference abundances in the HSI files (default: the "
+                     "first of S_GT, Abu_GT, A, Abu present; none: no abundance RMSE)")
     _common(rec)
 
     gen = sub.add_parser("generation", help="synthetic vs real HSIs: F_p, D_b, precision/recall, FD/KID, plots")
@@ -159,7 +162,7 @@ def run_reconstruction_command(args, device) -> None:
         args.ckpt = newest_unmixing_checkpoint(args.ckpt, prefer=which)
     get_logger().info("profile %s: unmixing checkpoint %s", args.profile or "faithful", args.ckpt)
     run_reconstruction(args.ckpt, args.hsi, args.out, device, args.overwrite, args.key, args.tile, args.overlap,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, reference_key=args.reference_key)
 
 
 @cli_main
