@@ -36,6 +36,7 @@ from ubf.core.logs import close_file_logs, get_logger, setup_logging
 from ubf.core.runlock import LOCK_NAME, RunLock, release_lock_of
 from ubf.core.previews import abundance_strip, grid, save_png
 from ubf.core.simplex import project_to_simplex
+from ubf.core.version import provenance
 from ubf.data.matio import read_mat, write_mat
 from ubf.models.diffusion import GaussianDiffusion, NoiseSchedule
 from ubf.models.sr3_unet import unet_from_config
@@ -398,7 +399,7 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
     record = {"checkpoint": os.path.abspath(path), "step": step, "weights": which, "sampler": sampler,
               "steps": steps if sampler != "ancestral" else diffusion.num_timesteps,
               "eta": eta if sampler == "ddim" else (0.0 if sampler == "dpmpp2m" else 1.0), "seed": my_seed,
-              "projected": sample_cfg["project_simplex"]}
+              "projected": sample_cfg["project_simplex"], "software": provenance()}
     if processes > 1:
         record["process"] = me
     if labels is not None:

@@ -32,6 +32,7 @@ from ubf.core.logs import get_logger
 from ubf.core.profiles import load_profiled_config
 from ubf.core.previews import grid, save_png, to_uint8
 from ubf.core.simplex import project_to_simplex
+from ubf.core.version import provenance
 from ubf.data.cubes import FORMATS, write_cube
 from ubf.data.hsi_dataset import list_mat_files
 from ubf.data.matio import mat_keys, read_array, read_hsi, read_mat
@@ -386,6 +387,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         "real_spectra": None if real is None else os.path.abspath(real_folder),
         "options": asdict(options), "variability_strength": strength, "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
         "contact_sheet": os.path.abspath(contact_path), "spectra": os.path.abspath(spectra_path),
+        "software": provenance(),
     }
     with atomic_output(summary_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

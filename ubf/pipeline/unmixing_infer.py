@@ -21,6 +21,7 @@ from ubf.core.errors import UserError
 from ubf.core.fs import ensure_folder, flat_name, remove_stale_temp_files
 from ubf.core.logs import get_logger
 from ubf.core.validate import INT_NONNEGATIVE, INT_POSITIVE, check_value
+from ubf.core.version import provenance
 from ubf.core.previews import abundance_strip, save_png
 from ubf.data.cubes import list_cube_files, read_cube
 from ubf.data.hsi_dataset import prepare_pair
@@ -313,7 +314,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             result["failed"].append((path, str(err)))
             continue
         entry = {"input": absolute, "output": os.path.abspath(mat_path), "kind": kind, "shape": list(abu.shape),
-                 "checkpoint": os.path.abspath(ckpt), "class": scene_class(path)}
+                 "checkpoint": os.path.abspath(ckpt), "class": scene_class(path), "software": provenance()}
         try:
             with open(manifest_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
