@@ -37,7 +37,7 @@ from ubf.data.cubes import FORMATS, write_cube
 from ubf.data.hsi_dataset import list_mat_files
 from ubf.data.matio import mat_keys, read_array, read_hsi, read_mat
 from ubf.data.normalize import minmax
-from ubf.pipeline.plots import plot_spectra
+from ubf.pipeline.plots import plot_spectra, value_label
 from ubf.pipeline.reference_checkpoints import load_unmixing_checkpoint
 from ubf.pipeline.unmixing_infer import newest_unmixing_checkpoint
 from ubf.pipeline.variability import apply_variability, measure_strength
@@ -378,7 +378,8 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     plot_spectra(spectra_path, endmembers, mean, std, wavelengths,
                  None if real is None else real.mean(0), None if real is None else real.std(0),
                  title=f"{len(files)} synthetic HSIs, endmembers {options.endmembers}, "
-                       f"{'simplex' if options.simplex else 'no simplex'}")
+                       f"{'simplex' if options.simplex else 'no simplex'}",
+                 y_label=value_label("global_minmax" if options.endmembers == "minmax" else "per_file"))
 
     summary = {
         "abundances": os.path.abspath(abundance_dir), "checkpoint": os.path.abspath(ckpt),
