@@ -87,7 +87,7 @@ def test_spectra_plot_names_quantity_and_unit(monkeypatch):
     with_nm, without = figures
     for axis in with_nm.axes:
         assert axis.get_xlabel() == "wavelength (nm)"
-        assert axis.get_ylabel() == "reflectance, min-max normalised per file (unitless)"
+        assert axis.get_ylabel() == "reflectance (unitless)\nmin-max normalised per file"
     for axis in without.axes:
         assert axis.get_xlabel() == "band index" and "endmembers rescaled to [0, 1]" in axis.get_ylabel()
     assert all("value" != axis.get_ylabel() for f in figures for axis in f.axes)
@@ -110,5 +110,5 @@ def test_generation_plots_label_values_and_give_the_density_a_colourbar(monkeypa
 @pytest.mark.parametrize("scaling, text", [("per_file", "min-max normalised per file"),
                                            ("global_minmax", "endmembers rescaled to [0, 1]")])
 def test_value_label(scaling, text):
-    assert plots.value_label(scaling) == f"reflectance, {text} (unitless)"
-    assert plots.value_label(scaling, "radiance") == f"radiance, {text} (unitless)"
+    assert plots.value_label(scaling) == f"reflectance (unitless)\n{text}"
+    assert plots.value_label(scaling, "radiance") == f"radiance (unitless)\n{text}"

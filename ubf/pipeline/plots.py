@@ -40,9 +40,9 @@ SCALINGS = {
 
 
 def value_label(scaling: str = "per_file", quantity: str = "reflectance") -> str:
-    """The y-axis label of a spectrum: quantity, its scaling and unit, e.g. 'reflectance, min-max normalised
-    per file (unitless)'."""
-    return f"{quantity}, {SCALINGS[scaling]} (unitless)"
+    """The y-axis label of a spectrum, on two lines: quantity and unit, then its scaling, e.g.
+    'reflectance (unitless)' / 'min-max normalised per file'."""
+    return f"{quantity} (unitless)\n{SCALINGS[scaling]}"
 
 
 def plot_spectra(path: str, endmembers: np.ndarray, synthetic_mean: np.ndarray, synthetic_std: np.ndarray,

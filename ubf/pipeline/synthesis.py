@@ -379,6 +379,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
                  None if real is None else real.mean(0), None if real is None else real.std(0),
                  title=f"{len(files)} synthetic HSIs, endmembers {options.endmembers}, "
                        f"{'simplex' if options.simplex else 'no simplex'}",
+                 labels=("synthetic", "real training, min-max per file"),
                  y_label=value_label("global_minmax" if options.endmembers == "minmax" else "per_file"))
 
     summary = {
