@@ -69,10 +69,10 @@ def test_trained_range_travels_with_the_checkpoint_and_bounds_the_samples(tmp_pa
                             {**TINY, "model": {**TINY["model"], "diffusion": {**TINY["model"]["diffusion"],
                                                                              "abundance_scaling": scaling}}})
         out = str(tmp_path / scaling)
-        Diffusion.main(["-p", "train", "-c", config, "--data", data, "--out", out, "--n-iter", "2", "--device", "cpu"])
+        Diffusion.main(["-p", "train", "-c", config, "--data", data, "--root", out, "--n-iter", "2", "--device", "cpu"])
         (run,) = glob.glob(os.path.join(out, "tiny_*"))
         saved = json.load(open(os.path.join(run, "config.json")))["model"]["diffusion"]
-        Diffusion.main(["-p", "val", "-c", config, "--out", out, "--num-samples", "4", "--device", "cpu",
+        Diffusion.main(["-p", "val", "-c", config, "--root", out, "--num-samples", "4", "--device", "cpu",
                         "--sampler", "ancestral"])
         sr = np.stack([read_mat(p)["SR"] for p in sorted(glob.glob(os.path.join(run, "mat_results", "*.mat")))])
         abundance = (sr + 1) / 2

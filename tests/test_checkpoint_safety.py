@@ -80,10 +80,10 @@ def cli_calls(inputs, evil, out):
         ("Unmixing.py train --resume", lambda: unmixing_main(["train", "-c", str(inputs / "unmixing.json"), "--resume",
                                                               evil, "--out", f"{out}/run", "--device", "cpu"])),
         ("Diffusion.py -p train --resume", lambda: Diffusion.main(["-p", "train", "-c", str(inputs / "ddpm.json"),
-                                                                   "--resume", evil, "--out", f"{out}/ddpm",
+                                                                   "--resume", evil, "--root", f"{out}/ddpm",
                                                                    "--device", "cpu"])),
         ("Diffusion.py -p val --resume", lambda: Diffusion.main(["-p", "val", "-c", str(inputs / "ddpm.json"),
-                                                                 "--resume", evil, "--out", f"{out}/ddpm",
+                                                                 "--resume", evil, "--root", f"{out}/ddpm",
                                                                  "--device", "cpu"])),
         ("Synthesis.py", lambda: Synthesis.main(["--abundances", str(inputs / "abu"), "--ckpt", evil,
                                                  "--out", f"{out}/syn", "--device", "cpu"])),
@@ -117,7 +117,7 @@ def test_a_reference_named_weights_file_is_refused_too(tmp_path, inputs, capsys)
     (tmp_path / "I5_E1_opt.pth").write_bytes((tmp_path / "I5_E1_gen.pth").read_bytes())
     for phase in ("train", "val"):
         with pytest.raises(SystemExit):
-            Diffusion.main(["-p", phase, "-c", str(inputs / "ddpm.json"), "--resume", evil, "--out",
+            Diffusion.main(["-p", phase, "-c", str(inputs / "ddpm.json"), "--resume", evil, "--root",
                             str(tmp_path / "ddpm"), "--device", "cpu"])
         assert "refused: loading it would run code" in capsys.readouterr().err
     assert not os.path.exists(marker)

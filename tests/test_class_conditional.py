@@ -185,7 +185,7 @@ def class_config(tmp_path):
 
 def test_two_classes_train_and_sample_end_to_end(tmp_path, two_class_dir, capsys):
     config, out = class_config(tmp_path), str(tmp_path / "runs")
-    Diffusion.main(["-p", "train", "-c", config, "--data", two_class_dir, "--out", out, "--device", "cpu",
+    Diffusion.main(["-p", "train", "-c", config, "--data", two_class_dir, "--root", out, "--device", "cpu",
                     "--seed", "0"])
     (ckpt,) = glob.glob(os.path.join(out, "tiny_*", "checkpoint", "*.pth"))
     state = load_checkpoint(ckpt, "diffusion")
@@ -193,7 +193,7 @@ def test_two_classes_train_and_sample_end_to_end(tmp_path, two_class_dir, capsys
     unet, model_cfg, _, _ = load_weights_for_sampling(ckpt, state["config"], torch.device("cpu"))
     assert unet.class_embedding is not None and unet.class_embedding.num_classes == 2
 
-    Diffusion.main(["-p", "val", "-c", config, "--out", out, "--resume", ckpt, "--num-samples", "8", "--device",
+    Diffusion.main(["-p", "val", "-c", config, "--root", out, "--resume", ckpt, "--num-samples", "8", "--device",
                     "cpu", "--class", "all", "--guidance", "2"])
     mats = sorted(glob.glob(os.path.join(out, "tiny_*", "mat_results", "*.mat")),
                   key=lambda p: int(os.path.basename(p).split("_")[1]))
@@ -206,7 +206,7 @@ def test_two_classes_train_and_sample_end_to_end(tmp_path, two_class_dir, capsys
                                        "30_samples_1-8.png"))
 
     with pytest.raises(SystemExit):
-        Diffusion.main(["-p", "val", "-c", config, "--out", out, "--resume", ckpt, "--device", "cpu",
+        Diffusion.main(["-p", "val", "-c", config, "--root", out, "--resume", ckpt, "--device", "cpu",
                         "--class", "middle"])
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("--class middle: unknown class middle; known: all, left, right")
@@ -214,7 +214,7 @@ def test_two_classes_train_and_sample_end_to_end(tmp_path, two_class_dir, capsys
 
 def test_unconditional_stays_the_default_and_refuses_classes(tmp_path, two_class_dir, capsys):
     config, out = write_json(tmp_path / "tiny.json", TINY), str(tmp_path / "runs")
-    Diffusion.main(["-p", "train", "-c", config, "--data", two_class_dir, "--out", out, "--device", "cpu",
+    Diffusion.main(["-p", "train", "-c", config, "--data", two_class_dir, "--root", out, "--device", "cpu",
                     "--n-iter", "2"])
     (ckpt,) = glob.glob(os.path.join(out, "tiny_*", "checkpoint", "*.pth"))
     state = load_checkpoint(ckpt, "diffusion")
@@ -222,7 +222,7 @@ def test_unconditional_stays_the_default_and_refuses_classes(tmp_path, two_class
     assert not any(k.startswith("class_") for k in state["model"])
     for extra, message in ((["--class", "left"], "trained without classes"), (["--guidance", "3"], "needs --class")):
         with pytest.raises(SystemExit):
-            Diffusion.main(["-p", "val", "-c", config, "--out", out, "--resume", ckpt, "--device", "cpu", *extra])
+            Diffusion.main(["-p", "val", "-c", config, "--root", out, "--resume", ckpt, "--device", "cpu", *extra])
         assert message in capsys.readouterr().err
 
 
@@ -231,7 +231,7 @@ def test_training_refuses_files_without_a_class(tmp_path):
     write_mat(str(folder / "x.mat"), {"Abu": np.full((8, 8, 3), 1 / 3, dtype=np.float32)})
     config = class_config(tmp_path)
     with pytest.raises(SystemExit):
-        Diffusion.main(["-p", "train", "-c", config, "--data", str(folder), "--out", str(tmp_path / "r"),
+        Diffusion.main(["-p", "train", "-c", config, "--data", str(folder), "--root", str(tmp_path / "r"),
                         "--device", "cpu"])
 
 

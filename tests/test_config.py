@@ -43,4 +43,7 @@ def test_invalid_json_error_names_file_and_line(tmp_path):
 
 def test_save_config_roundtrip(tmp_path):
     save_config(DEFAULTS, str(tmp_path / "run" / "config.json"))
-    assert json.loads((tmp_path / "run" / "config.json").read_text()) == DEFAULTS
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved.pop("software")["name"] == "ubf" and saved == DEFAULTS
+    # the saved file loads again as a config: its `software` record is not a setting
+    assert load_config(str(tmp_path / "run" / "config.json"), DEFAULTS) == DEFAULTS

@@ -203,7 +203,7 @@ def test_resume_with_another_model_is_refused(tmp_path, abundance_dir):
 def test_cli_train_then_val(tmp_path, abundance_dir, capsys):
     config = write_json(tmp_path / "tiny.json", TINY)
     out = str(tmp_path / "runs")
-    Diffusion.main(["-p", "train", "-c", config, "--data", abundance_dir, "--out", out, "--n-iter", "4",
+    Diffusion.main(["-p", "train", "-c", config, "--data", abundance_dir, "--root", out, "--n-iter", "4",
                     "--device", "cpu", "--seed", "1"])
     (run,) = glob.glob(os.path.join(out, "tiny_*"))
     assert sorted(os.listdir(os.path.join(run, "checkpoint"))) == ["I4_E2.pth"]
@@ -212,7 +212,7 @@ def test_cli_train_then_val(tmp_path, abundance_dir, capsys):
     assert [x["step"] for x in lines] == [2, 4] and all(np.isfinite(x["loss"]) for x in lines)
     assert json.load(open(os.path.join(run, "config.json")))["seed"] == 1
 
-    Diffusion.main(["-p", "val", "-c", config, "--out", out, "--num-samples", "3", "--device", "cpu",
+    Diffusion.main(["-p", "val", "-c", config, "--root", out, "--num-samples", "3", "--device", "cpu",
                     "--profile", "improved"])
     mats = sorted(glob.glob(os.path.join(run, "mat_results", "*.mat")))
     assert [os.path.basename(m) for m in mats] == [f"4_{i}_sample_abu.mat" for i in (1, 2, 3)]
@@ -224,7 +224,7 @@ def test_cli_train_then_val(tmp_path, abundance_dir, capsys):
     assert os.path.isfile(os.path.join(run, "results", "4_samples_1-3.png"))
 
     # a second run numbers after the existing files; by default (faithful) Abu = (SR + 1) / 2 as sampled
-    Diffusion.main(["-p", "val", "-c", config, "--out", out, "--num-samples", "2", "--device", "cpu",
+    Diffusion.main(["-p", "val", "-c", config, "--root", out, "--num-samples", "2", "--device", "cpu",
                     "--sampler", "ancestral", "--batch-size", "1"])
     raw = read_mat(os.path.join(run, "mat_results", "4_5_sample_abu.mat"))
     np.testing.assert_allclose(raw["Abu"], (raw["SR"] + 1) / 2, atol=1e-6)
@@ -246,10 +246,10 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     config = write_json(tmp_path / "tiny.json", TINY)
     with pytest.raises(SystemExit):
         Diffusion.main(["-p", "train", "-c", config, "--data", str(tmp_path / "none"), "--device", "cpu",
-                        "--out", str(tmp_path / "runs")])
+                        "--root", str(tmp_path / "runs")])
     assert "Unmixing.py infer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        Diffusion.main(["-p", "val", "-c", config, "--out", str(tmp_path / "empty"), "--device", "cpu"])
+        Diffusion.main(["-p", "val", "-c", config, "--root", str(tmp_path / "empty"), "--device", "cpu"])
     assert "no checkpoint of 'tiny'" in capsys.readouterr().err
 
 
@@ -268,7 +268,7 @@ def test_val_reads_reference_gen_weights(tmp_path):
     torch.save(state, tmp_path / "I10_E1_gen.pth")
     out = str(tmp_path / "runs")
     # the reference's resume_state is the prefix without _gen.pth
-    Diffusion.main(["-p", "val", "-c", config, "--resume", str(tmp_path / "I10_E1"), "--out", out, "--num-samples", "1",
+    Diffusion.main(["-p", "val", "-c", config, "--resume", str(tmp_path / "I10_E1"), "--root", out, "--num-samples", "1",
                     "--device", "cpu", "--sampler", "ddim", "--steps", "3", "--raw"])
     (mat,) = glob.glob(os.path.join(out, "tiny_*", "mat_results", "10_1_sample_abu.mat"))
     record = json.loads(open(os.path.join(os.path.dirname(mat), "samples.jsonl")).readline())

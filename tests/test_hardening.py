@@ -453,7 +453,7 @@ def test_diffusion_nan_weights_are_never_saved(tmp_path, ddpm_config, monkeypatc
 def test_diffusion_with_an_unmixing_checkpoint_is_one_line(tmp_path, ddpm_config, capsys, phase):
     save_checkpoint({"stage": "unmixing", "model": {}, "epoch": 3}, str(tmp_path / "latest.pth"))
     with pytest.raises(SystemExit) as exit_info:
-        Diffusion.main(["-p", phase, "-c", ddpm_config, "--resume", str(tmp_path / "latest.pth"), "--out",
+        Diffusion.main(["-p", phase, "-c", ddpm_config, "--resume", str(tmp_path / "latest.pth"), "--root",
                         str(tmp_path / "runs"), "--device", "cpu"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
@@ -502,7 +502,7 @@ def test_nan_in_sampled_abundances_is_refused(tmp_path, capsys):
 def test_diffusion_run_folder_that_cannot_be_created(tmp_path, ddpm_config, capsys):
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(SystemExit) as exit_info:
-        Diffusion.main(["-p", "train", "-c", ddpm_config, "--out", str(tmp_path / "a_file" / "runs"), "--device", "cpu"])
+        Diffusion.main(["-p", "train", "-c", ddpm_config, "--root", str(tmp_path / "a_file" / "runs"), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "a_file/runs: cannot create the output folder, a file is in the way" in capsys.readouterr().err
 

@@ -294,7 +294,7 @@ def test_stage2_config_values(tmp_path, capsys, change, needle):
     config = write_json(tmp_path / "d.json", cfg)
     out = tmp_path / "runs"
     line = one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", str(tmp_path),
-                                                            "--out", str(out)]))
+                                                            "--root", str(out)]))
     assert needle in line and not out.exists()
 
 
@@ -315,7 +315,7 @@ def merge_into(base: dict, change: dict) -> None:
     (["-p", "train", "--workers", "-1"], "--workers: must be an integer >= 0, got -1"),
 ])
 def test_stage2_flags(tmp_path, capsys, flags, needle):
-    line = one_line_error(capsys, lambda: Diffusion.main([*flags, "--out", str(tmp_path / "runs")]))
+    line = one_line_error(capsys, lambda: Diffusion.main([*flags, "--root", str(tmp_path / "runs")]))
     assert needle in line and not (tmp_path / "runs").exists()
 
 
@@ -391,7 +391,7 @@ def test_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
         read_json_config(str(path))
     line = one_line_error(capsys, lambda: Unmixing.main(["train", "-c", str(path), "--out", str(tmp_path / "r")]))
     assert "not UTF-8" in line
-    line = one_line_error(capsys, lambda: Diffusion.main(["-c", str(path), "--out", str(tmp_path / "r")]))
+    line = one_line_error(capsys, lambda: Diffusion.main(["-c", str(path), "--root", str(tmp_path / "r")]))
     assert "not UTF-8" in line
 
 
@@ -565,7 +565,7 @@ def test_tiny_non_mat_file_is_one_line_in_every_cli(tmp_path, capsys):
     ddpm = write_json(tmp_path / "d.json", TINY_DDPM)
     calls = [
         lambda: Unmixing.main(["train", "-c", config, "--train", str(bad), "--out", str(tmp_path / "r1")]),
-        lambda: Diffusion.main(["-p", "train", "-c", ddpm, "--data", str(bad), "--out", str(tmp_path / "r2")]),
+        lambda: Diffusion.main(["-p", "train", "-c", ddpm, "--data", str(bad), "--root", str(tmp_path / "r2")]),
         lambda: Synthesis.main(["--abundances", str(bad), "--ckpt", ckpt, "--out", str(tmp_path / "r3")]),
         lambda: Evaluate.main(["reconstruction", "--ckpt", ckpt, "--hsi", str(bad), "--out", str(tmp_path / "r4")]),
         lambda: prepare_main(["chikusei", "--src", str(bad / "x.mat"), "--out", str(tmp_path / "r5")]),
@@ -592,7 +592,7 @@ def test_diffusion_names_no_key_flag_it_does_not_have(tmp_path, capsys):
     sio.savemat(tmp_path / "abu" / "a.mat", {"Y": np.zeros((10, 10, 3), np.float32)})
     line = one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", write_json(tmp_path / "d.json", TINY_DDPM),
                                                             "--data", str(tmp_path / "abu"),
-                                                            "--out", str(tmp_path / "runs")]))
+                                                            "--root", str(tmp_path / "runs")]))
     assert "a.mat: no key among Abu, SR (found: Y)" in line and "--key" not in line
 
 
@@ -605,7 +605,7 @@ def test_file_where_a_folder_is_expected_says_so(tmp_path, capsys):
                                "--out", str(tmp_path / "r")]),
         lambda: Unmixing.main(["infer", "--ckpt", ckpt, "--rgb", str(a_file), "--out", str(tmp_path / "o")]),
         lambda: Diffusion.main(["-c", write_json(tmp_path / "d.json", TINY_DDPM), "--data", str(a_file),
-                                "--out", str(tmp_path / "runs")]),
+                                "--root", str(tmp_path / "runs")]),
         lambda: Synthesis.main(["--abundances", str(a_file), "--ckpt", ckpt, "--out", str(tmp_path / "s")]),
     ]
     for call in calls:
@@ -662,12 +662,12 @@ def test_failed_diffusion_start_leaves_no_run_folder(tmp_path, capsys):
     abu = tmp_path / "abu"
     write_mat(str(abu / "a0.mat"), {"Abu": np.full((10, 10, 4), 0.25, np.float32)})  # K = 4, config says 3
     one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", str(abu),
-                                                     "--out", str(out), "--device", "cpu"]))
+                                                     "--root", str(out), "--device", "cpu"]))
     # a bad crop found only during training (file 2 of 2): no checkpoint yet, so no run folder stays
     abundance_folder(tmp_path / "abu2")
     sio.savemat(tmp_path / "abu2" / "a1.mat", {"Abu": np.full((10, 10, 3), np.nan, np.float32)})
     one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", str(tmp_path / "abu2"),
-                                                     "--out", str(out), "--device", "cpu"]))
+                                                     "--root", str(out), "--device", "cpu"]))
     assert os.listdir(out) == []
 
 
@@ -675,7 +675,7 @@ def test_abundances_far_outside_zero_one_are_refused_for_ddpm_training(tmp_path,
     config = write_json(tmp_path / "d.json", TINY_DDPM)
     abu = abundance_folder(tmp_path / "abu", value=40.0)  # e.g. reflectance, not abundances
     line = one_line_error(capsys, lambda: Diffusion.main(["-p", "train", "-c", config, "--data", abu,
-                                                            "--out", str(tmp_path / "runs"), "--device", "cpu"]))
+                                                            "--root", str(tmp_path / "runs"), "--device", "cpu"]))
     assert "a0.mat: 'Abu' has values from 40 to 40, far outside [0, 1]" in line
     assert not (tmp_path / "runs").exists() or os.listdir(tmp_path / "runs") == []
 
@@ -684,11 +684,11 @@ def test_val_with_resume_honours_out(tmp_path):
     config = write_json(tmp_path / "d.json", TINY_DDPM)
     abu = abundance_folder(tmp_path / "abu")
     train_root = tmp_path / "runs"
-    Diffusion.main(["-p", "train", "-c", config, "--data", abu, "--out", str(train_root), "--device", "cpu"])
+    Diffusion.main(["-p", "train", "-c", config, "--data", abu, "--root", str(train_root), "--device", "cpu"])
     (run,) = glob.glob(str(train_root / "tiny_*"))
     (ckpt,) = glob.glob(os.path.join(run, "checkpoint", "*.pth"))
     other = tmp_path / "samples_here"
-    Diffusion.main(["-p", "val", "-c", config, "--resume", ckpt, "--out", str(other), "--device", "cpu",
+    Diffusion.main(["-p", "val", "-c", config, "--resume", ckpt, "--root", str(other), "--device", "cpu",
                    "--num-samples", "2"])
     assert os.listdir(os.path.join(run, "mat_results")) == []  # the checkpoint's run folder is untouched
     assert len(glob.glob(str(other / "tiny_*" / "mat_results" / "*_sample_abu.mat"))) == 2

@@ -59,7 +59,7 @@ def test_diffusion_cli_set_and_resume_latest(tmp_path, capsys):
     for i in range(3):
         write_mat(str(tmp_path / "abu" / f"a{i}.mat"), {"Abu": rng.dirichlet(np.ones(3), size=(10, 12)).astype(np.float32)})
     config, out = write_json(tmp_path / "tiny.json", TINY), str(tmp_path / "runs")
-    common = ["-c", config, "--data", str(tmp_path / "abu"), "--out", out, "--device", "cpu"]
+    common = ["-c", config, "--data", str(tmp_path / "abu"), "--root", out, "--device", "cpu"]
     Diffusion.main(["-p", "train", *common, "--set", "train.n_iter=2", "train.optimizer.lr=0.003",
                     "train.save_checkpoint_freq=1"])
     run = glob.glob(str(tmp_path / "runs" / "tiny_*"))[0]

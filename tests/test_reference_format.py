@@ -205,7 +205,7 @@ def reference_ddpm(tmp_path_factory):
 
 def test_diffusion_training_continues_from_a_reference_pair(tmp_path, reference_ddpm):
     Diffusion.main(["-p", "train", "-c", reference_ddpm["config"], "--resume", reference_ddpm["prefix"] + "_gen.pth",
-                    "--n-iter", "8", "--out", str(tmp_path / "runs"), "--device", "cpu"])
+                    "--n-iter", "8", "--root", str(tmp_path / "runs"), "--device", "cpu"])
     (path,) = glob.glob(str(tmp_path / "runs" / "tiny_*" / "checkpoint" / "I8_E*.pth"))
     state = load_checkpoint(path, "diffusion")
     assert state["step"] == 8

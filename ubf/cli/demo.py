@@ -1,14 +1,16 @@
 """The whole pipeline in one command, on built-in synthetic demo data (or on real files with --data).
 
     python demo.py [--data DIR] [--out DIR] [--device auto|cpu|cuda] [--samples N] [--overwrite]
-                   [--profile improved|faithful]
+                   [--profile improved|faithful] [--threads N] [--no-progress] [--seed S]
+    ubf-demo ...   (the same, from an installed package: pip install .)
 
 The demo runs the `improved` profile by default (the measured departures, README "Profiles"); every
 step gets the same `--profile`, and the demo prints which one it uses.
 
 Steps: make the demo data (synthetic HSI scenes mixed from USGS splib07 spectra, and "external" RGB
 images), then run, as a user would, `Unmixing.py train`, `Unmixing.py infer`, `Diffusion.py -p train`,
-`Diffusion.py -p val` and `Synthesis.py` with the small configs `config/demo_unmixing.json` and
+`Diffusion.py -p val` and `Synthesis.py` (as `python -m ubf.cli.<stage>`, which works in a checkout and in an
+installed package alike) with the small built-in configs `config/demo_unmixing.json` and
 `config/demo_DDPM.json`. Each command is printed before it runs and each step is timed; the end
 lists where the pictures and files are. About five minutes on a 2-core CPU. See docs/synthesis.md.
 """
@@ -20,13 +22,17 @@ import subprocess
 import sys
 import time
 
+from ubf.core.cliflags import (add_device_argument, add_overwrite_argument, add_progress_argument, add_seed_argument,
+                               add_threads_argument)
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import check_output_path, require_folder
 from ubf.core.profiles import add_profile_argument
-from ubf.core.validate import INT_ANY, INT_POSITIVE, flag
+from ubf.core.resources import resolve_config
+from ubf.core.validate import INT_POSITIVE, flag
 from ubf.core.version import add_version_argument
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+# the folder `ubf` is imported from: the steps run as `python -m ubf.cli.<stage>` and must import the same copy
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUT = os.path.join("experiments", "demo")
 # stage 1 under both profiles: the paper's network, narrowed for a CPU, with every key the profile could
 # change written out (the improved recipe's low-contrast abundance maps starve the demo's DDPM: see the config)
@@ -41,17 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="run on real files instead: a folder with HSI crops (.mat, e.g. "
                         "chikusei/*.mat) and RGB images (e.g. aid/*.jpg), such as ../shared/data/paper")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] for every step")
+    add_device_argument(parser)
     parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8,
                         help="abundance maps to sample = synthetic HSIs (default 8)")
     parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG,
                         help=f"stage-1 config (default {UNMIXING_CONFIG}; config/improved_unmixing.json: the "
-                             "improved stage-1 recipe)")
-    parser.add_argument("--ddpm-config", default=DDPM_CONFIG)
-    parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the demo data")
+                             "improved stage-1 recipe; built-in configs are found by name from any folder)")
+    parser.add_argument("--ddpm-config", default=DDPM_CONFIG, help=f"stage-2 config (default {DDPM_CONFIG})")
+    add_seed_argument(parser, default=0, what="the demo data")
     parser.add_argument("--size", type=flag(INT_POSITIVE), default=64,
                         help="height and width of the demo scenes and images")
-    parser.add_argument("--overwrite", action="store_true", help="delete the outputs of an earlier demo in --out first")
+    add_overwrite_argument(parser, "the outputs of an earlier demo in --out (deleted first)")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
     add_profile_argument(parser, default="improved")
     return parser
 
@@ -60,8 +68,8 @@ def check_step_configs(unmixing_config: str, ddpm_config: str) -> None:
     """Load (and so validate) both configs before step 1, so a bad value stops the demo before any work."""
     from ubf.pipeline.diffusion_config import load_diffusion_config
     from ubf.pipeline.unmixing_config import load_unmixing_config
-    load_unmixing_config(unmixing_config if os.path.isfile(unmixing_config) else os.path.join(ROOT, unmixing_config))
-    load_diffusion_config(ddpm_config if os.path.isfile(ddpm_config) else os.path.join(ROOT, ddpm_config))
+    load_unmixing_config(unmixing_config)
+    load_diffusion_config(ddpm_config)
 
 
 def prepare_output(out: str, overwrite: bool) -> None:
@@ -121,14 +129,23 @@ def link_step_folders(splits: dict, images: list[str], out: str) -> dict:
 
 
 def _short(argument: str) -> str:
-    """An absolute path below the current folder (or the repository) shown relative to it."""
+    """An absolute path below the current folder shown relative to it."""
     if not os.path.isabs(argument):
         return argument
-    for base in (os.getcwd(), ROOT):
-        relative = os.path.relpath(argument, base)
-        if not relative.startswith(".."):
-            return relative
-    return argument
+    relative = os.path.relpath(argument, os.getcwd())
+    return argument if relative.startswith("..") else relative
+
+
+def stage_command(module: str, *arguments: str) -> list[str]:
+    """`python -m ubf.cli.<module> ...`: the same in a checkout and in an installed package."""
+    return [sys.executable, "-m", f"ubf.cli.{module}", *arguments]
+
+
+def step_environment() -> dict:
+    """The environment of a step: this process's, with the folder `ubf` came from first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([IMPORT_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
 
 
 def run_step(number: int, total: int, title: str, command: list[str]) -> float:
@@ -136,7 +153,7 @@ def run_step(number: int, total: int, title: str, command: list[str]) -> float:
     shown = " ".join(["python"] + [_short(c) for c in command[1:]])
     print(f"\n[{number}/{total}] {title}\n$ {shown}", flush=True)
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT)
+    result = subprocess.run(command, env=step_environment())
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise UserError(f"step {number} ({title}) failed with exit status {result.returncode}: {shown}")
@@ -198,18 +215,18 @@ def print_generation_scores(report_path: str, paths: dict) -> None:
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    for config in (args.unmixing_config, args.ddpm_config):
-        if not os.path.isfile(os.path.join(ROOT, config)) and not os.path.isfile(config):
+    unmixing_config, ddpm_config = (resolve_config(c) for c in (args.unmixing_config, args.ddpm_config))
+    for config in (unmixing_config, ddpm_config):
+        if not os.path.isfile(config):
             raise UserError(f"{config}: demo config not found")
+    unmixing_config, ddpm_config = os.path.abspath(unmixing_config), os.path.abspath(ddpm_config)
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
-    check_step_configs(args.unmixing_config, args.ddpm_config)
+    check_step_configs(unmixing_config, ddpm_config)
     out = os.path.abspath(args.out)
     check_output_path(out)
     prepare_output(out, args.overwrite)
-    python, total = sys.executable, 8
-    unmixing_config, ddpm_config = (os.path.abspath(c) if os.path.isfile(c) else os.path.join(ROOT, c)
-                                    for c in (args.unmixing_config, args.ddpm_config))
+    total = 8
     paths = {"unmixing": os.path.join(out, "unmixing"), "abundances": os.path.join(out, "abundances"),
              "ddpm": os.path.join(out, "ddpm"), "synthesis": os.path.join(out, "synthesis")}
     # the profile decides which checkpoint stage 1 hands on: best.pth (improved) or the final epoch (faithful)
@@ -231,33 +248,37 @@ def main(argv=None) -> None:
     timings["data"] = time.perf_counter() - started
     print(f"  HSI crops: {os.path.dirname(folders['train'])}  RGB images: {folders['rgb']}")
 
-    shared_flags = ["--device", args.device, "--profile", args.profile]
-    timings["unmixing train"] = run_step(2, total, "stage 1: train the unmixing network", [
-        python, os.path.join(ROOT, "Unmixing.py"), "train", "-c", unmixing_config, "--train", folders["train"],
-        "--val", folders["val"], "--test", folders["test"], "--out", paths["unmixing"], *shared_flags])
-    timings["unmixing infer"] = run_step(3, total, "stage 1: abundances of the external RGB images", [
-        python, os.path.join(ROOT, "Unmixing.py"), "infer", "--ckpt", paths["checkpoint"], "--rgb", folders["rgb"],
-        "--out", paths["abundances"], *shared_flags])
-    timings["diffusion train"] = run_step(4, total, "stage 2: train the abundance DDPM", [
-        python, os.path.join(ROOT, "Diffusion.py"), "-p", "train", "-c", ddpm_config, "--data", paths["abundances"],
-        "--out", paths["ddpm"], *shared_flags])
-    timings["diffusion sample"] = run_step(5, total, "stage 2: sample new abundance maps", [
-        python, os.path.join(ROOT, "Diffusion.py"), "-p", "val", "-c", ddpm_config, "--out", paths["ddpm"],
-        "--num-samples", str(args.samples), *shared_flags])
+    shared_flags = ["--device", args.device, "--profile", args.profile,
+                    *(["--threads", str(args.threads)] if args.threads else []),
+                    *(["--no-progress"] if args.no_progress else [])]
+    timings["unmixing train"] = run_step(2, total, "stage 1: train the unmixing network", stage_command(
+        "unmixing", "train", "-c", unmixing_config, "--train", folders["train"], "--val", folders["val"],
+        "--test", folders["test"], "--out", paths["unmixing"], *shared_flags))
+    timings["unmixing infer"] = run_step(3, total, "stage 1: abundances of the external RGB images", stage_command(
+        "unmixing", "infer", "--ckpt", paths["checkpoint"], "--rgb", folders["rgb"], "--out", paths["abundances"],
+        *shared_flags))
+    # stage 2 keeps the reference's layout: a <name>_<timestamp> run below --root
+    timings["diffusion train"] = run_step(4, total, "stage 2: train the abundance DDPM", stage_command(
+        "diffusion", "-p", "train", "-c", ddpm_config, "--data", paths["abundances"], "--root", paths["ddpm"],
+        *shared_flags))
+    timings["diffusion sample"] = run_step(5, total, "stage 2: sample new abundance maps", stage_command(
+        "diffusion", "-p", "val", "-c", ddpm_config, "--ckpt", "latest", "--root", paths["ddpm"],
+        "--num-samples", str(args.samples), *shared_flags))
     from ubf.pipeline.synthesis import newest_abundance_dir
     paths["samples"] = newest_abundance_dir(paths["ddpm"])
-    timings["synthesis"] = run_step(6, total, "stage 3: synthesize HSIs", [
-        python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["samples"], "--ckpt", paths["checkpoint"],
-        "--out", paths["synthesis"], *shared_flags])
+    timings["synthesis"] = run_step(6, total, "stage 3: synthesize HSIs", stage_command(
+        "synthesis", "--abundances", paths["samples"], "--ckpt", paths["checkpoint"], "--out", paths["synthesis"],
+        *shared_flags))
     # the like-for-like reference of the samples: HSIs rendered from the DDPM's own training maps
     paths["reference"], paths["generation"] = os.path.join(out, "reference"), os.path.join(out, "generation")
-    timings["reference"] = run_step(7, total, "reference: HSIs rendered from the DDPM's training maps", [
-        python, os.path.join(ROOT, "Synthesis.py"), "--abundances", paths["abundances"], "--ckpt", paths["checkpoint"],
-        "--out", paths["reference"], *shared_flags])
-    timings["generation scores"] = run_step(8, total, "generation scores against that reference", [
-        python, os.path.join(ROOT, "Evaluate.py"), "generation", "--real", os.path.join(paths["reference"], "HSI"),
-        "--real-as-is", "--synthetic", os.path.join(paths["synthesis"], "HSI"), "--endmembers", paths["checkpoint"],
-        "--out", paths["generation"], "--feature-cache", "none", "--no-progress", *shared_flags])
+    timings["reference"] = run_step(7, total, "reference: HSIs rendered from the DDPM's training maps", stage_command(
+        "synthesis", "--abundances", paths["abundances"], "--ckpt", paths["checkpoint"], "--out", paths["reference"],
+        *shared_flags))
+    timings["generation scores"] = run_step(8, total, "generation scores against that reference", stage_command(
+        "evaluate", "generation", "--real", os.path.join(paths["reference"], "HSI"), "--real-as-is",
+        "--synthetic", os.path.join(paths["synthesis"], "HSI"), "--endmembers", paths["checkpoint"],
+        "--out", paths["generation"], "--feature-cache", "none", *shared_flags,
+        *([] if args.no_progress else ["--no-progress"])))
     report(out, timings, paths)
 
 

@@ -1,37 +1,42 @@
 """Stage 2 CLI: train the abundance DDPM, or sample new abundance maps from it.
 
-    python Diffusion.py -p train -c config/Chikusei_256_DDPM.json [--data DIR] [--out DIR] [--resume CKPT]
-                        [--device auto|cpu|cuda] [--seed S] [--n-iter N] [--batch-size B] [--amp fp16|bf16]
-                        [--compile] [-d]
-    python Diffusion.py -p val -c CONFIG [--out DIR] [--resume CKPT] [--num-samples N]
-                        [--sampler ancestral|ddim] [--steps N] [--eta X] [--batch-size B] [--ema] [--simplex]
+    python Diffusion.py -p train -c config/Chikusei_256_DDPM.json [--data DIR] [--out RUN | --root DIR]
+                        [--resume CKPT|latest] [--device auto|cpu|cuda] [--seed S] [--n-iter N] [--batch-size B]
+                        [--amp fp16|bf16] [--compile] [--threads N] [--no-progress] [-d]
+    python Diffusion.py -p val -c CONFIG [--ckpt CKPT|latest] [--out RUN | --root DIR] [--num-samples N]
+                        [--sampler ancestral|ddim|dpmpp2m] [--steps N] [--eta X] [--batch-size B] [--ema] [--simplex]
                         [--class NAME|a,b|all [--guidance W]]
     either phase: [--profile faithful|improved] (default: the config's `profile`, else faithful)
 
+`--out RUN` is the run folder itself ({checkpoint,logs,results,mat_results} go there), as `--out` is the
+output folder of every other CLI; without it a new `<root>/<name>_<timestamp>` is made under `--root`
+(default experiments/ddpm, the reference's layout). `--ckpt` is the checkpoint to sample from, `--resume`
+the one to continue training from (docs/ecosystem.md, "One vocabulary across the CLIs").
+
 Both phases run in several processes with `torchrun --nproc_per_node N Diffusion.py ...` (DDP; the
 training batch is the global batch, the samples are split over the processes).
-
-Outputs go to <out>/<name>_<timestamp>/{checkpoint,logs,results,mat_results} (see docs/diffusion.md).
 """
 import argparse
+import glob
 import logging
 import os
 
-import torch
-
 from ubf.core.config import apply_overrides
 from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.cliflags import (add_device_argument, add_progress_argument, add_seed_argument, add_threads_argument,
+                               runtime_flags)
 from ubf.core.device import configure_backends, resolve_device
 from ubf.core.distributed import distributed_session, launched_with_several_processes
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.logs import setup_logging
-from ubf.core.validate import INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, Number, flag
+from ubf.core.resources import resolve_config
+from ubf.core.validate import INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY, Number, flag
 from ubf.core.overrides import add_set_argument, parse_set_values
 from ubf.core.version import add_version_argument
 from ubf.core.profiles import add_profile_argument
 
 DEFAULT_CONFIG = "config/Chikusei_256_DDPM.json"
-DEFAULT_OUT = os.path.join("experiments", "ddpm")
+DEFAULT_OUT = os.path.join("experiments", "ddpm")  # the folder of runs (--root) when no --out is given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,17 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_argument(parser)
     add_set_argument(parser)
     parser.add_argument("-p", "--phase", choices=["train", "val"], help="train, or val (sample); default: the config's")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"JSON config (default {DEFAULT_CONFIG})")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"JSON config (default {DEFAULT_CONFIG}; a built-in config is found by name from any "
+                             "folder)")
     parser.add_argument("--data", help="folder of abundance .mat files (overrides datasets.train.dataroot)")
-    parser.add_argument("--out", default=None, help=f"experiments root (default {DEFAULT_OUT}); with -p val and "
-                        "--resume, samples go to a new run folder here instead of the checkpoint's")
-    parser.add_argument("--run-dir", help="use exactly this run folder instead of <out>/<name>_<timestamp>")
-    parser.add_argument("--resume", help="checkpoint to resume (train) or sample from (val); replaces resume_state; "
-                        "'latest': the newest checkpoint of the config's name under --out")
-    parser.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    parser.add_argument("--out", "--run-dir", dest="out", default=None,
+                        help="the run folder itself: checkpoint/, logs/, results/, mat_results/ go there (default: "
+                             "a new <root>/<name>_<timestamp>; with -p val and --ckpt: the checkpoint's own run)")
+    parser.add_argument("--root", "--experiments-root", dest="root", default=None,
+                        help=f"folder of runs: a new <name>_<timestamp> is made below it (default {DEFAULT_OUT}); "
+                             "the meaning --out had before")
+    parser.add_argument("--ckpt", help="-p val: checkpoint to sample from (I*_E*.pth, a reference I*_E* prefix, "
+                        "or 'latest': the newest of --out, else of the config's name under --root); default: "
+                        "path.resume_state, else 'latest'")
+    parser.add_argument("--resume", help="-p train: checkpoint to continue training from (replaces resume_state), or "
+                        "'latest'; with -p val the old spelling of --ckpt")
+    add_device_argument(parser, default=None)
     parser.add_argument("-gpu", "--gpu_ids", help="reference spelling: first id picks cuda:<id> unless --device")
-    parser.add_argument("--threads", type=flag(INT_POSITIVE), help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--seed", type=flag(INT_ANY), help="random seed (default: the config's seed)")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
+    add_seed_argument(parser)
     parser.add_argument("--n-iter", "--n_iter", dest="n_iter", type=flag(INT_POSITIVE), help="total training steps")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE),
                         help="training batch (train) or sampling batch (val)")
@@ -75,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-enable_wandb", "--wandb", dest="enable_wandb", action="store_true",
                         help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
     parser.add_argument("-log_wandb_ckpt", action="store_true", help="accepted for the reference; not used")
+    parser.add_argument("-log_eval", action="store_true", help="accepted for SR3's commands (sr.py); not used")
+    parser.add_argument("-log_infer", action="store_true", help="accepted for SR3's commands (infer.py); not used")
     add_trust_flag(parser)
     return parser
 
@@ -95,10 +111,56 @@ def pick_device(args):
     return resolve_device(args.device or "auto")
 
 
+def newest_in_run(run_dir: str, checkpoint_sub: str) -> str | None:
+    """The newest `I<step>_E<epoch>.pth` in `<run_dir>/<checkpoint_sub>` (by file time, then step), or None."""
+    from ubf.pipeline.diffusion_sample import CHECKPOINT_FILE, checkpoint_step
+    found = [path for path in glob.glob(os.path.join(glob.escape(run_dir), checkpoint_sub, "I*_E*.pth"))
+             if CHECKPOINT_FILE.match(os.path.basename(path))]
+    return max(found, key=lambda path: (os.path.getmtime(path), checkpoint_step(path))) if found else None
+
+
+def refuse_folder_of_runs(run_dir: str, cfg: dict) -> None:
+    """`--out` names one run; a folder that holds runs of this name (the old meaning) is refused with the fix."""
+    from ubf.pipeline.diffusion_sample import STAMP
+    if not os.path.isdir(run_dir) or os.path.isdir(os.path.join(run_dir, cfg["path"]["checkpoint"])):
+        return
+    name = cfg["name"]
+    runs = sorted(entry for entry in os.listdir(run_dir) if entry.startswith(name)
+                  and STAMP.fullmatch(entry[len(name):]) and os.path.isdir(os.path.join(run_dir, entry)))
+    if runs:
+        raise UserError(f"{run_dir}: holds runs of '{name}' ({', '.join(runs[:3])}); --out is one run's folder: pass "
+                        f"--root {run_dir} for a new run below it, or --out {os.path.join(run_dir, runs[-1])}")
+
+
+def checkpoint_to_read(args, cfg: dict, phase: str, out_root: str, log) -> str | None:
+    """The checkpoint this phase reads: --resume (train) or --ckpt (val; --resume is its old spelling there)."""
+    if phase == "train":
+        if args.ckpt:
+            raise UserError("--ckpt names the checkpoint to sample from (-p val); continue training with --resume")
+        wanted, flag_name = args.resume, "--resume"
+    else:
+        if args.ckpt and args.resume:
+            raise UserError("-p val: --ckpt and --resume both name the checkpoint to sample from; give --ckpt only")
+        if args.resume:
+            log.info("-p val --resume %s: taken as --ckpt (the checkpoint to sample from)", args.resume)
+        wanted, flag_name = args.ckpt or args.resume, "--ckpt"
+        if wanted is None and args.out and not cfg["path"]["resume_state"]:
+            wanted = newest_in_run(args.out, cfg["path"]["checkpoint"])  # sampling from a run folder: its newest
+    if wanted != "latest":
+        return wanted
+    from ubf.pipeline.diffusion_sample import find_newest_checkpoint
+    found = newest_in_run(args.out, cfg["path"]["checkpoint"]) if args.out else \
+        find_newest_checkpoint(out_root, cfg["name"], cfg["path"]["checkpoint"])
+    if found is None:
+        raise UserError(f"{flag_name} latest: no checkpoint in {os.path.join(args.out, cfg['path']['checkpoint'])}")
+    log.info("%s latest: %s", flag_name, found)
+    return found
+
+
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out_given, args.out = args.out is not None, args.out or DEFAULT_OUT
+    root_given, out_root = args.root is not None, args.root or DEFAULT_OUT
     other_rank = launched_with_several_processes() and os.environ.get("RANK", "0") != "0"
     log = setup_logging(level=logging.WARNING if other_rank else logging.INFO)
     from ubf.pipeline.diffusion_config import DIFFUSION_DEFAULTS, load_diffusion_config, validate
@@ -106,6 +168,7 @@ def main(argv=None) -> int:
     for first, second in (("raw", "simplex"), ("no_ema", "ema")):
         if getattr(args, first) and getattr(args, second):
             raise UserError(f"--{first.replace('_', '-')} and --{second} contradict each other; choose one")
+    args.config = resolve_config(args.config)
     if not os.path.isfile(args.config):
         raise UserError(f"{args.config}: config file not found")
     cfg = load_diffusion_config(args.config, {
@@ -127,27 +190,25 @@ def main(argv=None) -> int:
     if args.debug:
         apply_overrides(cfg, debug_overrides(cfg, args.n_iter))
     cfg = validate(cfg, args.config)
-    if args.resume == "latest":
-        from ubf.pipeline.diffusion_sample import find_newest_checkpoint
-        args.resume = find_newest_checkpoint(args.out, cfg["name"], cfg["path"]["checkpoint"])
-        log.info("--resume latest: %s", args.resume)
-    if args.log_wandb_ckpt:
-        log.info("-log_wandb_ckpt: checkpoints are not uploaded to W&B; the flag is ignored")
+    if args.out:
+        refuse_folder_of_runs(args.out, cfg)
+    checkpoint = checkpoint_to_read(args, cfg, phase, out_root, log)
+    for name in ("log_wandb_ckpt", "log_eval", "log_infer"):
+        if getattr(args, name):
+            log.info("-%s: accepted for the reference's and SR3's commands; it changes nothing here", name)
     device = pick_device(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     # under torchrun each process joins the group here and takes its own GPU; alone, nothing changes
-    with distributed_session(device) as device, trust_checkpoint_code(args.trust_checkpoint_code):
+    with runtime_flags(args), distributed_session(device) as device, trust_checkpoint_code(args.trust_checkpoint_code):
         configure_backends(device)
         if phase == "train":
             from ubf.pipeline.diffusion_train import train_diffusion
-            checkpoint = train_diffusion(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
+            checkpoint = train_diffusion(cfg, out_root, device, cfg["seed"], resume=checkpoint, run_dir=args.out,
                                          wandb=args.enable_wandb)
             log.info("checkpoint: %s", checkpoint)
         else:
             from ubf.pipeline.diffusion_sample import sample_run
-            run_dir = sample_run(cfg, args.out, device, cfg["seed"], resume=args.resume, run_dir=args.run_dir,
-                                 num_samples=args.num_samples, out_given=out_given)
+            run_dir = sample_run(cfg, out_root, device, cfg["seed"], resume=checkpoint, run_dir=args.out,
+                                 num_samples=args.num_samples, out_given=root_given)
             log.info("samples: %s", os.path.join(run_dir, cfg["path"]["mat_results"]))
     return 0
 

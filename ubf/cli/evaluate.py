@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 
-import torch
-
 from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.cliflags import (add_device_argument, add_overwrite_argument, add_progress_argument, add_seed_argument,
+                               add_threads_argument, runtime_flags)
 from ubf.core.device import resolve_device
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import check_output_path
@@ -26,11 +26,11 @@ from ubf.core.version import add_version_argument
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report folder (report.json, summary.md, plots/)")
-    parser.add_argument("--key", help="variable name of the cube in the .mat files (default: Y, HSI, ...)")
-    parser.add_argument("--device", "--gpus", dest="device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--threads", type=flag(INT_POSITIVE), help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--key", help="variable name of the cube in .mat files (default: the first of Y, HSI, ...)")
+    add_device_argument(parser)
+    add_threads_argument(parser)
+    add_overwrite_argument(parser, "an existing report in --out")
+    add_progress_argument(parser)
     add_profile_argument(parser)
     add_trust_flag(parser)
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--ckpt", required=True, help="unmixing checkpoint, or a run folder (its latest.pth; best.pth "
                      "with --checkpoint best or --profile improved)")
     rec.add_argument("--checkpoint", choices=("latest", "best"), help="which file of a run folder (default latest)")
-    rec.add_argument("--hsi", required=True, help="folder of held-out HSI .mat files")
+    rec.add_argument("--hsi", required=True, help="folder of held-out HSIs (.mat, ENVI or TIFF)")
     rec.add_argument("--tile", type=flag(INT_POSITIVE), default=256, help="inference tile size (default 256)")
     rec.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=32, help="tile overlap (default 32)")
     rec.add_argument("--reference-key", help="variable of the reference abundances in the HSI files (default: the "
@@ -53,10 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rec)
 
     gen = sub.add_parser("generation", help="synthetic vs real HSIs: F_p, D_b, precision/recall, FD/KID, plots")
-    gen.add_argument("--real", required=True, help="folder of real HSI .mat files (min-max normalised per file)")
-    gen.add_argument("--synthetic", required=True, help="folder of synthetic HSI .mat files (taken as they are)")
-    gen.add_argument("--seed", type=flag(INT_ANY), default=0,
-                     help="seed of every sub-sample and of the feature network")
+    gen.add_argument("--real", required=True, help="folder of real HSIs (.mat, ENVI or TIFF; min-max normalised "
+                     "per file)")
+    gen.add_argument("--synthetic", required=True, help="folder of synthetic HSIs (.mat, ENVI or TIFF; taken as "
+                     "they are)")
+    add_seed_argument(gen, default=0, what="every sub-sample and of the feature network")
     gen.add_argument("--pixel-cap", type=flag(INT_POSITIVE), default=20000,
                      help="spectra sampled per set (default 20000)")
     gen.add_argument("--prdc-cap", type=flag(INT_POSITIVE), default=10000,
@@ -82,13 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(gen)
 
     down = sub.add_parser("downstream", help="RGB-to-HSI reconstruction trained on real vs real+synthetic")
-    down.add_argument("--real", required=True, help="folder of real HSI .mat files (train and held-out test)")
-    down.add_argument("--synthetic", required=True, help="folder of synthetic HSI .mat files")
+    down.add_argument("--real", required=True, help="folder of real HSIs (.mat, ENVI or TIFF; train and held-out "
+                      "test)")
+    down.add_argument("--synthetic", required=True, help="folder of synthetic HSIs (.mat, ENVI or TIFF)")
     down.add_argument("--seeds", type=flag(INT_ANY), nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     down.add_argument("--steps", type=flag(INT_POSITIVE), default=1000, help="training steps per model (default 1000)")
-    down.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE), default=8)
+    down.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE), default=8,
+                      help="training batch (default 8)")
     down.add_argument("--crop", type=flag(INT_POSITIVE), default=32, help="training crop side (default 32)")
-    down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=2e-3)
+    down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=2e-3,
+                      help="learning rate (default 2e-3)")
     down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
     down.add_argument("--task", choices=("rgb2hsi", "denoise"), default="rgb2hsi",
@@ -171,11 +175,7 @@ def main(argv=None) -> int:
     check_output_path(args.out)
     setup_logging(os.path.join(args.out, "evaluate.log"))
     device = resolve_device(args.device)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads} must be at least 1")
-        torch.set_num_threads(args.threads)
-    with trust_checkpoint_code(args.trust_checkpoint_code):
+    with runtime_flags(args), trust_checkpoint_code(args.trust_checkpoint_code):
         {"generation": run_generation_command, "downstream": run_downstream_command,
          "reconstruction": run_reconstruction_command}[args.command](args, device)
     return 0

@@ -2,7 +2,7 @@
 
     python Synthesis.py [--abundances DIR] [--ckpt CKPT] [--out DIR] [--endmembers raw|minmax] [--simplex]
                         [--rgb bands|cie] [--rgb-bands R G B] [--real DIR] [--device D] [--overwrite]
-                        [--profile faithful|improved] [-c SETTINGS.json]
+                        [--profile faithful|improved] [-c SETTINGS.json] [--threads N] [--no-progress] [--seed S]
 
 Defaults chain the stages: the newest experiments/ddpm/*/mat_results and the newest unmixing
 checkpoint (latest.pth, or best.pth with --checkpoint best); outputs go to experiments/Synthesis.
@@ -14,12 +14,15 @@ import dataclasses
 import os
 
 from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.cliflags import (add_device_argument, add_overwrite_argument, add_progress_argument, add_seed_argument,
+                               add_threads_argument, runtime_flags)
 from ubf.core.device import resolve_device
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import check_output_path
 from ubf.core.logs import get_logger, setup_logging
 from ubf.core.overrides import add_set_argument, parse_set_values
 from ubf.core.profiles import add_profile_argument
+from ubf.core.resources import resolve_config
 from ubf.core.validate import INT_NONNEGATIVE, flag
 from ubf.core.version import add_version_argument
 from ubf.pipeline.synthesis import DEFAULT_OUT, SynthesisOptions, load_synthesis_settings
@@ -29,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description="Stage 3: synthesize HSIs from sampled abundances and endmembers")
     add_version_argument(parser)
     add_set_argument(parser)
-    parser.add_argument("--abundances", help="folder of sampled abundance .mat files (Abu, or SR in [-1, 1]); "
+    parser.add_argument("--abundances", help="folder of sampled abundance .mat files (SR in [-1, 1], else Abu); "
                         "default: the newest experiments/ddpm/*/mat_results")
     parser.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint; default: the newest "
                         "experiments/unmixing/*/checkpoint/latest.pth (see --checkpoint)")
@@ -44,16 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep sampled abundances as they are, (SR + 1) / 2 (the default, as the reference)")
     parser.add_argument("--end-layout", choices=("conv", "matrix"),
                         help="End stored as (C, K, 1, 1) like the reference (conv, default) or (C, K) (matrix)")
-    parser.add_argument("-c", "--config", help="JSON file of these settings (and `profile`)")
+    parser.add_argument("-c", "--config", help="JSON file of these settings (checkpoint, endmembers, simplex, "
+                        "end_layout, rgb, rgb_bands, profile)")
     add_profile_argument(parser)
     parser.add_argument("--rgb", choices=("bands", "cie"),
                         help="previews from three bands (default) or true colour via CIE 1931 (visible-range data)")
     parser.add_argument("--rgb-bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
                         help="band indices for the previews (default: nearest 640/550/460 nm, else evenly spread)")
-    parser.add_argument("--real", help="folder of real HSIs for the spectra figure (default: the checkpoint's "
-                        "training folder)")
-    parser.add_argument("--device", "--gpus", dest="device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
+    parser.add_argument("--real", help="folder of real HSIs (.mat, ENVI or TIFF) for the spectra figure (default: "
+                        "the checkpoint's training folder)")
+    add_device_argument(parser)
+    add_threads_argument(parser)
+    add_progress_argument(parser)
+    add_seed_argument(parser, default=0, what="the real pixels drawn for the spectra figure and of --variability")
+    add_overwrite_argument(parser)
     parser.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
                         help="synthetic HSI files: mat (default, with Abu and End), envi (.hdr + .img) or tiff "
                              "(multi-band, needs tifffile)")
@@ -74,7 +81,7 @@ def main(argv=None) -> None:
     from ubf.pipeline.synthesis import run_synthesis
     if args.simplex and args.no_simplex:
         raise UserError("--simplex and --no-simplex contradict each other; choose one")
-    settings = load_synthesis_settings(args.config, args.profile, {
+    settings = load_synthesis_settings(resolve_config(args.config), args.profile, {
         "checkpoint": args.checkpoint, "endmembers": args.endmembers, "end_layout": args.end_layout,
         "simplex": True if args.simplex else (False if args.no_simplex else None), "rgb": args.rgb,
         "rgb_bands": args.rgb_bands})
@@ -85,9 +92,9 @@ def main(argv=None) -> None:
                                rgb=settings["rgb"], rgb_bands=settings["rgb_bands"], real=args.real,
                                overwrite=args.overwrite, profile=settings["profile"], format=args.format,
                                sensor=args.sensor, variability=args.variability,
-                               variability_scale=args.variability_scale)
+                               variability_scale=args.variability_scale, seed=args.seed)
     options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
-    with trust_checkpoint_code(args.trust_checkpoint_code):
+    with runtime_flags(args), trust_checkpoint_code(args.trust_checkpoint_code):
         summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)
     print(f"synthetic HSIs: {summary['hsi_dir']}")
     print(f"RGB previews:   {summary['rgb_dir']}")

@@ -3,6 +3,10 @@
     python Unmixing.py train [-c config/Chikusei_unmixing.json] [--train DIR] [--val DIR] [--test DIR] [--out DIR]
     torchrun --nproc_per_node N Unmixing.py train ...   (DDP: train.batch_size is the global batch)
     python Unmixing.py infer [--ckpt CKPT] [--rgb DIR ...] [--hsi DIR ...] [--out DIR] [--tile N] [--overlap M]
+    either: [--device D] [--threads N] [--no-progress] [--profile faithful|improved] [--set KEY=VALUE ...]
+
+`--resume` continues training from a checkpoint; `--ckpt` is the checkpoint `infer` reads; `--out` is the
+folder the command writes into (docs/ecosystem.md, "One vocabulary across the CLIs").
 """
 import argparse
 import contextlib
@@ -11,11 +15,14 @@ import os
 import sys
 
 from ubf.core.checkpoint import add_trust_flag, trust_checkpoint_code
+from ubf.core.cliflags import (add_device_argument, add_overwrite_argument, add_progress_argument, add_seed_argument,
+                               add_threads_argument, runtime_flags)
 from ubf.core.device import configure_backends, resolve_device
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import remove_stale_temp_files
 from ubf.core.logs import setup_logging
-from ubf.core.validate import FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, flag
+from ubf.core.resources import resolve_config
+from ubf.core.validate import FLOAT_POSITIVE, INT_NONNEGATIVE, INT_POSITIVE, flag
 from ubf.core.overrides import add_set_argument, parse_set_values
 from ubf.core.profiles import add_profile_argument
 from ubf.core.version import add_version_argument
@@ -29,29 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train on HSI crops (.mat)")
-    train.add_argument("-c", "--config", default=None, help=f"JSON config (default: {DEFAULT_CONFIG} if present)")
-    train.add_argument("--train", help="folder of training HSI crops (default dataset/trains)")
+    train = sub.add_parser("train", help="train on HSI crops (.mat, ENVI .hdr + .img, multi-band .tif)")
+    train.add_argument("-c", "--config", default=None, help=f"JSON config (default: {DEFAULT_CONFIG}, found by "
+                       "name from any folder; a built-in config of the same name when the path does not exist)")
+    train.add_argument("--train", help="folder of training HSI crops (.mat, ENVI or TIFF; default dataset/trains)")
     train.add_argument("--val", help="folder of validation crops (default dataset/evals)")
     train.add_argument("--test", help="folder of test crops (default dataset/tests)")
     train.add_argument("--out", "--save_dir", dest="out", help="run folder (default experiments/unmixing/<name>)")
     train.add_argument("--name", "--dataset_name", dest="name", help="run name (default from the config)")
-    train.add_argument("--epochs", type=flag(INT_POSITIVE))
-    train.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE))
-    train.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE))
+    train.add_argument("--epochs", type=flag(INT_POSITIVE), help="training epochs (train.epochs; paper 40)")
+    train.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE),
+                       help="batch size (train.batch_size; paper 16; the global batch under torchrun)")
+    train.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE),
+                       help="learning rate (train.lr; paper 2e-4)")
     train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
-                       help="input band indices")
-    train.add_argument("--key", help="variable name of the cube in the .mat files")
-    train.add_argument("--resume", help="checkpoint to resume from (latest.pth), or 'latest': the newest of the run")
-    train.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
-    train.add_argument("--seed", type=flag(INT_ANY))
+                       help="input band indices (data.bands; default the Chikusei RGB bands 53 33 14)")
+    train.add_argument("--key", help="variable name of the cube in .mat files (default: the first of Y, HSI, ...)")
+    train.add_argument("--resume", help="continue training from this checkpoint (latest.pth or interrupted.pth), "
+                       "or 'latest': the newest of the run")
+    add_device_argument(train)
+    add_seed_argument(train)
+    add_threads_argument(train)
+    add_progress_argument(train)
     train.add_argument("--wandb", "-enable_wandb", dest="wandb", action="store_true",
                        help="log to Weights & Biases too (when wandb is installed); TensorBoard is on when installed")
     add_set_argument(train)
     add_profile_argument(train)
     add_trust_flag(train)
 
-    infer = sub.add_parser("infer", help="abundance maps of RGB image folders (or HSI .mat folders)")
+    infer = sub.add_parser("infer", help="abundance maps of RGB image folders (or of HSI folders' 3 bands)")
     infer.add_argument("--ckpt", "--ckpt_dir", dest="ckpt", help="unmixing checkpoint or run folder (default: the "
                        "newest run under experiments/unmixing; its latest.pth, or best.pth with --checkpoint best)")
     infer.add_argument("-c", "--config", default=None, help="unmixing JSON config: its `infer` section and `profile`")
@@ -59,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(infer.checkpoint; default latest, the final epoch as the reference)")
     add_profile_argument(infer)
     infer.add_argument("--rgb", nargs="+", help="RGB image folders (default dataset/RGB)")
-    infer.add_argument("--hsi", nargs="+", help="HSI .mat folders (their 3 selected bands are the input)")
+    infer.add_argument("--hsi", nargs="+", help="HSI folders (.mat, ENVI or TIFF; their 3 selected bands are the input)")
     infer.add_argument("--out", default="dataset/inferred_abu", help="output folder (default dataset/inferred_abu)")
     infer.add_argument("--tile", type=flag(INT_NONNEGATIVE), default=None,
                        help="0: each image whole, as the reference (default; tiles of 1024 above 2048 x 2048 pixels); "
                             "N: overlapping N x N tiles")
     infer.add_argument("--overlap", type=flag(INT_NONNEGATIVE), default=None,
                        help="tile overlap in pixels (default 32)")
-    infer.add_argument("--key", help="variable name of the cube in HSI .mat files")
+    infer.add_argument("--key", help="variable name of the cube in HSI .mat files (default: the first of Y, HSI, ...)")
     infer.add_argument("--tile-batch", type=flag(INT_POSITIVE), default=1,
                        help="tiles per forward pass (speed option, default 1)")
     infer.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -74,17 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--workers", type=flag(INT_NONNEGATIVE), default=1, help="processes decoding images ahead of "
                        "the network (default 1; 0: decode in this process). Several processes: torchrun --nproc_per_node N")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
-    infer.add_argument("--overwrite", action="store_true", help="redo images that are already done")
+    add_overwrite_argument(infer, "abundance files of images that are already done (default: skip them)")
     infer.add_argument("--color-match", choices=("none", "moments"), default=None,
                        help="moments: match each RGB image's channel mean/std to the training inputs (default none)")
-    infer.add_argument("--device", "--gpus", dest="device", default=None, help="auto, cpu or cuda[:N]")
+    add_device_argument(infer)
+    add_threads_argument(infer)
+    add_progress_argument(infer)
     add_set_argument(infer)
     add_trust_flag(infer)
     return parser
 
 
 def run_train(args) -> None:
-    config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    config_path = resolve_config(args.config or DEFAULT_CONFIG)
+    if not args.config and not os.path.isfile(config_path):  # no built-in config either: the built-in defaults
+        config_path = None
     if args.resume and not args.config:  # the checkpoint knows the network it holds; the default config may not
         config_path = None
     if args.resume == "latest":  # the run folder comes from --out or the config's name, not from a checkpoint
@@ -137,7 +154,7 @@ def checkpoint_config(path: str) -> dict:
 def run_infer(args) -> int:
     from ubf.pipeline.unmixing_infer import infer_folders, newest_unmixing_checkpoint
     log = setup_logging()
-    options = load_unmixing_config(args.config, {"infer.tile": args.tile, "infer.overlap": args.overlap,
+    options = load_unmixing_config(resolve_config(args.config), {"infer.tile": args.tile, "infer.overlap": args.overlap,
                                                  "infer.checkpoint": args.checkpoint,
                                                  "infer.color_match": args.color_match,
                                                  **parse_set_values(args.set_values,
@@ -169,7 +186,7 @@ def run_infer(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    with trust_checkpoint_code(args.trust_checkpoint_code):
+    with runtime_flags(args), trust_checkpoint_code(args.trust_checkpoint_code):
         if args.command == "train":
             run_train(args)
             return 0

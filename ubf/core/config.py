@@ -4,6 +4,10 @@ A config is plain nested dicts. Every stage keeps its defaults as a dict; a user
 top of it, and a key that is in neither the defaults nor the stage's list of known-but-unused keys
 (the reference configs carry some: `gpu_ids`, `wandb`, ...) is an error naming the key and the
 nearest valid one.
+
+A saved config carries a top-level `software` section (the package version and git commit that ran,
+`ubf.core.version.provenance`); loading such a file as a config drops that section, and the new run
+records its own.
 """
 import copy
 import difflib
@@ -14,6 +18,9 @@ from typing import Any, Iterable
 from ubf.core.errors import UserError
 from ubf.core.fs import atomic_output
 from ubf.core.logs import get_logger
+from ubf.core.version import provenance
+
+PROVENANCE_KEY = "software"  # written by save_config, not a setting
 
 
 def strip_json_comments(text: str) -> str:
@@ -118,6 +125,8 @@ def merge_config(defaults: dict, user: dict, source: str = "config",
     dict value is taken as it is (no key checking below them).
     """
     known_unused, free_form = list(known_unused), list(free_form)
+    if PROVENANCE_KEY in user and PROVENANCE_KEY not in defaults:  # a run's saved config.json used as -c
+        user = {key: value for key, value in user.items() if key != PROVENANCE_KEY}
     result = copy.deepcopy(defaults)
     ignored: list[str] = []
 
@@ -177,7 +186,8 @@ def load_config(path: str | None, defaults: dict, overrides: dict[str, Any] | No
 
 
 def save_config(cfg: dict, path: str) -> None:
-    """Write the resolved config beside a run's outputs (atomically)."""
+    """Write the resolved config beside a run's outputs (atomically), with the `software` that ran it."""
+    record = {**cfg, PROVENANCE_KEY: provenance()}
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=2, sort_keys=False, default=str)
+        json.dump(record, f, indent=2, sort_keys=False, default=str)
         f.write("\n")

@@ -4,8 +4,13 @@ tqdm redraws its bar on every update; written into a file or a pipe each redraw 
 `Evaluate.py downstream` run wrote 620 KB of them). `tqdm(...)` here takes tqdm's arguments and
 returns a normal bar when the output stream is a terminal, else a bar that prints one plain line each
 time it crosses another `percent_step` percent (or, without a known total, every `interval` seconds).
+
+`TQDM_DISABLE=1` in the environment turns every bar off, even one a caller asked for with
+`disable=False` (tqdm itself lets an explicit argument win); `--no-progress` on every CLI sets it, so
+the processes a CLI starts are quiet too.
 """
 import io
+import os
 import sys
 import time
 
@@ -72,8 +77,15 @@ def is_terminal(stream) -> bool:
         return False
 
 
+def disabled_by_environment() -> bool:
+    """True when TQDM_DISABLE is set to anything but an empty string, 0 or false."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def tqdm(*args, stream=None, percent_step: float = PERCENT_STEP, **kwargs):
     """tqdm's bar on a terminal, `StepwiseBar` when `stream` (default: stderr) is a file or a pipe."""
+    if disabled_by_environment():
+        kwargs["disable"] = True
     target = stream if stream is not None else (kwargs.get("file") or sys.stderr)
     if is_terminal(target):
         if stream is not None:

@@ -296,11 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--sensor", required=True, help="preset or CSV/JSON file, optionally NAME:BAND,BAND")
     render.add_argument("--src", required=True, help="folder of HSIs (.mat, ENVI .hdr, .tif)")
     render.add_argument("--out", required=True, help="output folder")
-    render.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat")
+    render.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
+                        help="output files: mat (default), envi (.hdr + .img) or tiff (multi-band, needs tifffile)")
     render.add_argument("--key", help="variable name of the cube in .mat files")
     render.add_argument("--wavelengths", help="for files without wavelengths: chikusei-59, chikusei-128 or a "
                         "JSON list of nm")
-    render.add_argument("--overwrite", action="store_true")
+    render.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
     return parser
 
 

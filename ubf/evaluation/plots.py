@@ -4,6 +4,9 @@
   one curve per set (synthetic and baselines);
 - `mean_spectra`: mean spectrum +/- one standard deviation per set;
 - `band_density`: for each set, the density of values per band (band on x, value on y, log colour).
+
+Values are unitless normalised reflectance (see `pipeline.plots`): the real set min-max
+normalised per file unless the report says `real_as_is`, the synthetic set as its files store it.
 """
 
 import matplotlib
@@ -14,6 +17,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ubf.pipeline.plots import save_figure, spectral_axis  # noqa: E402
+
+VALUE_LABEL = "normalised reflectance (unitless)"
 
 
 def _numpy(x) -> np.ndarray:
@@ -36,7 +41,7 @@ def angle_histogram(angles: dict[str, torch.Tensor], path: str, bins: int = 60) 
     return save_figure(fig, path, tight=True)
 
 
-def mean_spectra(pixels: dict[str, torch.Tensor], path: str, wavelengths=None) -> str:
+def mean_spectra(pixels: dict[str, torch.Tensor], path: str, wavelengths=None, y_label: str = VALUE_LABEL) -> str:
     """Mean +/- std spectrum of each set's (N, C) pixels."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, p in pixels.items():
@@ -46,14 +51,15 @@ def mean_spectra(pixels: dict[str, torch.Tensor], path: str, wavelengths=None) -
         line, = ax.plot(x, mean, label=name, linewidth=1.5)
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.set_xlabel(label)
-    ax.set_ylabel("value")
+    ax.set_ylabel(y_label)
     ax.legend(fontsize=8)
     ax.set_title("Mean spectrum +/- std")
     return save_figure(fig, path, tight=True)
 
 
-def band_density(pixels: dict[str, torch.Tensor], path: str, wavelengths=None, bins: int = 64) -> str:
-    """Side-by-side 2-D histograms: band on x, value on y, log density colour; common value range."""
+def band_density(pixels: dict[str, torch.Tensor], path: str, wavelengths=None, bins: int = 64,
+                 y_label: str = VALUE_LABEL) -> str:
+    """Side-by-side 2-D histograms: band on x, value on y, log10 density colour (with a colourbar); common range."""
     arrays = {name: _numpy(p).astype(np.float64) for name, p in pixels.items()}
     lo = min(float(np.percentile(a, 0.1)) for a in arrays.values())
     hi = max(float(np.percentile(a, 99.9)) for a in arrays.values())
@@ -65,11 +71,12 @@ def band_density(pixels: dict[str, torch.Tensor], path: str, wavelengths=None, b
         x, label = spectral_axis(a.shape[1], wavelengths)
         density = np.stack([np.histogram(np.clip(a[:, b], lo, hi), bins=edges, density=True)[0]
                             for b in range(a.shape[1])], axis=1)
-        ax.imshow(np.log10(density + 1e-3), origin="lower", aspect="auto", cmap="magma",
-                  extent=(x[0], x[-1], lo, hi))
+        shown = ax.imshow(np.log10(density + 1e-3), origin="lower", aspect="auto", cmap="magma",
+                          extent=(x[0], x[-1], lo, hi))
         ax.set_title(name)
         ax.set_xlabel(label)
-        ax.set_ylabel("value")
+        ax.set_ylabel(y_label)
+        fig.colorbar(shown, ax=ax, fraction=0.046, label="log10 density")
     fig.suptitle("Value density per band (log10)")
     return save_figure(fig, path, tight=True)
 

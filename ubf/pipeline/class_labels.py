@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ubf.core.errors import UserError
-from ubf.core.previews import abundance_strip, grid
+from ubf.core.previews import abundance_sheet
 from ubf.data.abundance_dataset import list_abundance_files
 from ubf.data.matio import read_mat
 
@@ -131,13 +131,8 @@ def draw_guided_samples(diffusion, guided, labels: list[int], batch_size: int, d
 
 
 def class_rows_sheet(abundances: np.ndarray, classes: list[str], per_row: int = 8) -> np.ndarray:
-    """(N, H, W, K) abundances -> one uint8 picture: a row per class (in first-seen order) of its samples."""
+    """(N, H, W, K) abundances -> one uint8 picture: a row per class (in first-seen order) of its samples,
+    captioned with the class name."""
     order = list(dict.fromkeys(classes))
-    rows = []
-    for name in order:
-        members = [a for a, c in zip(abundances, classes) if c == name][:per_row]
-        rows.append(grid([abundance_strip(a) for a in members], columns=per_row))
-    width = max(row.shape[1] for row in rows)
-    padded = [np.pad(row, ((0, 0), (0, width - row.shape[1])) + ((0, 0),) * (row.ndim - 2), constant_values=255)
-              for row in rows]
-    return grid(padded, columns=1)
+    rows = [[a for a, c in zip(abundances, classes) if c == name][:per_row] for name in order]
+    return abundance_sheet(rows, order)

@@ -108,12 +108,21 @@ DIFFUSION_DEFAULTS = {
 }
 
 # Keys of the reference configs that are accepted and ignored (with a note in the log).
+# The reference loads its JSON into a dict that answers None for any key (core/logger.py
+# dict_to_nonedict) and never checks a key; here only keys of its lineage are let through.
 KNOWN_UNUSED = (
-    "gpu_ids", "distributed", "wandb", "enable_wandb", "log_wandb_ckpt",
+    "gpu_ids", "distributed", "wandb", "enable_wandb", "log_wandb_ckpt", "log_eval", "log_infer",
     "path.tb_logger", "path.experiments_root",
     "model.which_model_G", "model.finetune_norm",
     "datasets.train.name", "datasets.train.mode", "datasets.train.use_shuffle",
     "datasets.val.name", "datasets.val.mode", "datasets.val.batch_size",
+)
+# The super-resolution keys of the upstream SR3 configs (Image-Super-Resolution-via-Iterative-Refinement,
+# which the reference's diffusion code comes from): image folders of low/high resolution pairs. This stage
+# trains an unconditional DDPM on abundance .mat files, so they are accepted and ignored, with a note.
+SR3_UPSTREAM_UNUSED = tuple(f"datasets.{split}.{key}" for split in ("train", "val")
+                            for key in ("datatype", "l_resolution", "r_resolution")) + (
+    "datasets.val.dataroot", "datasets.val.use_shuffle", "datasets.val.num_workers",
 )
 
 
@@ -261,7 +270,7 @@ def validate(cfg: dict, source: str) -> dict:
 def load_diffusion_config(path: str | None, overrides: dict | None = None, profile: str | None = None) -> dict:
     """Defaults <- profile <- JSON file <- flags, validated."""
     cfg = load_profiled_config(path, copy.deepcopy(DIFFUSION_DEFAULTS), "diffusion", profile, overrides,
-                               known_unused=KNOWN_UNUSED)
+                               known_unused=KNOWN_UNUSED + SR3_UPSTREAM_UNUSED)
     if cfg.get("gpu_ids"):
         get_logger().info("%s: gpu_ids %s is not used; pick the device with --device", path, cfg["gpu_ids"])
     return validate(cfg, path or "config")

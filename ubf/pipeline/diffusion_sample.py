@@ -34,8 +34,9 @@ from ubf.core.errors import UserError
 from ubf.core.fs import ensure_folder
 from ubf.core.logs import close_file_logs, get_logger, setup_logging
 from ubf.core.runlock import LOCK_NAME, RunLock, release_lock_of
-from ubf.core.previews import abundance_strip, grid, save_png
+from ubf.core.previews import abundance_preview, abundance_sheet, save_png
 from ubf.core.simplex import project_to_simplex
+from ubf.core.version import provenance
 from ubf.data.matio import read_mat, write_mat
 from ubf.models.diffusion import GaussianDiffusion, NoiseSchedule
 from ubf.models.sr3_unet import unet_from_config
@@ -258,9 +259,10 @@ def next_sample_index(mat_dir: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def preview_sheet(abundances: np.ndarray, columns: int = 1) -> np.ndarray:
-    """(N, H, W, K) abundances -> one uint8 sheet of per-sample strips."""
-    return grid([abundance_strip(a) for a in abundances], columns=columns)
+def preview_sheet(abundances: np.ndarray, captions: list[str] | None = None) -> np.ndarray:
+    """(N, H, W, K) abundances -> one uint8 sheet, a captioned row per sample (default captions: sample 1..N)."""
+    captions = captions or [f"sample {i + 1}" for i in range(len(abundances))]
+    return abundance_sheet([[a] for a in abundances], captions)
 
 
 def auto_batch_size(count: int, device: torch.device) -> int:
@@ -312,7 +314,8 @@ def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project:
             mat_path = os.path.join(paths["mat_results"], f"{stem}_sample_abu.mat")
             labelled = {"class": classes[i]} if classes else {}
             write_mat(mat_path, {"SR": sr_hwk[i], "Abu": abundance[i], **labelled}, overwrite=False)
-            save_png(abundance_strip(abundance[i]), os.path.join(paths["results"], f"{stem}_sample_preview.png"))
+            save_png(abundance_preview(abundance[i], os.path.basename(mat_path)),
+                     os.path.join(paths["results"], f"{stem}_sample_preview.png"))
             # one line per write call: processes appending at the same time never split a line
             index.write(json.dumps({"file": os.path.basename(mat_path), **record, **labelled}) + "\n")
             index.flush()
@@ -398,7 +401,7 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
     record = {"checkpoint": os.path.abspath(path), "step": step, "weights": which, "sampler": sampler,
               "steps": steps if sampler != "ancestral" else diffusion.num_timesteps,
               "eta": eta if sampler == "ddim" else (0.0 if sampler == "dpmpp2m" else 1.0), "seed": my_seed,
-              "projected": sample_cfg["project_simplex"]}
+              "projected": sample_cfg["project_simplex"], "software": provenance()}
     if processes > 1:
         record["process"] = me
     if labels is not None:
@@ -435,14 +438,14 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
     if not main:
         return run_dir
     last = first + count - 1
-    shown = [read_mat(os.path.join(paths["mat_results"], f"{step}_{n}_sample_abu.mat"))["Abu"]
-             for n in range(first, min(last, first + MAX_SHEET - 1) + 1)]
+    shown_names = [f"{step}_{n}_sample_abu.mat" for n in range(first, min(last, first + MAX_SHEET - 1) + 1)]
+    shown = [read_mat(os.path.join(paths["mat_results"], name))["Abu"] for name in shown_names]
     sheet_path = os.path.join(paths["results"], f"{step}_samples_{first}-{last}.png")
     if labels is not None:  # one row per class
         names = model_cfg["diffusion"]["class_names"]
         save_png(class_rows_sheet(np.stack(shown), [names[label] for label in labels[:len(shown)]]), sheet_path)
     else:
-        save_png(preview_sheet(np.stack(shown)), sheet_path)
+        save_png(preview_sheet(np.stack(shown), shown_names), sheet_path)
     log.info("wrote %d samples (%.2f s each%s) to %s; preview %s", count, elapsed / max(counts[0], 1),
              f", {processes} processes" if processes > 1 else "", paths["mat_results"], sheet_path)
     return run_dir

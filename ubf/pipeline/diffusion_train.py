@@ -245,7 +245,7 @@ def write_preview(cfg: dict, unet, paths: dict, step: int, device: torch.device,
     abundance = to_abundance(signed, s["project_simplex"]).permute(0, 2, 3, 1).numpy()
     unet.train(was_training)
     path = os.path.join(paths["results"], f"I{step}_preview.png")
-    save_png(preview_sheet(abundance), path)
+    save_png(preview_sheet(abundance, [f"step {step}, sample {i + 1}" for i in range(len(abundance))]), path)
     return path
 
 

@@ -32,11 +32,12 @@ from ubf.core.logs import get_logger
 from ubf.core.profiles import load_profiled_config
 from ubf.core.previews import grid, save_png, to_uint8
 from ubf.core.simplex import project_to_simplex
+from ubf.core.version import provenance
 from ubf.data.cubes import FORMATS, write_cube
 from ubf.data.hsi_dataset import list_mat_files
 from ubf.data.matio import mat_keys, read_array, read_hsi, read_mat
 from ubf.data.normalize import minmax
-from ubf.pipeline.plots import plot_spectra
+from ubf.pipeline.plots import plot_spectra, value_label
 from ubf.pipeline.reference_checkpoints import load_unmixing_checkpoint
 from ubf.pipeline.unmixing_infer import newest_unmixing_checkpoint
 from ubf.pipeline.variability import apply_variability, measure_strength
@@ -377,7 +378,9 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     plot_spectra(spectra_path, endmembers, mean, std, wavelengths,
                  None if real is None else real.mean(0), None if real is None else real.std(0),
                  title=f"{len(files)} synthetic HSIs, endmembers {options.endmembers}, "
-                       f"{'simplex' if options.simplex else 'no simplex'}")
+                       f"{'simplex' if options.simplex else 'no simplex'}",
+                 labels=("synthetic", "real training, min-max per file"),
+                 y_label=value_label("global_minmax" if options.endmembers == "minmax" else "per_file"))
 
     summary = {
         "abundances": os.path.abspath(abundance_dir), "checkpoint": os.path.abspath(ckpt),
@@ -386,6 +389,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         "real_spectra": None if real is None else os.path.abspath(real_folder),
         "options": asdict(options), "variability_strength": strength, "hsi_dir": os.path.abspath(hsi_dir), "rgb_dir": os.path.abspath(rgb_dir),
         "contact_sheet": os.path.abspath(contact_path), "spectra": os.path.abspath(spectra_path),
+        "software": provenance(),
     }
     with atomic_output(summary_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

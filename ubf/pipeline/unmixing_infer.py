@@ -21,7 +21,8 @@ from ubf.core.errors import UserError
 from ubf.core.fs import ensure_folder, flat_name, remove_stale_temp_files
 from ubf.core.logs import get_logger
 from ubf.core.validate import INT_NONNEGATIVE, INT_POSITIVE, check_value
-from ubf.core.previews import abundance_strip, save_png
+from ubf.core.version import provenance
+from ubf.core.previews import abundance_preview, save_png
 from ubf.data.cubes import list_cube_files, read_cube
 from ubf.data.hsi_dataset import prepare_pair
 from ubf.data.images import list_images, read_rgb
@@ -307,13 +308,13 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             if save_reconstruction:
                 variables["Y"] = np.clip(abu @ endmembers.numpy().T, 0.0, 1.0).astype(np.float32)
             write_mat(mat_path, variables)
-            save_png(abundance_strip(abu), os.path.join(out_dir, "previews", name + ".png"))
+            save_png(abundance_preview(abu, os.path.basename(mat_path)), os.path.join(out_dir, "previews", name + ".png"))
         except UserError as err:
             log.error("%s", err)
             result["failed"].append((path, str(err)))
             continue
         entry = {"input": absolute, "output": os.path.abspath(mat_path), "kind": kind, "shape": list(abu.shape),
-                 "checkpoint": os.path.abspath(ckpt), "class": scene_class(path)}
+                 "checkpoint": os.path.abspath(ckpt), "class": scene_class(path), "software": provenance()}
         try:
             with open(manifest_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
