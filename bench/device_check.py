@@ -452,8 +452,8 @@ def torchrun_config(data: str, device: torch.device, tiny: bool) -> dict:
 
 def run_torchrun(check: Check, work: str, config: str, run_dir: str, resume: str | None) -> float:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-               os.path.join(ROOT, "Diffusion.py"), "-p", "train", "-c", config, "--run-dir", run_dir,
-               "--out", work, "--device", "cuda" if check.device.type == "cuda" else "cpu", "--seed", "7"]
+               os.path.join(ROOT, "Diffusion.py"), "-p", "train", "-c", config, "--out", run_dir,
+               "--device", "cuda" if check.device.type == "cuda" else "cpu", "--seed", "7"]
     if resume:
         command += ["--resume", resume]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
