@@ -2,8 +2,8 @@
 
     python -m ubf.data.prepare DATASET --src PATH --out DIR [--size N] [--stride S] [--split ...] [--overwrite]
 
-DATASET is chikusei, hsrs-sc, arad, harvard, unmixing-benchmark or rgb (docs/datasets.md lists the
-downloads). Hyperspectral crops go to DIR/trains, DIR/evals and DIR/tests (the reference's folder
+DATASET is chikusei, hsrs-sc, arad, harvard, unmixing-benchmark, scene (any ENVI, GeoTIFF or .mat
+scene, or a folder of them) or rgb (docs/datasets.md lists the downloads). Hyperspectral crops go to DIR/trains, DIR/evals and DIR/tests (the reference's folder
 names) as .mat files with `Y` (H, W, C) float32 and `wavelengths` (C,) in nm; RGB images go to
 DIR/<class>/. Two files record the run: DIR/prepare_<dataset>.json (the settings) and
 DIR/manifest_<dataset>.csv (one row per output: source file, crop window, split, class).
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "train=0.8,val=0.1,test=0.1; hsrs-sc test; rgb none; others train=0.8,val=0.1,test=0.1)")
     parser.add_argument("--split-by", choices=("file", "region"), default=None,
                         help="deal whole files or regions of each scene to the splits (default: region for "
-                             "chikusei and unmixing-benchmark, file otherwise)")
+                             "chikusei, unmixing-benchmark and scene, file otherwise)")
     parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the split shuffle (default 0)")
     parser.add_argument("--bands", choices=("paper", "all"), default=None,
                         help="chikusei: the paper's 59 bands (8-66, about 399-698 nm) or all 128")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", default=None, help="name of the cube variable, when it is not the usual one")
     parser.add_argument("--wavelength-range", type=flag(FLOAT_POSITIVE), nargs=2, metavar=("FIRST", "LAST"),
                         default=None,
-                        help="unmixing-benchmark: evenly spaced band centres (nm) for files that store none")
+                        help="unmixing-benchmark, scene: evenly spaced band centres (nm) for files that store none")
     parser.add_argument("--rgb-mode", choices=MODES, default=None,
                         help="rgb: resize the centred square (default), crop the centre, or cut tiles")
     parser.add_argument("--format", choices=tuple(FORMATS), default=None, help="rgb: output format (default png)")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULT_SIZES = {"chikusei": 128}
 
 # Flags that only some datasets read: giving one to another dataset is a mistake worth a message.
-ONLY_FOR = {"bands": ("chikusei", "hsrs-sc"), "wavelength_range": ("unmixing-benchmark",),
+ONLY_FOR = {"bands": ("chikusei", "hsrs-sc"), "wavelength_range": ("unmixing-benchmark", "scene"),
             "rgb_mode": ("rgb",), "format": ("rgb",), "scale": tuple(READERS), "key": tuple(READERS),
             "split_by": tuple(READERS), "region": tuple(READERS)}
 
