@@ -218,6 +218,25 @@ def open_raster(path: str) -> RasterSource | None:
     return None
 
 
+def raster_georef(path: str) -> Georef | None:
+    """The georeferencing of a TIFF (its GeoTIFF tags, else a same-name ENVI header's map info) or of an
+    ENVI cube, from the tags and header only (no pixels decoded); None for anything else."""
+    try:
+        if os.path.isfile(path) and is_tiff(path):
+            _, pages = read_tiff_tags(path)
+            georef = georef_from_tiff(pages[0]) if pages else None
+            header = header_path_for(path)
+            if georef is None and header is not None and os.path.isfile(header):
+                georef = georef_from_envi(read_envi_header(header))
+            return georef
+        if not path.lower().endswith(".mat") and (path.lower().endswith(".hdr") or header_path_for(path)):
+            info = parse_envi(path)
+            return raster_georef(info.data) if info.data_is_tiff else georef_from_envi(info.fields)
+    except UserError:
+        return None
+    return None
+
+
 # ---------------------------------------------------------------- bad bands, no-data, float32
 
 def good_bands(source: RasterSource) -> np.ndarray | None:

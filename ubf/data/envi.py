@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ubf.core.errors import UserError
-from ubf.data.raster_meta import BandInfo, bad_band_mask, parse_list, parse_nodata, parse_numbers, to_nanometres
+from ubf.data.raster_meta import BandInfo, bad_band_mask, parse_list, parse_nodata, parse_numbers, to_nanometres, \
+    unit_factor
 from ubf.data.tiff import TIFF_EXTENSIONS, is_tiff
 
 _ENVI_TYPES = {1: "u1", 2: "i2", 3: "i4", 4: "f4", 5: "f8", 12: "u2", 13: "u4", 14: "i8", 15: "u8"}
@@ -150,8 +151,9 @@ def envi_band_info(header: str, fields: dict, n_bands: int) -> BandInfo:
     if values is not None and values.size == n_bands:
         info.wavelengths = to_nanometres(values, units, header)
     fwhm = parse_numbers(fields.get("fwhm"))
-    if fwhm is not None and fwhm.size == n_bands:
-        info.fwhm = to_nanometres(fwhm, units, header)
+    if fwhm is not None and fwhm.size == n_bands:  # in the wavelengths' units (guessed from the centres)
+        factor = unit_factor(values if values is not None else fwhm, units, header)
+        info.fwhm = to_nanometres(fwhm, None, header, factor) if factor else None
     names = parse_list(fields.get("band names"))
     info.names = names if len(names) == n_bands else None
     info.bad_bands = bad_band_mask(fields.get("bbl"), n_bands)

@@ -28,22 +28,29 @@ _UNIT_FACTORS = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.
                  "millimeters": 1e6, "millimetre": 1e6, "millimetres": 1e6}
 
 
-def to_nanometres(values, units: str | None, where: str = "") -> np.ndarray | None:
-    """Wavelengths in nm from `values` in `units`; no or 'unknown' units: micrometres if all < 30, else nm.
+def unit_factor(values, units: str | None, where: str = "") -> float | None:
+    """nm per unit of `units`; no or 'unknown' units: micrometres (1000) if all `values` < 30, else nm (1).
 
     Units that are not lengths ('Index', 'GHz', wavenumbers) give None with a log line.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0 or not np.all(np.isfinite(values)):
-        return None
     unit = (units or "").strip().lower().replace("_", " ")
     if unit in ("", "unknown"):
-        return values * 1000.0 if values.max() < 30 else values
+        return 1000.0 if values.size and values.max() < 30 else 1.0
     if unit in _UNIT_FACTORS:
-        return values * _UNIT_FACTORS[unit]
+        return _UNIT_FACTORS[unit]
     get_logger().warning("%swavelength units '%s' are not a length; wavelengths ignored", f"{where}: " if where else "",
                          units)
     return None
+
+
+def to_nanometres(values, units: str | None, where: str = "", factor: float | None = None) -> np.ndarray | None:
+    """Wavelengths (or widths, with the wavelengths' `factor`) in nm from `values` in `units` (see unit_factor)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return None
+    factor = factor if factor is not None else unit_factor(values, units, where)
+    return None if factor is None else values * factor
 
 
 def parse_list(text: str | None) -> list[str]:
@@ -153,8 +160,10 @@ def band_info_from_gdal(meta: GdalMetadata, n_bands: int, where: str = "") -> Ba
         info.fwhm = None
     if info.fwhm is None and "fwhm" in envi:
         numbers = parse_numbers(envi["fwhm"])
+        centres = parse_numbers(envi.get("wavelength"))
         if numbers is not None and numbers.size == n_bands:
-            info.fwhm = to_nanometres(numbers, envi.get("wavelength_units"), where)
+            factor = unit_factor(centres if centres is not None else numbers, envi.get("wavelength_units"), where)
+            info.fwhm = to_nanometres(numbers, None, where, factor) if factor else None
     names = meta.band_values("DESCRIPTION", n_bands)
     if names is None and "band_names" in envi and len(parse_list(envi["band_names"])) == n_bands:
         names = parse_list(envi["band_names"])
