@@ -44,7 +44,7 @@ def lzw_encode_small(data: bytes) -> bytes:
 
 def write_tiff_by_hand(path, cube, compression=1, extra=(), rows_per_strip=None, drop=()):
     """A little-endian, pixel-interleaved TIFF of (H, W, C) `cube`; `extra`: (tag, type, values/bytes); `drop`:
-    tags to leave out (to make broken files)."""
+    standard tags to leave out (to make broken files; `extra` may put others in their place)."""
     cube = np.ascontiguousarray(cube)
     height, width, bands = cube.shape
     kind = {"u": 1, "i": 2, "f": 3}[cube.dtype.kind]
@@ -57,8 +57,8 @@ def write_tiff_by_hand(path, cube, compression=1, extra=(), rows_per_strip=None,
     offsets = np.cumsum([8] + [len(s) for s in strips[:-1]]).tolist()
     tags = [(256, 4, [width]), (257, 4, [height]), (258, 3, [cube.dtype.itemsize * 8] * bands), (259, 3, [compression]),
             (262, 3, [1]), (273, 4, offsets), (277, 3, [bands]), (278, 4, [rows]),
-            (279, 4, [len(s) for s in strips]), (284, 3, [1]), (339, 3, [kind] * bands)] + list(extra)
-    tags = sorted((t for t in tags if t[0] not in drop), key=lambda t: t[0])
+            (279, 4, [len(s) for s in strips]), (284, 3, [1]), (339, 3, [kind] * bands)]
+    tags = sorted([t for t in tags if t[0] not in drop] + list(extra), key=lambda t: t[0])
     formats = {2: "B", 3: "H", 4: "I", 12: "d"}
     blobs, entries = b"", []
     blob_start = 8 + len(data) + 2 + 12 * len(tags) + 4

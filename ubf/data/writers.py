@@ -152,6 +152,8 @@ def write_cube(path_base: str, fmt: str, variables: dict, wavelengths=None, band
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     _, raster = raster_variable(variables, raster_key)
+    if "written by Unmixing Before Fusion" not in description:
+        description = provenance(description or "hyperspectral cube")
     if fmt == "envi":
         return write_envi(path_base + ".hdr", raster, wavelengths, band_names, description, overwrite=overwrite,
                           fwhm=fwhm, nodata=nodata, georef=georef)[0]
