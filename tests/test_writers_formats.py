@@ -179,3 +179,20 @@ def test_synthesis_formats_with_a_sensor_carry_fwhm(tmp_path, fmt):
     else:
         assert np.allclose(scene.fwhm, 30.0) and np.allclose(scene.wavelengths, [480, 560, 650])
         assert scene.band_names == ["B", "G", "R"]
+
+
+def test_prepare_writes_mat73_crops_equal_to_mat(tmp_path):
+    from ubf.data.prepare import main
+    cube = cube_of((16, 16, 5), seed=4)
+    src = write_envi_by_hand(tmp_path / "scene", cube, "wavelength = {0.4, 0.5, 0.6, 0.7, 0.8}\n"
+                             "wavelength units = Micrometers\n")
+    for fmt in ("mat", "mat73"):
+        main.__wrapped__(["scene", "--src", src, "--out", str(tmp_path / fmt), "--size", "8", "--split", "train",
+                          "--format", fmt])
+    names = sorted(os.listdir(tmp_path / "mat" / "trains"))
+    assert names == sorted(os.listdir(tmp_path / "mat73" / "trains")) and len(names) == 4
+    for name in names:
+        with h5py.File(tmp_path / "mat73" / "trains" / name, "r") as f:
+            y73 = f["Y"][()].T
+        v5 = sio.loadmat(str(tmp_path / "mat" / "trains" / name))
+        assert np.array_equal(y73, v5["Y"]) and np.allclose(v5["wavelengths"].ravel(), [400, 500, 600, 700, 800])

@@ -32,6 +32,7 @@ from ubf.data.splits import parse_split
 log = logging.getLogger("hsisyn")
 
 DATASETS = tuple(READERS) + ("rgb",)
+HSI_FORMATS = ("mat", "mat73")
 MANIFEST_COLUMNS = ("output", "source", "split", "class", "row", "col", "height", "width")
 
 
@@ -67,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="unmixing-benchmark, scene: evenly spaced band centres (nm) for files that store none")
     parser.add_argument("--rgb-mode", choices=MODES, default=None,
                         help="rgb: resize the centred square (default), crop the centre, or cut tiles")
-    parser.add_argument("--format", choices=tuple(FORMATS), default=None, help="rgb: output format (default png)")
+    parser.add_argument("--format", choices=tuple(FORMATS) + HSI_FORMATS, default=None,
+                        help="rgb: png (default) or jpg; hyperspectral datasets: mat (default, MATLAB v5) or mat73 "
+                             "(MATLAB v7.3 / HDF5), the same keys Y and wavelengths")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier preparation in --out")
     return parser
 
@@ -77,7 +80,7 @@ DEFAULT_SIZES = {"chikusei": 128}
 
 # Flags that only some datasets read: giving one to another dataset is a mistake worth a message.
 ONLY_FOR = {"bands": ("chikusei", "hsrs-sc"), "wavelength_range": ("unmixing-benchmark", "scene"),
-            "rgb_mode": ("rgb",), "format": ("rgb",), "scale": tuple(READERS), "key": tuple(READERS),
+            "rgb_mode": ("rgb",), "scale": tuple(READERS), "key": tuple(READERS),
             "split_by": tuple(READERS), "region": tuple(READERS)}
 
 
@@ -105,6 +108,9 @@ def resolve_settings(args) -> dict:
             raise UserError(f"--scale must be 'auto' or a positive number, got '{scale}'") from None
     settings = {"dataset": args.dataset, "src": os.path.abspath(args.src), "size": args.size, "stride": stride,
                 "seed": args.seed}
+    if args.format is not None and (args.format in HSI_FORMATS) != (args.dataset != "rgb"):
+        allowed = ", ".join(HSI_FORMATS if args.dataset != "rgb" else FORMATS)
+        raise UserError(f"--format {args.format} does not apply to {args.dataset} (use {allowed})")
     if args.dataset == "rgb":
         text = args.split or "none"
         settings.update(split=None if text == "none" else parse_split(text), rgb_mode=args.rgb_mode or "resize",
@@ -115,6 +121,8 @@ def resolve_settings(args) -> dict:
                         split_by=args.split_by or reader.split_by, region=region, bands=args.bands or "paper",
                         scale=scale, key=args.key,
                         wavelength_range=list(args.wavelength_range) if args.wavelength_range else None)
+        if args.format == "mat73":  # recorded only when not the default, so earlier runs' records still match
+            settings["format"] = "mat73"
     return json.loads(json.dumps(settings))
 
 
@@ -127,7 +135,7 @@ def plan(settings: dict):
     options = HsiOptions(s["bands"], s["scale"], s["key"], tuple(s["wavelength_range"] or ()) or None)
     reader = READERS[s["dataset"]](options)
     crops = plan_hsi(reader, s["src"], s["split"], s["split_by"], s["seed"], s["size"], s["stride"], s["region"])
-    return crops, HsiWriter(reader)
+    return crops, HsiWriter(reader, s.get("format", "mat"))
 
 
 def _differences(old: dict, new: dict) -> str:

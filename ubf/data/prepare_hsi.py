@@ -27,7 +27,7 @@ from ubf.core.errors import UserError
 from ubf.data.bands import CHIKUSEI_SUBSET, chikusei_wavelengths
 from ubf.data.cubes import good_bands, invalid_pixels, list_cube_files, open_raster
 from ubf.data.matio import (HSI_KEYS, LazyMatArray, find_key, is_v73, mat_keys, mat_shape, read_hsi, read_mat, read_wavelengths,
-                         write_mat)
+                         write_mat, write_mat73)
 from ubf.data.splits import SPLIT_FOLDERS, Crop, assign, crop_windows, region_grid, valid_windows
 from ubf.data.tiff import TIFF_EXTENSIONS, read_tiff_cube, read_tiff_pages
 
@@ -564,11 +564,13 @@ def plan_hsi(reader: HsiReader, src: str, fractions: dict, split_by: str, seed: 
 
 
 class HsiWriter:
-    """Writes planned crops as .mat files with `Y` (h, w, C) float32 and `wavelengths` (C,) in nm."""
+    """Writes planned crops as .mat files (v5, or v7.3 with fmt "mat73") with `Y` (h, w, C) float32 and
+    `wavelengths` (C,) in nm."""
 
-    def __init__(self, reader: HsiReader):
+    def __init__(self, reader: HsiReader, fmt: str = "mat"):
         self.cache = SceneCache(reader)
         self._range_logged = False
+        self.write_file = write_mat if fmt == "mat" else write_mat73
 
     def write(self, crop: Crop, path: str) -> None:
         scene = self.cache.get(crop.source)
@@ -579,7 +581,7 @@ class HsiWriter:
         variables = {"Y": y}
         if scene.wavelengths is not None:
             variables["wavelengths"] = np.asarray(scene.wavelengths, dtype=np.float64)
-        write_mat(path, variables, overwrite=True)
+        self.write_file(path, variables, overwrite=True)
 
     def close(self) -> None:
         self.cache.close()
