@@ -389,3 +389,61 @@ def test_rasterio_written_wavelengths_select_bands(tmp_path):
             dst.update_tags(band + 1, wavelength=str(450 + 50 * band), wavelength_units="nm")
     dataset = HSICropDataset(str(tmp_path / "d"), bands={"wavelengths": [640, 550, 460]})
     assert dataset.band_indices == [4, 2, 0]
+
+
+def _third_party_scene(tmp_path, writer):
+    """A 24 x 24 x 6 scene with wavelengths, a -9999 no-data border and one bad band, written by `writer`."""
+    cube = cube_of((24, 24, 6), seed=11)
+    cube[:4] = -9999
+    wavelengths = [450, 500, 550, 600, 650, 700]
+    folder = tmp_path / writer
+    folder.mkdir()
+    if writer == "rasterio":
+        rasterio = pytest.importorskip("rasterio")
+        from rasterio.transform import from_origin
+        path = folder / "scene.tif"
+        with rasterio.open(path, "w", driver="GTiff", height=24, width=24, count=6, dtype="float32",
+                           crs="EPSG:32633", transform=from_origin(300000, 5000000, 10, 10), nodata=-9999,
+                           compress="deflate") as dst:
+            dst.write(cube.transpose(2, 0, 1))
+            dst.update_tags(bbl="{1, 1, 1, 0, 1, 1}")
+            for band, nm in enumerate(wavelengths):
+                dst.update_tags(band + 1, wavelength=str(nm), wavelength_units="nm")
+    else:
+        envi = pytest.importorskip("spectral.io.envi")
+        path = folder / "scene.hdr"
+        envi.save_image(str(path), cube, ext=".img", force=True,
+                        metadata={"wavelength": wavelengths, "wavelength units": "Nanometers", "data ignore value": -9999,
+                                  "bbl": [1, 1, 1, 0, 1, 1],
+                                  "map info": "{UTM, 1, 1, 300000, 5000000, 10, 10, 33, North, WGS-84}"})
+    return str(path), cube
+
+
+@pytest.mark.parametrize("writer", ["rasterio", "spy"])
+def test_third_party_scene_trains_infers_and_prepares(tmp_path, writer):
+    """Issue 22's done-when: a GeoTIFF (rasterio) and an ENVI cube (SPy) with wavelengths, no-data and a bad
+    band train, infer (a georeferenced abundance raster) and prepare correctly."""
+    from ubf.cli.unmixing import main
+    from ubf.data.prepare import main as prepare
+    path, cube = _third_party_scene(tmp_path, writer)
+    scene = read_scene(path)
+    assert scene.cube.shape == (24, 24, 5) and np.allclose(scene.wavelengths, [450, 500, 550, 650, 700])
+    assert scene.invalid_count == 4 * 24 and scene.georef.epsg == 32633
+    folder = os.path.dirname(path)
+    run = tmp_path / "run"
+    assert main(["train", "--train", folder, "--val", folder, "--test", str(tmp_path / "none"), "--out", str(run),
+                 "--epochs", "1", "--bands", "4", "2", "0", "-c", "config/demo_unmixing.json",
+                 "--set", "data.crop_size=16", "data.wavelengths=null"]) == 0
+    assert main(["infer", "--ckpt", str(run), "--hsi", folder, "--out", str(tmp_path / "abu"), "--workers", "0",
+                 "--device", "cpu", "--format", "tiff"]) == 0
+    abu = read_scene(str(tmp_path / "abu" / "scene.tif"))
+    assert abu.georef.epsg == 32633 and abu.georef.transform[0] == 300000.0
+    assert not abu.valid[:4].any() and abu.valid[4:].all()
+    assert np.allclose(abu.cube[4:].sum(axis=2), 1.0, atol=1e-5)
+    prepare.__wrapped__(["scene", "--src", path, "--out", str(tmp_path / "prep"), "--size", "8", "--split", "train"])
+    crops = sorted((tmp_path / "prep" / "trains").glob("*.mat"))
+    assert crops and all(int(c.stem.split("_r")[1][:4]) >= 4 for c in crops)  # no crop on the no-data rows
+    first = sio.loadmat(str(crops[0]))
+    row, col = (int(part[1:]) for part in crops[0].stem.split("_")[-2:])
+    assert np.array_equal(first["Y"], cube[row:row + 8, col:col + 8][..., [0, 1, 2, 4, 5]])
+    assert np.allclose(first["wavelengths"].ravel(), [450, 500, 550, 650, 700])
