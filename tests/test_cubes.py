@@ -114,5 +114,5 @@ def test_training_dataset_reads_envi_and_tiff_crops(tmp_path):
     write_envi(str(tmp_path / "envi" / "a"), crop, chikusei_wavelengths())
     write_tiff(str(tmp_path / "tiff" / "a.tif"), crop, chikusei_wavelengths())
     items = [HSICropDataset(str(tmp_path / kind))[0] for kind in ("mat", "envi", "tiff")]
-    for x, y in items[1:]:
+    for x, y, _ in items[1:]:
         assert np.array_equal(x.numpy(), items[0][0].numpy()) and np.array_equal(y.numpy(), items[0][1].numpy())

@@ -201,7 +201,8 @@ def test_v5_mat_declaring_huge_dims_is_one_line(tmp_path):
     at = data.find(struct.pack("<iiiii", 5, 12, 2, 3, 4))
     data[at + 8:at + 20] = struct.pack("<iii", 100000, 100000, 59)
     open(path, "wb").write(bytes(data))
-    with pytest.raises(UserError, match=r"h.mat: variable 'Y': declares 100000 x 100000 x 59 float32 values"):
+    with pytest.raises(UserError, match=r"h.mat: not a readable .mat file \(variable 'Y' declares 100000 x 100000 x "
+                                        r"59 single values, 2.15 TiB, but the file holds"):
         read_hsi(path)
 
 

@@ -13,9 +13,8 @@ import pytest
 import scipy.io as sio
 
 from test_readers_formats import ascii_value, cube_of, write_envi_by_hand, write_tiff_by_hand
-from ubf.data.cubes import read_cube, read_scene, write_cube
+from ubf.data.cubes import read_scene, write_cube
 from ubf.data.matio import read_mat
-from ubf.data.raster_meta import Georef
 from ubf.data.tiff import read_tiff_tags, tag_text
 
 WAVELENGTHS = np.array([450.0, 500.0, 550.0, 600.0, 650.0, 700.0])

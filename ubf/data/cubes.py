@@ -348,10 +348,3 @@ def read_cube(path: str, key: str | None = None, expected_bands: int | None = No
     scene = read_scene(path, key, expected_bands)
     return scene.cube, scene.wavelengths
 
-
-def read_tiff(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    return read_cube(path)
-
-
-def read_envi(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    return read_cube(path)

@@ -19,7 +19,7 @@ import scipy.io as sio
 from ubf.core.errors import UserError
 from ubf.core.fs import atomic_output
 from ubf.core.logs import get_logger
-from ubf.data.limits import MAX_EXPANSION, check_declared_size
+from ubf.data.limits import MAX_EXPANSION, check_declared_size, human_bytes
 
 # Names the paper's datasets and common releases use for the hyperspectral cube, in priority order.
 HSI_KEYS = ("Y", "HSI", "hsi", "cube", "ref", "chikusei", "data", "img", "rad", "reflectance")
@@ -112,9 +112,15 @@ def _check_v5_sizes(path: str, entries) -> None:
         head = f.read(4)
     compressed = len(head) == 4 and struct.unpack("<I", head)[0] in (15, 15 << 24)
     for name, shape, kind in entries:
-        if kind in _V5_TYPES:
-            check_declared_size(f"{path}: variable '{name}'", shape, _V5_TYPES[kind], size,
-                                MAX_EXPANSION["deflate"] if compressed else 1.0)
+        if kind not in _V5_TYPES:
+            continue
+        needed = int(np.prod(shape, dtype=object)) * np.dtype(_V5_TYPES[kind]).itemsize
+        if needed > size * (MAX_EXPANSION["deflate"] if compressed else 1.0) + 4096:
+            # a truncated file or a crafted header: scipy would fail on it too, later
+            raise UserError(f"{path}: not a readable .mat file (variable '{name}' declares "
+                            f"{' x '.join(map(str, shape))} {kind} values, {human_bytes(needed)}, but the file "
+                            f"holds {human_bytes(size)})")
+        check_declared_size(f"{path}: variable '{name}'", shape, _V5_TYPES[kind])  # memory
 
 
 def _check_exists(path: str) -> None:

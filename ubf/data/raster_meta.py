@@ -10,7 +10,6 @@
   GeoTIFF tags / ENVI fields, so an output on the same grid gets them back verbatim in its own format
   and converted (grid + EPSG) in the other one.
 """
-import math
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
@@ -368,6 +367,3 @@ def tiff_geo_tags(georef: Georef | None) -> list[tuple[int, int, object]]:
         directory += [key, 0, 1, value]
     return tags + [(34735, 3, directory)]
 
-
-def same_grid(a: tuple | None, b: tuple | None) -> bool:
-    return a is not None and b is not None and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9) for x, y in zip(a, b))
