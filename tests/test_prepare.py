@@ -238,7 +238,7 @@ def test_chikusei_wrong_layout_is_one_line_error(tmp_path, capsys):
     sio.savemat(src, {"hsi_cube": np.zeros((10, 12, 128))})
     with pytest.raises(UserError, match="found: hsi_cube"):
         main.__wrapped__(["chikusei", "--src", str(src), "--out", str(tmp_path / "o"), "--size", "4"])
-    with pytest.raises(UserError, match="--wavelength-range applies to unmixing-benchmark, not chikusei"):
+    with pytest.raises(UserError, match="--wavelength-range applies to unmixing-benchmark, scene, not chikusei"):
         main.__wrapped__(["chikusei", "--src", str(src), "--wavelength-range", "400", "700"])
     with pytest.raises(UserError, match="--region 4 is smaller than --size 8"):
         main.__wrapped__(["chikusei", "--src", str(src), "--size", "8", "--region", "4"])

@@ -161,7 +161,7 @@ def test_config_wavelengths_of_another_sensor_warn_and_small_scene_is_used_whole
     assert dataset.wavelengths is None and dataset.band_indices == [28, 17, 7]
     assert dataset.crop_size == 50  # Moffett is 50 x 50
     assert "59 wavelengths" in caplog.text and "smaller than data.crop_size 64" in caplog.text
-    x, y = dataset[0]
+    x, y, _ = dataset[0]
     assert tuple(x.shape) == (3, 50, 50) and tuple(y.shape) == (184, 50, 50)
 
 

@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress_argument(parser)
     add_seed_argument(parser, default=0, what="the real pixels drawn for the spectra figure and of --variability")
     add_overwrite_argument(parser)
-    parser.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
-                        help="synthetic HSI files: mat (default, with Abu and End), envi (.hdr + .img) or tiff "
-                             "(multi-band, needs tifffile)")
+    parser.add_argument("--format", choices=("mat", "mat73", "envi", "tiff"), default="mat",
+                        help="synthetic HSI files: mat (default, with Abu and End), mat73 (the same in MATLAB v7.3 / "
+                             "HDF5), envi (.hdr + .img) or tiff (multi-band, GDAL band metadata)")
     parser.add_argument("--sensor", help="render into a target sensor's bands: a preset (python -m ubf.data.sensors list) "
                         "or a CSV/JSON of responses, optionally NAME:BAND,BAND (docs/sensors.md)")
     parser.add_argument("--variability", metavar="auto|S", help="per-pixel endmember scaling (extended linear mixing "

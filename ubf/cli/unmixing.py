@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="channels-last memory format (default on; same numbers)")
     infer.add_argument("--workers", type=flag(INT_NONNEGATIVE), default=1, help="processes decoding images ahead of "
                        "the network (default 1; 0: decode in this process). Several processes: torchrun --nproc_per_node N")
+    infer.add_argument("--format", choices=("mat", "mat73", "envi", "tiff"), default="mat",
+                       help="mat: <name>.mat with Abu, GT, Y, class (default, the reference's layout); mat73: the "
+                            "same in MATLAB v7.3 (HDF5); envi/tiff: the abundance maps Abu as a raster, with the "
+                            "input's georeferencing (stage 2 reads mat and mat73)")
     infer.add_argument("--no-recon", action="store_true", help="do not store the reconstruction Y")
     add_overwrite_argument(infer, "abundance files of images that are already done (default: skip them)")
     infer.add_argument("--color-match", choices=("none", "moments"), default=None,
@@ -174,7 +178,7 @@ def run_infer(args) -> int:
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
                            save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,
                            channels_last=args.channels_last, workers=args.workers,
-                           color_match=options["infer"]["color_match"])
+                           color_match=options["infer"]["color_match"], fmt=args.format)
     log.info("wrote %d abundance files to %s (%d already done, %d failed)", len(result["written"]), args.out,
              len(result["skipped"]), len(result["failed"]))
     for path, message in result["failed"]:

@@ -225,6 +225,27 @@ def quality_assessment(gt, pred, data_range: float = 1.0, ratio: float = 4.0) ->
     }
 
 
+def quality_assessment_valid(gt, pred, valid=None, data_range: float = 1.0, ratio: float = 4.0) -> dict[str, float]:
+    """`quality_assessment` over the valid pixels of (H, W) bool `valid` (None: all, the same numbers).
+
+    PSNR, SAM, ERGAS, RMSE and CC use the valid pixels only; SSIM, which needs whole windows, is computed
+    on the image with the prediction set to the ground truth at invalid pixels (so they add no error).
+    """
+    if valid is None or bool(np.all(valid)):
+        return quality_assessment(gt, pred, data_range, ratio)
+    gt, pred, valid = np.asarray(gt), np.asarray(pred), np.asarray(valid, dtype=bool)
+    kept_gt, kept_pred = gt[valid][None], pred[valid][None]
+    filled = np.where(valid[..., None], pred, gt)
+    return {
+        "PSNR": psnr(kept_gt, kept_pred, data_range),
+        "SSIM": ssim(gt, filled, data_range),
+        "SAM": sam(kept_gt, kept_pred),
+        "ERGAS": ergas(kept_gt, kept_pred, ratio),
+        "RMSE": rmse(kept_gt, kept_pred),
+        "CC": cc(kept_gt, kept_pred),
+    }
+
+
 def average_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     """Mean of per-image metric dicts (the reference averages per test image)."""
     if not results:
@@ -232,5 +253,6 @@ def average_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(sum(r[key] for r in results) / len(results)) for key in results[0]}
 
 
-__all__ = ["psnr", "ssim", "ssim_gaussian", "sam", "ergas", "rmse", "cc", "quality_assessment", "spectral_angles",
+__all__ = ["psnr", "ssim", "ssim_gaussian", "sam", "ergas", "rmse", "cc", "quality_assessment", "quality_assessment_valid",
+           "spectral_angles",
            "average_metrics", "band_mse", "mrae"]

@@ -1,30 +1,73 @@
-"""Hyperspectral cubes in the formats the field opens: MATLAB .mat, ENVI (.hdr + .img) and multi-band TIFF.
+"""Hyperspectral cubes in the formats the field opens: MATLAB .mat, ENVI (.hdr + data) and (Geo)TIFF.
 
-`read_cube(path)` gives (H, W, C) float32 and the wavelengths (nm) when the file records them, for any
-of the three; `list_cube_files(folder)` finds them (an ENVI cube is listed by its .hdr). Writers:
-`write_envi` (BSQ float32 with wavelengths and band names in the header) and `write_tiff` (one
-multi-band page, float32, via `tifffile`, which is optional: without it `--format tiff` says so). TIFFs
-are read with `tifffile` when it is installed (compiled decoders, about 80x faster on LZW) and with the
-built-in reader of ubf/data/tiff.py otherwise.
+`read_scene(path)` gives a `CubeData`: (H, W, C) float32, wavelengths (nm), FWHM, band names, the
+no-data mask and the georeferencing, for any of the three; `read_cube(path)` the cube and wavelengths
+only. What a file is comes from its content: a TIFF is read as a TIFF whatever sits beside it (a
+same-name `.hdr` adds wavelengths, bad bands and no-data the TIFF lacks), and a `.hdr` whose data file
+is a TIFF is read as that TIFF. `list_cube_files(folder)` lists each scene once.
+
+Applied on reading, each with a log line: ENVI `bbl` / GDAL-ENVI `bbl` (bad bands dropped, with their
+wavelengths); no-data (ENVI `data ignore value`, GeoTIFF GDAL_NODATA tag 42113): a pixel where any band
+holds it is invalid; invalid pixels are filled with each band's mean over the valid ones (so the
+per-file min-max is that of the valid pixels) and reported in `CubeData.valid`, which training and
+its metrics use to leave them out. TIFF pixels are decoded by `tifffile` when it is installed and
+can (LZW needs imagecodecs); otherwise, or when it raises, by the built-in decoder of ubf/data/tiff.py.
+
+Writers live in ubf/data/writers.py (re-exported here).
 """
 import json
+import logging
 import os
-import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ubf.core.errors import UserError
-from ubf.core.fs import ensure_folder
-from ubf.data.envi import open_envi
-from ubf.data.matio import read_hsi, write_mat
-from ubf.data.tiff import TIFF_EXTENSIONS, read_tiff_cube, read_tiff_pages
+from ubf.data.envi import EnviHeader, envi_band_info, header_path_for, memmap_envi, parse_envi, read_envi_header, \
+    reflectance_factor
+from ubf.data.limits import check_declared_size
+from ubf.data.matio import read_hsi
+from ubf.data.raster_meta import BandInfo, Georef, band_info_from_gdal, georef_from_envi, georef_from_tiff, \
+    parse_gdal_metadata, parse_nodata
+from ubf.data.tiff import TIFF_EXTENSIONS, is_tiff, read_tiff_cube, read_tiff_tags, tag_text, tiff_layout
+from ubf.data.writers import FORMATS, OUTPUT_FILES, provenance_description, write_cube, write_envi, write_tiff  # noqa: F401
+
+log = logging.getLogger("hsisyn")
 
 CUBE_EXTENSIONS = (".mat", ".hdr") + TIFF_EXTENSIONS
-FORMATS = {"mat": ".mat", "envi": ".hdr", "tiff": ".tif"}
+
+
+@dataclass
+class CubeData:
+    """One scene as read: `cube` (H, W, C) float32 and what the file says about it."""
+    path: str
+    cube: np.ndarray
+    wavelengths: np.ndarray | None = None
+    fwhm: np.ndarray | None = None
+    band_names: list | None = None
+    valid: np.ndarray | None = None      # (H, W) bool, None when every pixel is valid
+    nodata: float | None = None          # the declared no-data value, if any
+    georef: Georef | None = None
+    kind: str = "mat"                    # "mat", "envi" or "tiff"
+    dropped_bands: list = field(default_factory=list)
+
+    @property
+    def invalid_count(self) -> int:
+        return 0 if self.valid is None else int(self.valid.size - np.count_nonzero(self.valid))
+
+
+def _tiff_data_of_header(header: str) -> str | None:
+    """The TIFF an ENVI header describes (its data file is a TIFF), else None."""
+    try:
+        info = parse_envi(header)
+    except UserError:
+        return None
+    return info.data if info.data_is_tiff else None
 
 
 def list_cube_files(folder: str) -> list[str]:
-    """Sorted .mat, ENVI .hdr and .tif/.tiff files under `folder` (recursive); a missing folder is an error."""
+    """Sorted .mat, ENVI .hdr and .tif/.tiff files under `folder` (recursive), each scene once: a .hdr
+    that describes a TIFF listed beside it is left out. A missing folder is an error."""
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: folder not found")
     found = []
@@ -32,173 +75,276 @@ def list_cube_files(folder: str) -> list[str]:
         dirs.sort()
         found += [os.path.join(root, f) for f in files
                   if f.lower().endswith(CUBE_EXTENSIONS) and not f.startswith(".")]
-    return sorted(found)
+    listed = set(found)
+    kept = [p for p in found if not (p.lower().endswith(".hdr") and _tiff_data_of_header(p) in listed)]
+    return sorted(kept)
 
 
-def _checked(path: str, cube: np.ndarray) -> np.ndarray:
-    if cube.ndim == 2:
-        cube = cube[..., None]
-    if cube.ndim != 3:
-        raise UserError(f"{path}: image of shape {cube.shape}, expected H x W x C")
-    cube = np.asarray(cube, dtype=np.float32)
-    if not np.all(np.isfinite(cube)):
-        bad = int(cube.size - np.count_nonzero(np.isfinite(cube)))
-        raise UserError(f"{path}: {bad} NaN/Inf values")
-    return cube
+# ---------------------------------------------------------------- raw rasters (ENVI, TIFF)
+
+@dataclass
+class RasterSource:
+    """An ENVI or TIFF cube before bad bands, no-data and scale are applied: `array` (H, W, C), maybe a memmap."""
+    path: str
+    kind: str
+    array: np.ndarray
+    info: BandInfo
+    georef: Georef | None = None
+    factor: float | None = None  # ENVI reflectance scale factor
+    text: str = ""               # what was found, for logs
 
 
-def _tiff_with_tifffile(path: str):
-    """(H, W, C) array and the metadata dict tifffile wrote (or None); None when tifffile is missing."""
+_FALLBACK_LOGGED = set()
+
+
+def _decode_tiff(path: str) -> np.ndarray:
+    """(H, W, C) in the stored dtype: tifffile when installed and able, else (or when it raises) the built-in decoder."""
+    layout = tiff_layout(path)  # validated and size-checked before either decoder allocates
     try:
         import tifffile
     except ImportError:
-        return None
+        tifffile = None
+    if tifffile is not None:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                check_declared_size(path, series.shape, series.dtype)
+                array, axes = series.asarray(), series.axes
+            if array.ndim == 2:
+                return array[..., None]
+            if array.ndim == 3:
+                return array if axes.endswith("S") else array.transpose(1, 2, 0)
+            raise ValueError(f"series of shape {array.shape} ({axes})")
+        except (UserError, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - any tifffile failure (a missing codec above all) falls back
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            level = logging.WARNING if "tifffile" not in _FALLBACK_LOGGED else logging.DEBUG
+            _FALLBACK_LOGGED.add("tifffile")
+            log.log(level, "%s: tifffile could not decode it (%s); using the built-in TIFF decoder (slower)",
+                    path, reason)
+    array = read_tiff_cube(path)
+    if (array.shape[0], array.shape[1]) != (layout.height, layout.width):
+        raise UserError(f"{path}: decoded {array.shape[:2]}, but the TIFF declares {layout.height} x {layout.width}")
+    return array
+
+
+def _tiff_metadata(path: str, n_bands: int) -> tuple[BandInfo, Georef | None]:
+    """Band info from our JSON description, GDAL's metadata tag and GDAL_NODATA; georeferencing from GeoTIFF tags."""
+    _, pages = read_tiff_tags(path)
+    tags = pages[0] if pages else {}
+    info = band_info_from_gdal(parse_gdal_metadata(tag_text(tags, 42112)), n_bands, path)
+    description = tag_text(tags, 270)
+    if description and description.lstrip().startswith("{"):
+        try:
+            ours = json.loads(description)
+        except json.JSONDecodeError:
+            ours = None
+        if isinstance(ours, dict):
+            for key, attribute in (("wavelengths", "wavelengths"), ("fwhm", "fwhm")):
+                values = ours.get(key)
+                try:
+                    values = None if values is None else np.asarray(values, dtype=np.float64).ravel()
+                except (TypeError, ValueError):
+                    values = None
+                if values is not None and values.size == n_bands and np.all(np.isfinite(values)):
+                    setattr(info, attribute, values)
+            names = ours.get("band_names")
+            if isinstance(names, list) and len(names) == n_bands and info.names is None:
+                info.names = [str(n) for n in names]
+    nodata = parse_nodata(tag_text(tags, 42113))
+    if nodata is not None:
+        info.nodata = nodata
+    return info, georef_from_tiff(tags)
+
+
+def _merge(primary: BandInfo, secondary: BandInfo, where: str) -> BandInfo:
+    """`primary`'s fields, each missing one taken from `secondary` (a sidecar header), with a log line."""
+    taken = []
+    for name in ("wavelengths", "fwhm", "names", "bad_bands", "nodata"):
+        if getattr(primary, name) is None and getattr(secondary, name) is not None:
+            setattr(primary, name, getattr(secondary, name))
+            taken.append(name.replace("_", " "))
+    if taken:
+        log.info("%s: %s from the ENVI header beside it", where, ", ".join(taken))
+    return primary
+
+
+def _sidecar_info(header: str, n_bands: int, where: str) -> BandInfo:
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            array, axes = series.asarray(), series.axes
-            metadata = tif.shaped_metadata[0] if tif.shaped_metadata else None
-    except (tifffile.TiffFileError, ValueError, OSError) as err:
-        raise UserError(f"{path}: unreadable TIFF ({err})") from None
-    if array.ndim == 3 and not axes.endswith("S"):  # bands first (planar samples or one band per page)
-        array = array.transpose(1, 2, 0)
-    return array, metadata
+        fields = read_envi_header(header)
+    except UserError as err:
+        log.warning("%s: the ENVI header beside it is ignored (%s)", where, err)
+        return BandInfo()
+    declared = fields.get("bands")
+    if declared is not None and declared.strip() != str(n_bands):
+        log.warning("%s: the ENVI header beside it declares %s bands, the TIFF has %d; its metadata is ignored",
+                    where, declared, n_bands)
+        return BandInfo()
+    return envi_band_info(header, fields, n_bands)
 
 
-def _tiff_description(path: str) -> dict | None:
-    """The JSON ImageDescription our writer (tifffile) stores, read with the built-in parser."""
-    pages = read_tiff_pages(path)
-    text = pages[0].get(270) if pages else None
-    if text is None:
+def _open_tiff(path: str, header: str | None = None) -> RasterSource:
+    array = _decode_tiff(path)
+    info, georef = _tiff_metadata(path, array.shape[2])
+    sidecar = header or header_path_for(path)
+    if sidecar is not None and os.path.isfile(sidecar):
+        info = _merge(info, _sidecar_info(sidecar, array.shape[2], path), path)
+        if georef is None:
+            try:
+                georef = georef_from_envi(read_envi_header(sidecar))
+            except UserError:
+                georef = None
+    return RasterSource(path, "tiff", array, info, georef, None, f"TIFF {array.shape[0]} x {array.shape[1]} x "
+                        f"{array.shape[2]} {array.dtype.name}")
+
+
+def open_raster(path: str) -> RasterSource | None:
+    """The raw ENVI or TIFF cube at `path` (a TIFF by its content, ENVI by its header), None for anything else."""
+    if os.path.isfile(path) and is_tiff(path):
+        return _open_tiff(path)
+    lower = path.lower()
+    if lower.endswith(".mat"):
         return None
+    if lower.endswith((".hdr", ".img")) or header_path_for(path) is not None:
+        info: EnviHeader = parse_envi(path)
+        if info.data_is_tiff:
+            return _open_tiff(info.data, info.header)
+        array = memmap_envi(info)
+        band_info = envi_band_info(info.header, info.fields, info.bands)
+        return RasterSource(path, "envi", array, band_info, georef_from_envi(info.fields),
+                            reflectance_factor(info.header, info.fields),
+                            f"ENVI {info.interleave} {info.lines} x {info.samples} x {info.bands} {info.dtype.name}")
+    return None
+
+
+def raster_georef(path: str) -> Georef | None:
+    """The georeferencing of a TIFF (its GeoTIFF tags, else a same-name ENVI header's map info) or of an
+    ENVI cube, from the tags and header only (no pixels decoded); None for anything else."""
     try:
-        value = json.loads(bytes(text).rstrip(b"\0").decode("utf-8", "replace"))
-    except json.JSONDecodeError:
+        if os.path.isfile(path) and is_tiff(path):
+            _, pages = read_tiff_tags(path)
+            georef = georef_from_tiff(pages[0]) if pages else None
+            header = header_path_for(path)
+            if georef is None and header is not None and os.path.isfile(header):
+                georef = georef_from_envi(read_envi_header(header))
+            return georef
+        if not path.lower().endswith(".mat") and (path.lower().endswith(".hdr") or header_path_for(path)):
+            info = parse_envi(path)
+            return raster_georef(info.data) if info.data_is_tiff else georef_from_envi(info.fields)
+    except UserError:
         return None
-    return value if isinstance(value, dict) else None
+    return None
 
 
-def _wavelengths(values, n_bands: int) -> np.ndarray | None:
+# ---------------------------------------------------------------- bad bands, no-data, float32
+
+def good_bands(source: RasterSource) -> np.ndarray | None:
+    """Indices of the bands to keep (None: all), logging the dropped ones; every band bad is an error."""
+    bad = source.info.bad_bands
+    if bad is None or not bad.any():
+        return None
+    if bad.all():
+        raise UserError(f"{source.path}: every band is marked bad (bbl all 0)")
+    dropped = np.nonzero(bad)[0]
+    nm = source.info.wavelengths
+    where = f" ({', '.join(f'{w:.1f}' for w in nm[dropped][:8])}{' ...' if len(dropped) > 8 else ''} nm)" if nm is not None else ""
+    log.info("%s: %d bad band(s) dropped (bbl = 0): %s%s; %d bands kept", source.path, len(dropped),
+             ", ".join(map(str, dropped[:12].tolist())) + (" ..." if len(dropped) > 12 else ""), where,
+             int((~bad).sum()))
+    return np.nonzero(~bad)[0]
+
+
+def select_info(info: BandInfo, keep) -> BandInfo:
+    if keep is None:
+        return info
+    pick = lambda values: None if values is None else np.asarray(values)[keep]  # noqa: E731
+    names = None if info.names is None else [info.names[i] for i in keep]
+    return BandInfo(pick(info.wavelengths), pick(info.fwhm), names, None, info.nodata)
+
+
+def invalid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """(h, w) True where any band holds the no-data value (NaN when it is NaN); None without one.
+
+    The value is compared in the stored type: an integer cube cannot hold a fractional or out-of-range
+    no-data value, so no pixel of it is invalid.
+    """
+    if nodata is None:
+        return None
+    if np.isnan(nodata):
+        return np.isnan(block).any(axis=2) if block.dtype.kind == "f" else None
+    if block.dtype.kind in "iu":
+        limits = np.iinfo(block.dtype)
+        if not float(nodata).is_integer() or not limits.min <= nodata <= limits.max:
+            return None
+        return (block == block.dtype.type(int(nodata))).any(axis=2)
+    return (block == block.dtype.type(nodata)).any(axis=2)
+
+
+def fill_invalid(path: str, cube: np.ndarray, invalid: np.ndarray | None, nodata) -> np.ndarray | None:
+    """Fill invalid pixels of a float32 cube in place with each band's valid mean; return the valid mask."""
+    if invalid is None or not invalid.any():
+        return None
+    valid = ~invalid
+    if not valid.any():
+        raise UserError(f"{path}: every pixel is no-data (value {nodata:g}); nothing to read")
+    cube[invalid] = cube[valid].mean(axis=0)
+    log.info("%s: %d of %d pixels are no-data (value %g): masked out of training and metrics", path,
+             int(invalid.sum()), invalid.size, nodata)
+    return valid
+
+
+def raster_to_scene(source: RasterSource, keep=None) -> CubeData:
+    """Apply bad bands, the reflectance factor and no-data to a raw raster; float32, finite where valid."""
+    path, array = source.path, source.array
+    if keep is None:
+        keep = good_bands(source)
+    height, width = array.shape[:2]
+    count = array.shape[2] if keep is None else len(keep)
+    check_declared_size(path, (height, width, count), array.dtype, extra_bytes_per_value=4)
+    raw = array if keep is None else array[..., keep]
+    invalid = invalid_pixels(raw, source.info.nodata)
+    cube = np.array(raw, dtype=np.float32)  # a copy, out of the memory map
+    if source.factor:
+        cube /= np.float32(source.factor)  # ENVI's reflectance scale factor: stored value = reflectance x factor
+    finite = np.isfinite(cube)
+    if invalid is not None:
+        finite |= invalid[..., None]
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise UserError(f"{path}: {bad} NaN/Inf values (declare no-data as GDAL_NODATA or 'data ignore value' to "
+                        "mask such pixels)")
+    valid = fill_invalid(path, cube, invalid, source.info.nodata)
+    info = select_info(source.info, keep)
+    dropped = [] if keep is None else sorted(set(range(array.shape[2])) - set(np.asarray(keep).tolist()))
+    return CubeData(path, cube, _checked_vector(info.wavelengths, count), _checked_vector(info.fwhm, count),
+                    info.names, valid, source.info.nodata, source.georef, source.kind, dropped)
+
+
+def _checked_vector(values, n_bands: int) -> np.ndarray | None:
     if values is None:
         return None
     values = np.asarray(values, dtype=np.float64).ravel()
     return values if values.size == n_bands and np.all(np.isfinite(values)) else None
 
 
-def read_tiff(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    found = _tiff_with_tifffile(path)
-    if found is None:
-        array, metadata = read_tiff_cube(path), _tiff_description(path)
-    else:
-        array, metadata = found
-    cube = _checked(path, array)
-    return cube, _wavelengths((metadata or {}).get("wavelengths"), cube.shape[2])
-
-
-def read_envi(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    array, wavelengths, factor = open_envi(path)
-    cube = np.array(array, dtype=np.float32)  # copy out of the memory map
-    if factor:
-        cube /= np.float32(factor)  # ENVI's reflectance scale factor: stored value = reflectance x factor
-    return _checked(path, cube), wavelengths
-
-
-def read_cube(path: str, key: str | None = None, expected_bands: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H, W, C) float32 and wavelengths (C,) in nm or None, from .mat (`key` or Y/HSI/...), ENVI or TIFF.
+def read_scene(path: str, key: str | None = None, expected_bands: int | None = None) -> CubeData:
+    """A cube (.mat with `key` or Y/HSI/..., ENVI, TIFF) with its metadata and no-data mask; see the module doc.
 
     `expected_bands` (the band count the caller needs, if known) settles a .mat cube's axis order.
     """
-    lower = path.lower()
-    if lower.endswith(TIFF_EXTENSIONS):
-        return read_tiff(path)
-    if lower.endswith((".hdr", ".img")) or (not lower.endswith(".mat") and os.path.isfile(path + ".hdr")):
-        return read_envi(path)
-    return read_hsi(path, key, expected_bands)
+    source = open_raster(path)
+    if source is None:
+        cube, wavelengths = read_hsi(path, key, expected_bands)
+        return CubeData(path, cube, wavelengths)
+    scene = raster_to_scene(source)
+    if scene.cube.ndim != 3:
+        raise UserError(f"{path}: image of shape {scene.cube.shape}, expected H x W x C")
+    return scene
 
 
-def _atomic_write(path: str, write) -> None:
-    ensure_folder(os.path.dirname(os.path.abspath(path)))
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError(f"{path}: could not write ({err.strerror or err})") from None
+def read_cube(path: str, key: str | None = None, expected_bands: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, C) float32 and wavelengths (C,) in nm or None, from .mat, ENVI or TIFF (see `read_scene`)."""
+    scene = read_scene(path, key, expected_bands)
+    return scene.cube, scene.wavelengths
 
-
-def _check_new(paths: list[str], overwrite: bool) -> None:
-    for path in paths:
-        if not overwrite and os.path.exists(path):
-            raise UserError(f"{path}: exists already (use --overwrite to replace it)")
-
-
-def _clean_name(name: str) -> str:
-    return re.sub(r"[{},\n]", " ", str(name)).strip()
-
-
-def write_envi(path: str, cube: np.ndarray, wavelengths=None, band_names=None, description: str = "",
-               overwrite: bool = True) -> tuple[str, str]:
-    """Write (H, W, C) as ENVI BSQ float32: `<base>.img` and `<base>.hdr`; returns (header, data) paths."""
-    base = path[:-4] if path.lower().endswith((".hdr", ".img")) else path
-    header_path, data_path = base + ".hdr", base + ".img"
-    _check_new([header_path, data_path], overwrite)
-    cube = np.asarray(cube, dtype="<f4")
-    lines, samples, bands = cube.shape
-    fields = [("description", "{" + _clean_name(description or "synthetic HSI") + "}"),
-              ("samples", samples), ("lines", lines), ("bands", bands), ("header offset", 0),
-              ("file type", "ENVI Standard"), ("data type", 4), ("interleave", "bsq"), ("byte order", 0)]
-    if band_names is not None:
-        fields.append(("band names", "{" + ", ".join(_clean_name(n) for n in band_names) + "}"))
-    if wavelengths is not None:
-        fields += [("wavelength units", "Nanometers"),
-                   ("wavelength", "{" + ", ".join(f"{float(w):.4f}" for w in wavelengths) + "}")]
-    text = "ENVI\n" + "".join(f"{key} = {value}\n" for key, value in fields)
-    _atomic_write(data_path, lambda tmp: np.ascontiguousarray(cube.transpose(2, 0, 1)).tofile(tmp))
-
-    def write_header(tmp):
-        with open(tmp, "w", encoding="ascii", errors="replace") as f:
-            f.write(text)
-
-    _atomic_write(header_path, write_header)
-    return header_path, data_path
-
-
-def write_tiff(path: str, cube: np.ndarray, wavelengths=None, band_names=None, overwrite: bool = True) -> str:
-    """Write (H, W, C) as one float32 multi-band TIFF page (pixel-interleaved) via `tifffile`.
-
-    Wavelengths and band names go into the JSON ImageDescription (read back by `read_cube`) and into
-    GDAL's metadata tag, so GDAL/QGIS show each band's name and wavelength.
-    """
-    try:
-        import tifffile
-    except ImportError:
-        raise UserError(f"{path}: --format tiff needs the tifffile package (pip install tifffile); "
-                        "use --format envi or mat without it") from None
-    _check_new([path], overwrite)
-    cube = np.asarray(cube, dtype=np.float32)
-    names = [str(n) for n in band_names] if band_names is not None else [f"band {i + 1}" for i in range(cube.shape[2])]
-    metadata = {"band_names": names}
-    if wavelengths is not None:
-        metadata["wavelengths"] = [float(w) for w in wavelengths]
-    items = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>' for i, n in enumerate(names))
-    if wavelengths is not None:
-        items += "".join(f'<Item name="wavelength" sample="{i}">{float(w):.4f}</Item>' for i, w in enumerate(wavelengths))
-    gdal = f"<GDALMetadata>{items}</GDALMetadata>"
-    _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, cube, photometric="minisblack", planarconfig="contig",
-                                                     metadata=metadata, extratags=[(42112, "s", 0, gdal, True)]))
-    return path
-
-
-def write_cube(path_base: str, fmt: str, variables: dict, wavelengths=None, band_names=None,
-               overwrite: bool = True) -> str:
-    """Write a synthetic HSI as `fmt` (mat: all `variables`; envi/tiff: `variables['HSI']`); returns the path."""
-    if fmt == "mat":
-        write_mat(path_base + ".mat", variables, overwrite=overwrite)
-        return path_base + ".mat"
-    if fmt == "envi":
-        return write_envi(path_base + ".hdr", variables["HSI"], wavelengths, band_names, overwrite=overwrite)[0]
-    if fmt == "tiff":
-        return write_tiff(path_base + ".tif", variables["HSI"], wavelengths, band_names, overwrite=overwrite)
-    raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")

@@ -4,9 +4,11 @@ MATLAB v5 files go through scipy, v7.3 (HDF5) files through h5py. h5py returns a
 axes reversed (HDF5 stores MATLAB's column-major arrays as row-major): `_from_hdf5` is the single
 place that turns them back, so every caller sees MATLAB's (H, W, C) order.
 """
+import datetime
 import os
 import struct
 import zipfile
+import zlib
 
 from scipy.io.matlab import MatReadError
 
@@ -17,6 +19,7 @@ import scipy.io as sio
 from ubf.core.errors import UserError
 from ubf.core.fs import atomic_output
 from ubf.core.logs import get_logger
+from ubf.data.limits import MAX_EXPANSION, check_declared_size, human_bytes
 
 # Names the paper's datasets and common releases use for the hyperspectral cube, in priority order.
 HSI_KEYS = ("Y", "HSI", "hsi", "cube", "ref", "chikusei", "data", "img", "rad", "reflectance")
@@ -26,19 +29,98 @@ WAVELENGTH_KEYS = ("wavelengths", "wavelength", "bands", "wl", "lambda")
 
 # What scipy and h5py raise on a file that is not a MAT file (a short text file named .mat gives IndexError).
 UNREADABLE = (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, AssertionError, struct.error,
-              zipfile.BadZipFile, NotImplementedError, MatReadError)
+              zipfile.BadZipFile, NotImplementedError, MatReadError, zlib.error)
+
+# HDF5 lets a variable live in another file (external link, virtual dataset, external storage): a .mat
+# that does is refused unless this environment variable is 1, so a crafted file cannot make a reader
+# open whatever it names elsewhere on disk.
+ALLOW_EXTERNAL_ENV = "UBF_ALLOW_EXTERNAL_LINKS"
 
 
 def is_v73(path: str) -> bool:
     return h5py.is_hdf5(path)
 
 
-def _from_hdf5(dataset) -> np.ndarray:
+def external_links_allowed() -> bool:
+    return os.environ.get(ALLOW_EXTERNAL_ENV, "") == "1"
+
+
+def _refuse_external(path: str, name: str, target: str) -> None:
+    if not external_links_allowed():
+        raise UserError(f"{path}: variable '{name}' links to another file ({target}); refused (set "
+                        f"{ALLOW_EXTERNAL_ENV}=1 to follow links you trust)")
+
+
+def hdf5_variables(path: str, f) -> dict:
+    """{name: dataset} of the top-level MATLAB variables of an open v7.3 file, links checked first.
+
+    External links, virtual datasets drawing on other files and external raw storage are refused
+    (see ALLOW_EXTERNAL_ENV) before h5py follows them.
+    """
+    out = {}
+    for name in f.keys():
+        if name.startswith("#"):
+            continue
+        link = f.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            _refuse_external(path, name, link.filename)
+        item = f.get(name)
+        if not isinstance(item, h5py.Dataset):
+            continue
+        if item.is_virtual:
+            sources = sorted({s.file_name for s in item.virtual_sources() if s.file_name != "."})
+            if sources:
+                _refuse_external(path, name, ", ".join(sources))
+        if item.external:
+            _refuse_external(path, name, ", ".join(str(e[0]) for e in item.external))
+        out[name] = item
+    return out
+
+
+def _check_hdf5_size(path: str, name: str, dataset) -> None:
+    """Refuse a dataset whose declared size its stored bytes (or memory) cannot hold, before reading it."""
+    stored, expansion = None, None
+    if not (dataset.is_virtual or dataset.external):
+        stored = dataset.id.get_storage_size()
+        if dataset.compression is None and not dataset.scaleoffset:
+            expansion = 1.0
+        elif dataset.compression == "gzip":
+            expansion = MAX_EXPANSION["deflate"]
+    check_declared_size(f"{path}: variable '{name}'", tuple(reversed(dataset.shape)), dataset.dtype, stored, expansion)
+
+
+def _from_hdf5(dataset, path: str = "", name: str = "") -> np.ndarray:
     """Read an h5py dataset and undo the axis reversal of MATLAB v7.3."""
+    _check_hdf5_size(path or dataset.file.filename, name or dataset.name, dataset)
+    if dataset.attrs.get("MATLAB_empty"):  # MATLAB stores an empty array as its dimensions
+        return np.zeros(tuple(int(d) for d in np.asarray(dataset[()]).ravel()), dtype=np.float64)
     array = np.asarray(dataset[()])
     if array.dtype.names and {"real", "imag"} <= set(array.dtype.names):
         array = array["real"] + 1j * array["imag"]
     return array.transpose()
+
+
+_V5_TYPES = {"double": "f8", "single": "f4", "int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2",
+             "int32": "i4", "uint32": "u4", "int64": "i8", "uint64": "u8", "logical": "u1", "char": "u2"}
+
+
+def _check_v5_sizes(path: str, entries) -> None:
+    """Declared sizes of a v5 file (from `whosmat`) against its bytes (x1100 when compressed) and memory."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(128)
+        head = f.read(4)
+    compressed = len(head) == 4 and struct.unpack("<I", head)[0] in (15, 15 << 24)
+    for name, shape, kind in entries:
+        if kind not in _V5_TYPES:
+            continue
+        needed = int(np.prod(shape, dtype=object)) * np.dtype(_V5_TYPES[kind]).itemsize
+        if needed > size * (MAX_EXPANSION["deflate"] if compressed else 1.0) + 4096:
+            # a truncated file or a crafted header: scipy would fail on it too, later
+            raise UserError(f"{path}: not a readable .mat file (variable '{name}' declares "
+                            f"{' x '.join(map(str, shape))} {kind} values, {human_bytes(needed)}, but the file "
+                            f"holds {human_bytes(size)})")
+        check_declared_size(f"{path}: variable '{name}'", shape, _V5_TYPES[kind])  # memory
 
 
 def _check_exists(path: str) -> None:
@@ -52,7 +134,7 @@ def mat_keys(path: str) -> list[str]:
     try:
         if is_v73(path):
             with h5py.File(path, "r") as f:
-                return [k for k in f.keys() if isinstance(f[k], h5py.Dataset) and not k.startswith("#")]
+                return list(hdf5_variables(path, f))
         return [name for name, _, _ in sio.whosmat(path) if not name.startswith("__")]
     except UNREADABLE as err:
         raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
@@ -64,8 +146,9 @@ def mat_shape(path: str, key: str) -> tuple:
     try:
         if is_v73(path):
             with h5py.File(path, "r") as f:
-                if key in f and isinstance(f[key], h5py.Dataset):
-                    return tuple(reversed(f[key].shape))
+                variables = hdf5_variables(path, f)
+                if key in variables:
+                    return tuple(reversed(variables[key].shape))
         else:
             for name, shape, _ in sio.whosmat(path):
                 if name == key:
@@ -82,10 +165,13 @@ def read_mat(path: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         if is_v73(path):
             out = {}
             with h5py.File(path, "r") as f:
-                for name in (keys if keys is not None else f.keys()):
-                    if name in f and isinstance(f[name], h5py.Dataset) and not name.startswith("#"):
-                        out[name] = _from_hdf5(f[name])
+                variables = hdf5_variables(path, f)
+                for name in (keys if keys is not None else variables):
+                    if name in variables:
+                        out[name] = _from_hdf5(variables[name], path, name)
             return out
+        entries = sio.whosmat(path)
+        _check_v5_sizes(path, [e for e in entries if keys is None or e[0] in keys])
         raw = sio.loadmat(path, variable_names=keys)
     except UNREADABLE as err:
         raise UserError(f"{path}: not a readable .mat file ({str(err).splitlines()[0][:100]})") from None
@@ -215,9 +301,13 @@ class LazyMatArray:
         self._v73 = is_v73(path)
         if self._v73:
             self._file = h5py.File(path, "r")
-            self._dataset = self._file[self.key]
+            self._dataset = hdf5_variables(path, self._file)[self.key]
             self.shape = tuple(reversed(self._dataset.shape))
             self.dtype = self._dataset.dtype
+            # streamed window by window: only the file's own bytes bound it (no whole-array allocation)
+            if not (self._dataset.is_virtual or self._dataset.external) and self._dataset.compression is None:
+                check_declared_size(f"{path}: variable '{self.key}'", self.shape, self.dtype,
+                                    self._dataset.id.get_storage_size(), 1.0, memory=False)
         else:
             self._file = None
             self._array = read_mat(path, [self.key])[self.key]
@@ -250,6 +340,77 @@ def write_mat(path: str, variables: dict, overwrite: bool = True) -> None:
         raise UserError(f"{path}: exists already (use --overwrite to replace it)")
     with atomic_output(path) as tmp:
         sio.savemat(tmp, variables, appendmat=False, do_compression=False)
+
+
+MAT73_HEADER = "MATLAB 7.3 MAT-file, Platform: {platform}, Created on: {date} HDF5 schema 1.00 ."
+_MATLAB_CLASSES = {"f8": "double", "f4": "single", "i1": "int8", "u1": "uint8", "i2": "int16", "u2": "uint16",
+                   "i4": "int32", "u4": "uint32", "i8": "int64", "u8": "uint64"}
+
+
+def _mat73_value(f, refs, name: str, value, path: str) -> None:
+    """One variable as MATLAB v7.3 stores it: the array transposed (HDF5 is row-major), MATLAB_class set."""
+    if isinstance(value, str):
+        value = np.array(value)
+    array = np.asarray(value)
+    if array.dtype.kind in "US":
+        text = str(array.item()) if array.ndim == 0 else ""
+        if array.ndim != 0:
+            raise UserError(f"{path}: variable '{name}': only single strings or lists of strings can be written")
+        codes = np.array([ord(c) for c in text], dtype=np.uint16)
+        dataset = (f.create_dataset(name, data=np.array([0, 0], np.uint64)) if codes.size == 0
+                   else f.create_dataset(name, data=codes.reshape(1, -1).T))
+        dataset.attrs["MATLAB_class"] = np.bytes_("char")
+        dataset.attrs["MATLAB_int_decode"] = np.int32(2)
+        if codes.size == 0:
+            dataset.attrs["MATLAB_empty"] = np.uint8(1)
+        return
+    if array.dtype == object:  # a list of strings: a cell array (1 x n) of char arrays in #refs#
+        references = []
+        for i, item in enumerate(array.ravel()):
+            _mat73_value(refs, refs, f"{name}_{i}", str(item), path)
+            references.append(refs[f"{name}_{i}"].ref)
+        dataset = f.create_dataset(name, data=np.array(references, dtype=h5py.ref_dtype).reshape(-1, 1))
+        dataset.attrs["MATLAB_class"] = np.bytes_("cell")
+        return
+    if array.dtype == bool:
+        array, matlab_class = array.astype(np.uint8), "logical"
+    else:
+        matlab_class = _MATLAB_CLASSES.get(array.dtype.str[1:])
+    if matlab_class is None or np.iscomplexobj(array):
+        raise UserError(f"{path}: variable '{name}' of type {array.dtype} cannot be written to a v7.3 .mat")
+    if array.ndim < 2:  # MATLAB arrays are at least 2-D; a vector is a row (1 x n), as scipy's savemat writes
+        array = array.reshape(1, -1)
+    if array.size == 0:
+        dataset = f.create_dataset(name, data=np.array(array.shape, dtype=np.uint64))
+        dataset.attrs["MATLAB_empty"] = np.uint8(1)
+    else:
+        dataset = f.create_dataset(name, data=np.ascontiguousarray(array.T))
+    dataset.attrs["MATLAB_class"] = np.bytes_(matlab_class)
+    if matlab_class == "logical":
+        dataset.attrs["MATLAB_int_decode"] = np.int32(1)
+
+
+def write_mat73(path: str, variables: dict, overwrite: bool = True) -> None:
+    """Write a MATLAB v7.3 (HDF5) file atomically, readable by h5py, MATLAB and this project's reader.
+
+    Arrays keep MATLAB's H x W x C as MATLAB sees it (h5py shows the reversed C x W x H, which
+    `_from_hdf5` undoes); strings become char arrays, lists of strings cell arrays. The 512-byte
+    user block carries MATLAB's text header.
+    """
+    if not overwrite and os.path.exists(path):
+        raise UserError(f"{path}: exists already (use --overwrite to replace it)")
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w", userblock_size=512, libver="earliest") as f:
+            refs = f.create_group("#refs#")
+            for name, value in variables.items():
+                _mat73_value(f, refs, name, value, path)
+            if not len(refs):
+                del f["#refs#"]
+        date = datetime.datetime.now().strftime("%a %b %d %H:%M:%S %Y")
+        text = MAT73_HEADER.format(platform="GLNXA64", date=date).encode("ascii")
+        header = text.ljust(116, b" ")[:116] + b"\0" * 8 + b"\x00\x02" + b"IM"
+        with open(tmp, "r+b") as f:
+            f.write(header.ljust(512, b"\0"))
 
 
 def endmember_matrix(array) -> np.ndarray:

@@ -2,8 +2,8 @@
 
     python -m ubf.data.prepare DATASET --src PATH --out DIR [--size N] [--stride S] [--split ...] [--overwrite]
 
-DATASET is chikusei, hsrs-sc, arad, harvard, unmixing-benchmark or rgb (docs/datasets.md lists the
-downloads). Hyperspectral crops go to DIR/trains, DIR/evals and DIR/tests (the reference's folder
+DATASET is chikusei, hsrs-sc, arad, harvard, unmixing-benchmark, scene (any ENVI, GeoTIFF or .mat
+scene, or a folder of them) or rgb (docs/datasets.md lists the downloads). Hyperspectral crops go to DIR/trains, DIR/evals and DIR/tests (the reference's folder
 names) as .mat files with `Y` (H, W, C) float32 and `wavelengths` (C,) in nm; RGB images go to
 DIR/<class>/. Two files record the run: DIR/prepare_<dataset>.json (the settings) and
 DIR/manifest_<dataset>.csv (one row per output: source file, crop window, split, class).
@@ -32,6 +32,7 @@ from ubf.data.splits import parse_split
 log = logging.getLogger("hsisyn")
 
 DATASETS = tuple(READERS) + ("rgb",)
+HSI_FORMATS = ("mat", "mat73")
 MANIFEST_COLUMNS = ("output", "source", "split", "class", "row", "col", "height", "width")
 
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "train=0.8,val=0.1,test=0.1; hsrs-sc test; rgb none; others train=0.8,val=0.1,test=0.1)")
     parser.add_argument("--split-by", choices=("file", "region"), default=None,
                         help="deal whole files or regions of each scene to the splits (default: region for "
-                             "chikusei and unmixing-benchmark, file otherwise)")
+                             "chikusei, unmixing-benchmark and scene, file otherwise)")
     parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the split shuffle (default 0)")
     parser.add_argument("--bands", choices=("paper", "all"), default=None,
                         help="chikusei: the paper's 59 bands (8-66, about 399-698 nm) or all 128")
@@ -64,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", default=None, help="name of the cube variable, when it is not the usual one")
     parser.add_argument("--wavelength-range", type=flag(FLOAT_POSITIVE), nargs=2, metavar=("FIRST", "LAST"),
                         default=None,
-                        help="unmixing-benchmark: evenly spaced band centres (nm) for files that store none")
+                        help="unmixing-benchmark, scene: evenly spaced band centres (nm) for files that store none")
     parser.add_argument("--rgb-mode", choices=MODES, default=None,
                         help="rgb: resize the centred square (default), crop the centre, or cut tiles")
-    parser.add_argument("--format", choices=tuple(FORMATS), default=None, help="rgb: output format (default png)")
+    parser.add_argument("--format", choices=tuple(FORMATS) + HSI_FORMATS, default=None,
+                        help="rgb: png (default) or jpg; hyperspectral datasets: mat (default, MATLAB v5) or mat73 "
+                             "(MATLAB v7.3 / HDF5), the same keys Y and wavelengths")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier preparation in --out")
     return parser
 
@@ -76,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULT_SIZES = {"chikusei": 128}
 
 # Flags that only some datasets read: giving one to another dataset is a mistake worth a message.
-ONLY_FOR = {"bands": ("chikusei", "hsrs-sc"), "wavelength_range": ("unmixing-benchmark",),
-            "rgb_mode": ("rgb",), "format": ("rgb",), "scale": tuple(READERS), "key": tuple(READERS),
+ONLY_FOR = {"bands": ("chikusei", "hsrs-sc"), "wavelength_range": ("unmixing-benchmark", "scene"),
+            "rgb_mode": ("rgb",), "scale": tuple(READERS), "key": tuple(READERS),
             "split_by": tuple(READERS), "region": tuple(READERS)}
 
 
@@ -105,6 +108,9 @@ def resolve_settings(args) -> dict:
             raise UserError(f"--scale must be 'auto' or a positive number, got '{scale}'") from None
     settings = {"dataset": args.dataset, "src": os.path.abspath(args.src), "size": args.size, "stride": stride,
                 "seed": args.seed}
+    if args.format is not None and (args.format in HSI_FORMATS) != (args.dataset != "rgb"):
+        allowed = ", ".join(HSI_FORMATS if args.dataset != "rgb" else FORMATS)
+        raise UserError(f"--format {args.format} does not apply to {args.dataset} (use {allowed})")
     if args.dataset == "rgb":
         text = args.split or "none"
         settings.update(split=None if text == "none" else parse_split(text), rgb_mode=args.rgb_mode or "resize",
@@ -115,6 +121,8 @@ def resolve_settings(args) -> dict:
                         split_by=args.split_by or reader.split_by, region=region, bands=args.bands or "paper",
                         scale=scale, key=args.key,
                         wavelength_range=list(args.wavelength_range) if args.wavelength_range else None)
+        if args.format == "mat73":  # recorded only when not the default, so earlier runs' records still match
+            settings["format"] = "mat73"
     return json.loads(json.dumps(settings))
 
 
@@ -127,7 +135,7 @@ def plan(settings: dict):
     options = HsiOptions(s["bands"], s["scale"], s["key"], tuple(s["wavelength_range"] or ()) or None)
     reader = READERS[s["dataset"]](options)
     crops = plan_hsi(reader, s["src"], s["split"], s["split_by"], s["seed"], s["size"], s["stride"], s["region"])
-    return crops, HsiWriter(reader)
+    return crops, HsiWriter(reader, s.get("format", "mat"))
 
 
 def _differences(old: dict, new: dict) -> str:

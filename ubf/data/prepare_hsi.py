@@ -13,6 +13,7 @@ values; every detected layout is logged once.
 | arad | ARAD_1K_*.mat (v7.3) | `cube` 482 x 512 x 31, `bands` | 31 (400-700 nm) |
 | harvard | img*.mat (v5) | `ref` 1040 x 1392 x 31, `lbl` mask | 31 (420-720 nm) |
 | unmixing-benchmark | samson.mat, jasperRidge2_R198.mat, ... | `Y` bands x pixels, `lines`, `cols` | all |
+| scene | any ENVI, (Geo)TIFF or .mat scene, or a folder of them | the cube, its wavelengths | all good bands (bbl) |
 """
 import logging
 import os
@@ -24,9 +25,9 @@ from ubf.core.progress import tqdm  # a line every few percent when not on a ter
 
 from ubf.core.errors import UserError
 from ubf.data.bands import CHIKUSEI_SUBSET, chikusei_wavelengths
-from ubf.data.envi import open_envi
+from ubf.data.cubes import good_bands, invalid_pixels, list_cube_files, open_raster
 from ubf.data.matio import (HSI_KEYS, LazyMatArray, find_key, is_v73, mat_keys, mat_shape, read_hsi, read_mat, read_wavelengths,
-                         write_mat)
+                         write_mat, write_mat73)
 from ubf.data.splits import SPLIT_FOLDERS, Crop, assign, crop_windows, region_grid, valid_windows
 from ubf.data.tiff import TIFF_EXTENSIONS, read_tiff_cube, read_tiff_pages
 
@@ -176,6 +177,7 @@ class Scene:
         self.height, self.width = cube.shape[0], cube.shape[1]
         self.source_wavelengths = wavelengths
         self.bands, self.resample_to = bands, resample_to
+        self.valid = None  # (H, W) bool where crops may go, when the file declares no-data
         if resample_to is not None:
             self.wavelengths = np.asarray(resample_to, dtype=np.float64)
         elif wavelengths is not None:
@@ -300,10 +302,13 @@ class ChikuseiReader(HsiReader):
         if path.lower().endswith(".mat"):
             _, _, n_bands = self._mat_layout(path)
             cube, found = self._mat_cube(path, ("chikusei",) + HSI_KEYS, n_bands, CHIKUSEI_SHAPE[:2])
-        else:
-            array, wavelengths, header_factor = open_envi(path)
-            cube = ArrayCube(array)
-            found = f"ENVI, {_shape_text(cube.shape)} {cube.dtype.name}"
+        else:  # ENVI, or a TIFF (with or without an ENVI header beside it): the file's content decides
+            source = open_raster(path)
+            if source is None:
+                raise UserError(f"{path}: neither a .mat, an ENVI header nor a TIFF")
+            wavelengths, header_factor = source.info.wavelengths, source.factor
+            cube = ArrayCube(source.array)
+            found = source.text
             n_bands = cube.shape[2]
             if n_bands not in (128, 59):
                 raise UserError(f"{path}: {n_bands} bands, expected Chikusei's 128")
@@ -418,7 +423,74 @@ class BenchmarkReader(HsiReader):
         return Scene(path, ArrayCube(cube), wavelengths, 1.0)
 
 
-READERS = {r.name: r for r in (ChikuseiReader, HsrsScReader, AradReader, HarvardReader, BenchmarkReader)}
+class SceneReader(HsiReader):
+    """Any scene another tool wrote: ENVI (SPy, ENVI, GDAL), GeoTIFF (rasterio, GDAL) or .mat.
+
+    Bad bands (ENVI `bbl`) are dropped with their wavelengths; crops avoid no-data pixels (ENVI `data
+    ignore value`, GDAL_NODATA); wavelengths come from the file (GDAL band metadata, ENVI header,
+    a `wavelengths` variable) or from --wavelength-range.
+    """
+    name = "scene"
+    extensions = (".mat", ".hdr") + TIFF_EXTENSIONS
+    default_split = "train=0.8,val=0.1,test=0.1"
+    split_by = "region"
+
+    def sources(self, src: str) -> list[str]:
+        if os.path.isfile(src):
+            return [os.path.abspath(src)]
+        if not os.path.isdir(src):
+            raise UserError(f"{src}: no such file or folder")
+        found = [os.path.abspath(p) for p in list_cube_files(src)]  # each scene once (a TIFF and its .hdr)
+        if not found:
+            raise UserError(f"{src}: no .mat, ENVI .hdr or .tif scenes found")
+        return found
+
+    def __init__(self, options: HsiOptions):
+        super().__init__(options)
+        self._bands_logged = set()
+
+    def probe(self, path: str) -> Probe:
+        scene = self.open(path)
+        try:
+            return Probe(scene.height, scene.width, scene.valid)
+        finally:
+            scene.close()
+
+    def _wavelengths(self, wavelengths, n_bands: int, found: str):
+        if wavelengths is None and self.options.wavelength_range:
+            first, last = self.options.wavelength_range
+            return np.linspace(first, last, n_bands), found + f"; wavelengths {first:g}-{last:g} nm (--wavelength-range)"
+        if wavelengths is None:
+            return None, found + "; no wavelengths stored (give --wavelength-range FIRST LAST to record them)"
+        return wavelengths, found
+
+    def open(self, path: str) -> Scene:
+        source = open_raster(path)
+        if source is None:
+            cube, wavelengths = read_hsi(path, self.options.key)
+            found = f"{'MATLAB v7.3' if is_v73(path) else 'MATLAB v5'}, cube {_shape_text(cube.shape)} (read whole)"
+            wavelengths, found = self._wavelengths(wavelengths, cube.shape[2], found)
+            scale, note = self._scale(cube.dtype)
+            self.describe_once(path, f"{found}; {note}")
+            return Scene(path, ArrayCube(cube), wavelengths, scale)
+        keep = None
+        if source.info.bad_bands is not None and source.info.bad_bands.any():
+            keep = good_bands(source) if path not in self._bands_logged else np.nonzero(~source.info.bad_bands)[0]
+            self._bands_logged.add(path)
+        invalid = invalid_pixels(source.array, source.info.nodata)
+        found = source.text
+        if invalid is not None and invalid.any():
+            found += (f"; {int(invalid.sum())} of {invalid.size} pixels are no-data (value {source.info.nodata:g}): "
+                      "crops avoid them")
+        wavelengths, found = self._wavelengths(source.info.wavelengths, source.array.shape[2], found)
+        scale, note = self._scale(source.array.dtype, source.factor)
+        self.describe_once(path, f"{found}; {note}")
+        scene = Scene(path, ArrayCube(source.array), wavelengths, scale, bands=keep)
+        scene.valid = None if invalid is None or not invalid.any() else ~invalid
+        return scene
+
+
+READERS = {r.name: r for r in (ChikuseiReader, HsrsScReader, AradReader, HarvardReader, BenchmarkReader, SceneReader)}
 
 
 class SceneCache:
@@ -492,11 +564,13 @@ def plan_hsi(reader: HsiReader, src: str, fractions: dict, split_by: str, seed: 
 
 
 class HsiWriter:
-    """Writes planned crops as .mat files with `Y` (h, w, C) float32 and `wavelengths` (C,) in nm."""
+    """Writes planned crops as .mat files (v5, or v7.3 with fmt "mat73") with `Y` (h, w, C) float32 and
+    `wavelengths` (C,) in nm."""
 
-    def __init__(self, reader: HsiReader):
+    def __init__(self, reader: HsiReader, fmt: str = "mat"):
         self.cache = SceneCache(reader)
         self._range_logged = False
+        self.write_file = write_mat if fmt == "mat" else write_mat73
 
     def write(self, crop: Crop, path: str) -> None:
         scene = self.cache.get(crop.source)
@@ -507,7 +581,7 @@ class HsiWriter:
         variables = {"Y": y}
         if scene.wavelengths is not None:
             variables["wavelengths"] = np.asarray(scene.wavelengths, dtype=np.float64)
-        write_mat(path, variables, overwrite=True)
+        self.write_file(path, variables, overwrite=True)
 
     def close(self) -> None:
         self.cache.close()

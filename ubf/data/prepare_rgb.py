@@ -9,8 +9,9 @@ folder's own name); the output keeps that folder: OUT/<class>/<name>.png. Modes:
 * `crop`: the centred size x size window, no resampling; smaller images are skipped.
 * `tiles`: every size x size window at --stride; smaller images are skipped.
 
-Pixels stay 8-bit: Pillow converts greyscale, palette and RGBA to RGB; 16-bit and float images go
-through `data.images.read_rgb` (divided by their type's maximum) and are rounded to 8 bits.
+Pixels stay 8-bit: Pillow converts greyscale, palette and RGBA to RGB; 16-bit and float images (and
+16-bit 3-/4-band GeoTIFFs, which Pillow cannot open) go through `data.images.read_rgb` (divided by
+their type's maximum) and are rounded to 8 bits.
 """
 import logging
 import os
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from ubf.core.progress import tqdm  # a line every few percent when not on a terminal
 
 from ubf.core.errors import UserError
-from ubf.data.images import list_images, read_rgb
+from ubf.data.images import image_size, list_images, open_image, read_rgb
 from ubf.data.prepare_hsi import output_stem
 from ubf.data.splits import SPLIT_FOLDERS, Crop, assign, crop_windows
 
@@ -33,13 +34,8 @@ EIGHT_BIT_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr")
 
 
 def _image_size(path: str) -> tuple[int, int]:
-    """(height, width) from the image header."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"{path}: unreadable image ({str(err).splitlines()[0][:100]})") from None
-    return height, width
+    """(height, width) from the image header (Pillow, or the tags of a TIFF Pillow cannot open)."""
+    return image_size(path)
 
 
 def image_class(source_rel: str, src: str) -> str:
@@ -116,7 +112,7 @@ class RgbWriter:
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
         pil_format, extensions = FORMATS[self.fmt]
         try:
-            with Image.open(crop.source) as image:
+            with open_image(crop.source) as image:
                 untouched = (self.mode == "resize" and image.size == (self.size, self.size)
                              and image.mode == "RGB" and crop.source.lower().endswith(extensions))
                 if untouched:

@@ -34,6 +34,7 @@ TABLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables", "sen
 PRESET_FILES = {"sentinel2a-msi": "sentinel2a-msi.csv", "sentinel2a-msi-gaussian": "sentinel2a-msi-gaussian.csv",
                 "landsat8-oli": "landsat8-oli.csv", "landsat9-oli2": "landsat9-oli2.csv"}
 GRID_PRESETS = {"grid-10nm": 10.0, "grid-5nm": 5.0}
+MAX_TABLE_BYTES = 64 * 2**20   # response tables are kilobytes; anything this large is not one
 MIN_COVERAGE = 0.01       # below this share of its response inside the input range a band is "outside"
 FULL_COVERAGE = 0.999     # below this a band is "partly outside" and its coverage is reported
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -67,6 +68,25 @@ class Sensor:
             return self.fwhm * _FWHM_TO_SIGMA * math.sqrt(2.0 * math.pi)
         return np.trapezoid(self.curves, self.grid, axis=1)
 
+    def band_fwhm(self) -> np.ndarray:
+        """(B,) nm: the Gaussians' FWHM, or each curve's width at half its maximum (linear interpolation)."""
+        if self.gaussian:
+            return self.fwhm.copy()
+        widths = []
+        for curve in self.curves:
+            half = 0.5 * curve.max()
+            above = np.nonzero(curve >= half)[0]
+            first, last = above[0], above[-1]
+
+            def crossing(i, j):  # where the curve passes `half` between grid points i and j
+                if i == j or curve[i] == curve[j]:
+                    return self.grid[j]
+                return self.grid[i] + (half - curve[i]) * (self.grid[j] - self.grid[i]) / (curve[j] - curve[i])
+            left = crossing(first - 1, first) if first > 0 else self.grid[first]
+            right = crossing(last, last + 1) if last + 1 < len(curve) else self.grid[last]
+            widths.append(right - left)
+        return np.array(widths, dtype=np.float64)
+
     def band_centers(self) -> np.ndarray:
         """(B,) nm: the Gaussian centres, or each curve's response-weighted mean wavelength."""
         if self.gaussian:
@@ -94,13 +114,31 @@ class Sensor:
         return Sensor(self.name, list(names), grid=self.grid, curves=self.curves[index])
 
 
-def _comment_free_rows(path: str) -> list[list[str]]:
+def _read_text(path: str) -> str:
+    """The file as UTF-8 text; a binary file (NUL bytes, invalid UTF-8) is a one-line error."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
+        with open(path, "rb") as f:
+            data = f.read(MAX_TABLE_BYTES + 1)
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    return [[cell.strip() for cell in row] for row in csv.reader(lines)]
+    if len(data) > MAX_TABLE_BYTES:
+        raise UserError(f"{path}: larger than {MAX_TABLE_BYTES // 2**20} MiB; not a spectral-response table")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text file (invalid UTF-8 at byte {err.start}); expected a CSV or JSON "
+                        "spectral-response table") from None
+    if "\0" in text:
+        raise UserError(f"{path}: not a text file (NUL bytes); expected a CSV or JSON spectral-response table")
+    return text
+
+
+def _comment_free_rows(path: str) -> list[list[str]]:
+    lines = [line for line in _read_text(path).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        return [[cell.strip() for cell in row] for row in csv.reader(lines)]
+    except csv.Error as err:
+        raise UserError(f"{path}: unreadable CSV ({err})") from None
 
 
 def _numbers(path: str, rows: list[list[str]]) -> np.ndarray:
@@ -111,14 +149,26 @@ def _numbers(path: str, rows: list[list[str]]) -> np.ndarray:
 
 
 def _gaussian_sensor(path: str, name: str, names, centers, fwhm) -> Sensor:
-    centers, fwhm = np.asarray(centers, dtype=np.float64), np.asarray(fwhm, dtype=np.float64)
-    if not (np.all(np.isfinite(centers)) and np.all(fwhm > 0)):
+    try:
+        if any(isinstance(v, (str, bool)) for v in list(centers) + list(fwhm)):
+            raise ValueError("a value is text, not a number")
+        centers, fwhm = np.asarray(centers, dtype=np.float64), np.asarray(fwhm, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: band centres and FWHM must be numbers ({err})") from None
+    if centers.ndim != 1 or centers.shape != fwhm.shape or centers.size == 0:
+        raise UserError(f"{path}: expected one centre and one FWHM per band, at least one band")
+    if not (np.all(np.isfinite(centers)) and np.all(np.isfinite(fwhm)) and np.all(fwhm > 0)):
         raise UserError(f"{path}: band centres must be numbers and every FWHM positive")
     return Sensor(name, [str(n) for n in names], centers=centers, fwhm=fwhm)
 
 
 def _curve_sensor(path: str, name: str, names, grid, curves) -> Sensor:
-    grid, curves = np.asarray(grid, dtype=np.float64), np.asarray(curves, dtype=np.float64)
+    try:
+        grid, curves = np.asarray(grid, dtype=np.float64), np.asarray(curves, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: wavelengths and responses must be numbers, one list per band ({err})") from None
+    if not names:
+        raise UserError(f"{path}: no bands")
     if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
         raise UserError(f"{path}: wavelengths must increase strictly (at least two rows)")
     if curves.shape != (len(names), grid.size) or not np.all(np.isfinite(curves)):
@@ -150,10 +200,11 @@ def read_sensor_csv(path: str, name: str) -> Sensor:
 
 def read_sensor_json(path: str, name: str) -> Sensor:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable JSON ({err})") from None
+        data = json.loads(_read_text(path))
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise UserError(f"{path}: unreadable JSON ({str(err)[:100]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object with 'bands' or 'wavelength_nm' and 'responses'")
     try:
         if "bands" in data:
             bands = data["bands"]
@@ -161,7 +212,7 @@ def read_sensor_json(path: str, name: str) -> Sensor:
                                     [b["fwhm_nm"] for b in bands])
         responses = data["responses"]
         return _curve_sensor(path, name, list(responses), data["wavelength_nm"], list(responses.values()))
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise UserError(f"{path}: expected 'bands' [{{name, center_nm, fwhm_nm}}] or 'wavelength_nm' and "
                         f"'responses' {{band: [...]}} ({err})") from None
 
@@ -260,14 +311,15 @@ def render_folder(sensor_spec: str, src: str, out: str, fmt: str = "mat", key: s
                   wavelengths=None, overwrite: bool = False) -> list[str]:
     """Render every HSI of `src` (.mat, ENVI, TIFF) into the sensor's bands; returns the written paths."""
     from ubf.core.fs import flat_name
-    from ubf.data.cubes import list_cube_files, read_cube, write_cube
+    from ubf.data.cubes import list_cube_files, provenance_description, read_scene, write_cube
     from ubf.data.hsi_dataset import resolve_wavelengths
     files = list_cube_files(src)
     if not files:
         raise UserError(f"{src}: no HSI files (.mat, ENVI .hdr, .tif)")
     written, cache = [], {}
     for path in files:
-        cube, found = read_cube(path, key)
+        scene = read_scene(path, key)
+        cube, found = scene.cube, scene.wavelengths
         nm = found if found is not None else (resolve_wavelengths(wavelengths, cube.shape[2], path)
                                               if wavelengths is not None else None)
         if nm is None:
@@ -279,9 +331,16 @@ def render_folder(sensor_spec: str, src: str, out: str, fmt: str = "mat", key: s
         sensor, matrix = cache[signature]
         rendered = render_cube(cube, matrix)
         target = os.path.join(out, flat_name(path, src))
+        nodata = None
+        if scene.valid is not None and fmt in ("envi", "tiff"):  # the same grid: no-data stays no-data
+            rendered[~scene.valid] = np.float32(scene.nodata)
+            nodata = scene.nodata
         written.append(write_cube(target, fmt, {"Y": rendered, "wavelengths": sensor.band_centers(),
                                                 "band_names": np.array(sensor.band_names, dtype=object)},
-                                  sensor.band_centers(), sensor.band_names, overwrite=overwrite))
+                                  sensor.band_centers(), sensor.band_names, overwrite=overwrite, raster_key="Y",
+                                  fwhm=sensor.band_fwhm(), nodata=nodata, georef=scene.georef,
+                                  description=provenance_description(f"{os.path.basename(path)} rendered into {sensor.name} "
+                                                         f"bands {', '.join(sensor.band_names)}")))
     return written
 
 
@@ -296,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--sensor", required=True, help="preset or CSV/JSON file, optionally NAME:BAND,BAND")
     render.add_argument("--src", required=True, help="folder of HSIs (.mat, ENVI .hdr, .tif)")
     render.add_argument("--out", required=True, help="output folder")
-    render.add_argument("--format", choices=("mat", "envi", "tiff"), default="mat",
-                        help="output files: mat (default), envi (.hdr + .img) or tiff (multi-band, needs tifffile)")
+    render.add_argument("--format", choices=("mat", "mat73", "envi", "tiff"), default="mat",
+                        help="mat (default: Y, wavelengths, band_names), mat73 (the same in HDF5), envi or tiff "
+                             "(with wavelengths, FWHM, band names and the input's georeferencing)")
     render.add_argument("--key", help="variable name of the cube in .mat files")
     render.add_argument("--wavelengths", help="for files without wavelengths: chikusei-59, chikusei-128 or a "
                         "JSON list of nm")
@@ -318,7 +378,10 @@ def main(argv=None) -> int:
         return 0
     wavelengths = args.wavelengths
     if wavelengths and wavelengths.lstrip().startswith("["):
-        wavelengths = json.loads(wavelengths)
+        try:
+            wavelengths = json.loads(wavelengths)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--wavelengths: not a JSON list of numbers ({err})") from None
     written = render_folder(args.sensor, args.src, args.out, args.format, args.key, wavelengths, args.overwrite)
     print(f"rendered {len(written)} files into {args.out}")
     return 0

@@ -17,7 +17,7 @@ from ubf.core.progress import tqdm  # a line every few percent when not on a ter
 
 from ubf.core.errors import UserError
 from ubf.core.logs import get_logger
-from ubf.core.metrics import average_metrics, quality_assessment
+from ubf.core.metrics import average_metrics, quality_assessment_valid
 from ubf.data.cubes import read_cube
 from ubf.data.hsi_dataset import HSICropDataset
 from ubf.data.matio import mat_keys, mat_shape, read_mat
@@ -146,7 +146,8 @@ def run_reconstruction(ckpt: str, hsi_dir: str, out_dir: str, device: torch.devi
     for path in tqdm(dataset.files, desc="reconstruct", disable=not progress, dynamic_ncols=True):
         model_input, target = dataset.load(path)
         recon, abundances = reconstruct(model, model_input, device, tile, overlap)
-        metrics = {METRIC_KEYS[k]: v for k, v in quality_assessment(target, recon).items()}
+        valid = dataset.valid_mask(path)  # no-data pixels of the file are left out
+        metrics = {METRIC_KEYS[k]: v for k, v in quality_assessment_valid(target, recon, valid).items()}
         per_file.append(metrics)
         physical.add(recon, abundances, endmembers)
         contrast.add(abundances)

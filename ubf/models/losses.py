@@ -9,20 +9,28 @@
   i.e. what a spectral TV usually means.
 Both TV terms take the decoder weight (C, K, 1, 1) and return 2 * mean(squared difference), which is
 the reference's normalisation.
+
+`valid` (N, 1, H, W) weights the pixel terms (Charbonnier, SAD) by a 0/1 mask: pixels a file declares
+no-data do not enter the loss. Without a mask (or with an all-ones one) the terms are the unmasked means.
 """
 import torch
 import torch.nn.functional as F
 
 
-def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3, valid=None) -> torch.Tensor:
     diff = pred - target
-    return torch.sqrt(diff * diff + eps * eps).mean()
+    values = torch.sqrt(diff * diff + eps * eps)
+    if valid is None:
+        return values.mean()
+    return (values * valid).sum() / (valid.sum() * pred.shape[1]).clamp_min(1)
 
 
-def spectral_angle_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean angle (radians) over pixels of (N, C, H, W) tensors."""
+def spectral_angle_loss(pred: torch.Tensor, target: torch.Tensor, valid=None) -> torch.Tensor:
+    """Mean angle (radians) over pixels of (N, C, H, W) tensors (the valid ones of (N, 1, H, W) `valid`)."""
     cosine = F.cosine_similarity(pred, target, dim=1, eps=1e-8).clamp(-1 + 1e-7, 1 - 1e-7)
-    return torch.acos(cosine).mean()
+    if valid is None:
+        return torch.acos(cosine).mean()
+    return (torch.acos(cosine) * valid[:, 0]).sum() / valid.sum().clamp_min(1)
 
 
 def endmember_tv(weight: torch.Tensor) -> torch.Tensor:
@@ -40,11 +48,13 @@ def spectral_smoothness_tv(weight: torch.Tensor) -> torch.Tensor:
 
 
 def unmixing_loss(pred: torch.Tensor, target: torch.Tensor, decoder_weight: torch.Tensor,
-                  weights: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of the terms; `weights` has charbonnier, sad, endmember_tv, spectral_tv."""
+                  weights: dict, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the terms; `weights` has charbonnier, sad, endmember_tv, spectral_tv; `valid` see above."""
+    if valid is not None and bool((valid > 0).all()):
+        valid = None  # every pixel valid: exactly the unmasked means
     terms = {
-        "charbonnier": charbonnier(pred, target),
-        "sad": spectral_angle_loss(pred, target),
+        "charbonnier": charbonnier(pred, target, valid=valid),
+        "sad": spectral_angle_loss(pred, target, valid=valid),
         "endmember_tv": endmember_tv(decoder_weight),
         "spectral_tv": spectral_smoothness_tv(decoder_weight),
     }

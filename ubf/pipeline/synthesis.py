@@ -33,7 +33,7 @@ from ubf.core.profiles import load_profiled_config
 from ubf.core.previews import grid, save_png, to_uint8
 from ubf.core.simplex import project_to_simplex
 from ubf.core.version import provenance
-from ubf.data.cubes import FORMATS, write_cube
+from ubf.data.cubes import FORMATS, OUTPUT_FILES, provenance_description, write_cube
 from ubf.data.hsi_dataset import list_mat_files
 from ubf.data.matio import mat_keys, read_array, read_hsi, read_mat
 from ubf.data.normalize import minmax
@@ -86,7 +86,7 @@ class SynthesisOptions:
     overwrite: bool = False
     max_real_pixels: int = 20000
     seed: int = 0                    # which real pixels are drawn for the figure
-    format: str = "mat"              # "mat", "envi" (.hdr + .img) or "tiff" (multi-band, needs tifffile)
+    format: str = "mat"              # "mat", "mat73" (HDF5), "envi" (.hdr + .img) or "tiff" (multi-band GeoTIFF)
     sensor: str | None = None        # render into a target sensor's bands (ubf/data/sensors.py): preset or file
     variability: float | str | None = None  # ELMM scaling fields (ubf/pipeline/variability.py): strength or "auto"
     variability_scale: float = 16.0  # smoothness of the scaling fields, in pixels
@@ -208,7 +208,8 @@ def render_endmembers(endmembers: np.ndarray, wavelengths, sensor_spec: str, ckp
     sensor = load_sensor(sensor_spec, wavelengths)
     matrix, _ = render_matrix(sensor, wavelengths)
     get_logger().info("rendering into %s: %s", sensor.name, ", ".join(sensor.band_names))
-    return (matrix @ endmembers).astype(np.float32), sensor.band_centers(), matrix, list(sensor.band_names)
+    return (matrix @ endmembers).astype(np.float32), sensor.band_centers(), matrix, list(sensor.band_names), \
+        sensor.band_fwhm()
 
 
 def real_pixel_spectra(folder: str, n_bands: int, key: str | None, max_pixels: int, seed: int, render=None):
@@ -305,10 +306,10 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     raw_endmembers, wavelengths, state = load_endmembers(ckpt)
     strength = variability_strength(options, raw_endmembers, state)
     endmembers = prepare_endmembers(raw_endmembers, options.endmembers)
-    sensor_matrix, sensor_bands = None, None
+    sensor_matrix, sensor_bands, fwhm = None, None, None
     if options.sensor:  # rendering is linear: rendering the endmembers renders every synthetic pixel
-        endmembers, wavelengths, sensor_matrix, sensor_bands = render_endmembers(endmembers, wavelengths, options.sensor,
-                                                                                  ckpt)
+        endmembers, wavelengths, sensor_matrix, sensor_bands, fwhm = render_endmembers(endmembers, wavelengths,
+                                                                                        options.sensor, ckpt)
     n_bands, k = endmembers.shape
     rgb_bands = (check_rgb_bands(options.rgb_bands, n_bands) if options.rgb_bands is not None
                  else default_rgb_bands(n_bands, wavelengths))
@@ -327,7 +328,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     if options.format not in FORMATS:
         raise UserError(f"--format {options.format}: expected one of {', '.join(FORMATS)}")
     band_names = sensor_bands or (None if wavelengths is None else [f"{w:.1f} nm" for w in wavelengths])
-    extensions = {"mat": [".mat"], "envi": [".hdr", ".img"], "tiff": [".tif"]}[options.format]
+    extensions = OUTPUT_FILES[options.format]
     targets = [os.path.join(hsi_dir, s + e) for s in stems for e in extensions] + [os.path.join(rgb_dir, s + ".png") for s in stems]
     _check_targets(targets + [contact_path, spectra_path, summary_path], options.overwrite)
 
@@ -360,7 +361,9 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
         if wavelengths is not None:
             variables["wavelengths"] = wavelengths
         write_cube(os.path.join(hsi_dir, stem), options.format, variables, wavelengths, band_names,
-                   overwrite=options.overwrite)
+                   overwrite=options.overwrite, raster_key="HSI", fwhm=fwhm,
+                   description=provenance_description(f"synthetic HSI from sampled abundances {os.path.basename(path)} and the "
+                                          f"endmembers of {os.path.basename(ckpt)}"))
         rgb = to_uint8(hsi_to_rgb(hsi, wavelengths, options.rgb, rgb_bands, value_range))
         save_png(rgb, os.path.join(rgb_dir, stem + ".png"))
         if len(previews) < MAX_CONTACT_IMAGES:

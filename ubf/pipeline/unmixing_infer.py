@@ -23,10 +23,9 @@ from ubf.core.logs import get_logger
 from ubf.core.validate import INT_NONNEGATIVE, INT_POSITIVE, check_value
 from ubf.core.version import provenance
 from ubf.core.previews import abundance_preview, save_png
-from ubf.data.cubes import list_cube_files, read_cube
+from ubf.data.cubes import FORMATS, list_cube_files, provenance_description, raster_georef, read_scene, write_cube
 from ubf.data.hsi_dataset import prepare_pair
 from ubf.data.images import list_images, read_rgb
-from ubf.data.matio import write_mat
 from ubf.data.normalize import minmax
 from ubf.models.unmixing import UnmixingAutoencoder, build_unmixing_model
 from ubf.pipeline.reference_checkpoints import load_unmixing_checkpoint
@@ -136,7 +135,8 @@ def load_input(path: str, kind: str, band_indices, key: str | None, n_bands: int
         if moments is not None:
             return match_moments(image, tuple(moments)), image
         return image, image
-    cube, _ = read_cube(path, key, n_bands)
+    scene = read_scene(path, key, n_bands)
+    cube = scene.cube
     if cube.shape[2] != n_bands:
         raise UserError(f"{path}: {cube.shape[2]} bands, but this checkpoint was trained on {n_bands}")
     model_input, target = prepare_pair(cube, band_indices)
@@ -184,6 +184,29 @@ def process_share(items: list) -> list:
     """This process's share of the inputs under `torchrun` (every WORLD_SIZE-th, from RANK), else all."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     return items[int(os.environ.get("RANK", 0))::world] if world > 1 else items
+
+
+ABUNDANCE_NODATA = -1.0  # raster outputs: abundances lie in [0, 1], so -1 marks the input's no-data pixels
+
+
+def write_abundances(out_path: str, fmt: str, variables: dict, kind: str, path: str, ckpt: str, key, n_bands: int):
+    """One input's outputs as `fmt`; a raster gets the input's georeferencing and no-data (same grid)."""
+    base = out_path[:-len(FORMATS[fmt])]
+    if fmt in ("mat", "mat73"):
+        return write_cube(base, fmt, variables)
+    abu, nodata = variables["Abu"], None
+    if kind == "hsi":  # read again for its grid and no-data mask (only for raster outputs)
+        scene = read_scene(path, key, n_bands)
+        georef = scene.georef
+        if scene.valid is not None:
+            abu = np.where(scene.valid[..., None], abu, np.float32(ABUNDANCE_NODATA))
+            nodata = ABUNDANCE_NODATA
+    else:
+        georef = raster_georef(path)
+    names = [f"endmember {k + 1}" for k in range(abu.shape[2])]
+    return write_cube(base, fmt, {"Abu": abu}, band_names=names, raster_key="Abu", nodata=nodata, georef=georef,
+                      description=provenance_description(f"abundances (K = {abu.shape[2]}) of {os.path.basename(path)} "
+                                             f"by the unmixing checkpoint {os.path.basename(ckpt)}"))
 
 
 def collect_inputs(rgb_dirs, hsi_dirs) -> list[tuple[str, str, str]]:
@@ -244,8 +267,12 @@ def read_manifest(path: str) -> dict:
 def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.device, tile: int = 0,
                   overlap: int = 32, overwrite: bool = False, key: str | None = None,
                   save_reconstruction: bool = True, tile_batch: int = 1, channels_last: bool = True,
-                  workers: int = 1, color_match: str = "none") -> dict:
+                  workers: int = 1, color_match: str = "none", fmt: str = "mat") -> dict:
     """Write `<out>/<name>.mat` (Abu, GT, Y, class) and `<out>/previews/<name>.png` for every input.
+
+    `fmt`: "mat" (default, the reference's layout), "mat73" (the same keys in MATLAB v7.3 / HDF5), or a
+    raster of the abundances `Abu` (H x W x K): "envi" (`<name>.hdr` + `.img`) or "tiff" (`<name>.tif`),
+    carrying the georeferencing of a georeferenced input (same grid) and its no-data pixels.
 
     `class` (also in the manifest) is the name of the folder the image sits in: the scene class of
     collections organised as `<root>/<class>/<image>` (AID, NWPU-RESISC45). `color_match: "moments"`
@@ -257,6 +284,8 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     process takes every WORLD_SIZE-th input and appends to the one shared manifest.
     """
     log = get_logger()
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     check_tiling(tile, overlap, tile_batch)
     model, state = load_unmixing_model(ckpt, device)
     if channels_last:
@@ -283,7 +312,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     pending = []
     for kind, path, root in items:
         name = stems[path]
-        mat_path = os.path.join(out_dir, name + ".mat")
+        mat_path = os.path.join(out_dir, name + FORMATS[fmt])
         absolute = os.path.abspath(path)
         if not overwrite and absolute in done and os.path.isfile(mat_path):
             result["skipped"].append(path)
@@ -307,7 +336,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
             variables = {"Abu": abu, "GT": ground_truth.astype(np.float32), "class": scene_class(path)}
             if save_reconstruction:
                 variables["Y"] = np.clip(abu @ endmembers.numpy().T, 0.0, 1.0).astype(np.float32)
-            write_mat(mat_path, variables)
+            write_abundances(mat_path, fmt, variables, kind, path, ckpt, key, model.out_bands)
             save_png(abundance_preview(abu, os.path.basename(mat_path)), os.path.join(out_dir, "previews", name + ".png"))
         except UserError as err:
             log.error("%s", err)

@@ -29,7 +29,7 @@ from ubf.core.distributed import (all_reduce_mean, barrier, distributed_sampler,
 from ubf.core.errors import UserError
 from ubf.core.fs import require_folder
 from ubf.core.logs import get_logger, setup_logging
-from ubf.core.metrics import average_metrics, quality_assessment
+from ubf.core.metrics import average_metrics, quality_assessment_valid
 from ubf.core.signals import StopRequest, ignore_stop_signals
 from ubf.core.tracking import start_tracking
 from ubf.data.cubes import list_cube_files
@@ -68,6 +68,9 @@ def training_pixels(dataset: HSICropDataset, max_pixels: int = 20000, seed: int 
     for path in dataset.files:
         model_input, target = dataset.load(path)
         flat_in, flat_out = model_input.reshape(-1, 3), target.reshape(-1, target.shape[2])
+        valid = dataset.valid_mask(path)
+        if valid is not None:  # no-data pixels are never training pixels
+            flat_in, flat_out = flat_in[valid.ravel()], flat_out[valid.ravel()]
         take = rng.choice(len(flat_out), min(len(flat_out), max(1, max_pixels // len(dataset.files))), replace=False)
         inputs.append(flat_in[take])
         targets.append(flat_out[take])
@@ -133,6 +136,9 @@ def farthest_pixels(dataset: HSICropDataset, count: int, max_pixels: int = 20000
     for path in dataset.files:
         _, target = dataset.load(path)
         flat = target.reshape(-1, target.shape[2])
+        valid = dataset.valid_mask(path)
+        if valid is not None:
+            flat = flat[valid.ravel()]
         take = min(len(flat), max(1, max_pixels // len(dataset.files)))
         pixels.append(flat[rng.choice(len(flat), take, replace=False)])
     pixels = np.concatenate(pixels).astype(np.float64)
@@ -149,7 +155,8 @@ def make_dataset(cfg: dict, role: str, training: bool) -> HSICropDataset:
     return HSICropDataset(
         data[role], bands=data["bands"], key=data["key"], input_norm=data["input_norm"], seed=cfg["train"]["seed"],
         crop_size=data["crop_size"] if training else None, augment=data["augment"] if training else False,
-        samples_per_epoch=data["samples_per_epoch"] if training else None, wavelengths=data["wavelengths"])
+        samples_per_epoch=data["samples_per_epoch"] if training else None, wavelengths=data["wavelengths"],
+        min_side=2 if training else 1)
 
 
 @torch.no_grad()
@@ -162,8 +169,9 @@ def evaluate(model, dataset: HSICropDataset, device: torch.device) -> dict[str, 
         x = torch.from_numpy(model_input.transpose(2, 0, 1).copy())[None].to(device)
         _, recon = model(x)
         pred = recon[0].permute(1, 2, 0).cpu().numpy()
-        metrics = quality_assessment(target, pred)
-        metrics["L1"] = float(np.abs(target - pred).mean())
+        valid = dataset.valid_mask(path)  # no-data pixels are left out of the metrics
+        metrics = quality_assessment_valid(target, pred, valid)
+        metrics["L1"] = float(np.abs(target - pred).mean() if valid is None else np.abs(target - pred)[valid].mean())
         results.append(metrics)
     model.train()
     return average_metrics(results)
@@ -300,16 +308,17 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             bar = tqdm(batches(loader, stop), desc=f"epoch {epoch + 1}/{epochs}", total=len(loader), leave=False,
                        dynamic_ncols=True, disable=not main)
             stopping = False
-            for step, (x, y) in enumerate(bar, start=progress["steps"]):
+            for step, (x, y, valid) in enumerate(bar, start=progress["steps"]):
                 if tc["max_steps_per_epoch"] and step >= tc["max_steps_per_epoch"]:
                     break
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                valid = valid.to(device, non_blocking=True)  # 0 at no-data pixels: kept out of the loss
                 if tc["schedule"] == "onecycle":
                     lr = one_cycle_lr(tc["lr"], epoch * steps_per_epoch + step, epochs * steps_per_epoch, tc["warmup"])
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                 _, recon = model(x)
-                loss, terms = unmixing_loss(recon, y, net.decoder.weight, cfg["loss"])
+                loss, terms = unmixing_loss(recon, y, net.decoder.weight, cfg["loss"], valid=valid)
                 # one all-reduce carries the loss and the stop flag, so every process stops at the same step
                 shared = all_reduce_mean(torch.stack([loss.detach().float(),
                                                       torch.tensor(float(stop.requested), device=loss.device)]))
