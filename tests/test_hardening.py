@@ -483,7 +483,8 @@ def test_diffusion_speed_flags(tmp_path, ddpm_config, monkeypatch, capsys):
     Diffusion.main(["-p", "train", "-c", ddpm_config, "--run-dir", str(tmp_path / "run"), "--n-iter", "1",
                     "--compile", "--amp", "bf16", "--device", "cpu"])
     assert len(compiled) == 1
-    state = load_checkpoint(str(tmp_path / "run" / "checkpoint" / "I1_E0.pth"), "diffusion")
+    # step 1 is in epoch 1, as the reference names it (I<step>_E<epoch in progress>)
+    state = load_checkpoint(str(tmp_path / "run" / "checkpoint" / "I1_E1.pth"), "diffusion")
     assert state["config"]["train"]["compile"] is True and state["config"]["train"]["amp"] == "bf16"
     assert "training in float32" in capsys.readouterr().err
     bad = json.loads(open(ddpm_config).read())

@@ -89,14 +89,16 @@ class LabelledDataset(Dataset):
 
 
 def drop_labels(labels: torch.Tensor, probability: float, global_batch: int, generator: torch.Generator,
-                rank: int = 0) -> torch.Tensor:
+                rank: int = 0, rows: slice | None = None) -> torch.Tensor:
     """`labels` (n,) of this process's rows with a fraction `probability` replaced by -1 ("no class").
 
     The draws are made for the whole global batch from the shared training generator, so every
-    process consumes the same random numbers and a resumed run repeats the same drops.
+    process consumes the same random numbers and a resumed run repeats the same drops. `rows`: this
+    process's rows of the global batch (default: the rank-th block of n).
     """
     n = labels.shape[0]
-    draws = torch.rand(global_batch, generator=generator, device=generator.device)[rank * n:(rank + 1) * n]
+    rows = rows if rows is not None else slice(rank * n, (rank + 1) * n)
+    draws = torch.rand(global_batch, generator=generator, device=generator.device)[rows]
     labels = labels.to(draws.device)
     return torch.where(draws < probability, torch.full_like(labels, -1), labels)
 

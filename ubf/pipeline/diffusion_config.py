@@ -36,6 +36,9 @@ DIFFUSION_DEFAULTS = {
             "batch_size": 8,
             "num_workers": 4,
             "flip": "none",             # "none" (reference), "horizontal" or "both"
+            # "epoch": each epoch's files in batches of batch_size and a short last one, as the reference's
+            # DataLoader(shuffle=True); "stream": always batch_size, running across epochs (earlier versions)
+            "batching": "epoch",
         },
         "val": {
             "data_len": 50,             # kept from the reference configs and, as there, not used by `-p val`
@@ -229,6 +232,7 @@ def validate(cfg: dict, source: str) -> dict:
         ("sample.sampler", cfg["sample"]["sampler"], SAMPLERS),
         ("train.optimizer.type", str(cfg["train"]["optimizer"]["type"]).lower(), ("adam", "adamw")),
         ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),
+        ("datasets.train.batching", cfg["datasets"]["train"]["batching"], ("epoch", "stream")),
         ("model.init", model["init"], ("orthogonal", "default")),
     )
     amp = cfg["train"]["amp"]

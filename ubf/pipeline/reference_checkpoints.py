@@ -119,7 +119,7 @@ def load_diffusion_resume(path: str, cfg: dict) -> dict | None:
     get_logger().info("%s: reference checkpoint at iteration %d, epoch %d; EMA starts from these weights, random "
                       "streams from the seed and the step", gen_path, step, epoch)
     return {"stage": "diffusion", "format": "reference", "model": weights, "ema": None, "optimizer": optimizer,
-            "step": step, "epoch": epoch, "samples_seen": step * int(cfg["datasets"]["train"]["batch_size"]),
+            "step": step, "epoch": epoch, "samples_seen": None,  # set by training from the epoch or the step
             "config": cfg}
 
 
