@@ -128,3 +128,98 @@ def test_the_logged_loss_is_the_per_element_loss_once(tmp_path, five_files, loss
         assert 0.3 < record["loss_per_element"] < 3.0
         expected = record["loss"] / elements if loss_type == "l1_sum" else record["loss"]
         assert record["loss_per_element"] == pytest.approx(expected, rel=1e-12)
+
+
+# (2) and (3): which channels and bands reach a stage-1 network ------------------------------------
+
+N_BLOCKS = 1
+BANDS = 59
+
+
+@pytest.fixture(scope="module")
+def reference_weights():
+    """Weights in the layout of the reference's UnmixingAE (tests/reference_layouts.py), decoder non-negative."""
+    from reference_layouts import random_state, unmixing_layout
+    weights = random_state(unmixing_layout(N_BLOCKS, BANDS), seed=7, scale=0.05)
+    weights["decoderlayer.weight"] = weights["decoderlayer.weight"].abs()
+    return weights
+
+
+def rgb_folder(tmp_path, seed=5):
+    from PIL import Image
+    image = np.random.default_rng(seed).integers(0, 256, (14, 11, 3), dtype=np.uint8)
+    (tmp_path / "rgb").mkdir(exist_ok=True)
+    Image.fromarray(image).save(tmp_path / "rgb" / "a.png")
+    return str(tmp_path / "rgb"), image
+
+
+def as_cv2_reads_it(image: np.ndarray) -> torch.Tensor:
+    """MSF-Diff's RGBDataset (msf:core/loaddata.py:84-95): cv2.imread (B, G, R), one min-max over the image."""
+    bgr = image[:, :, ::-1].astype(np.float32)
+    bgr = (bgr - bgr.min()) / (bgr.max() - bgr.min())
+    return torch.from_numpy(bgr.transpose(2, 0, 1).copy())[None]
+
+
+def infer_one(ckpt: str, tmp_path, folder: str, kind: str = "--rgb") -> np.ndarray:
+    from ubf.cli.unmixing import main as unmixing_main
+    from ubf.data.matio import read_mat
+    out = tmp_path / "abu"
+    assert unmixing_main(["infer", "--ckpt", ckpt, kind, folder, "--out", str(out), "--device", "cpu",
+                          "--workers", "0"]) == 0
+    (name,) = [n for n in os.listdir(out) if n.endswith(".mat")]
+    return read_mat(str(out / name))
+
+
+def test_a_network_trained_on_bands_7_17_27_sees_rgb_images_as_the_reference_feeds_them(tmp_path, reference_weights):
+    """MSF-Diff trains on bands 7, 17, 27 in that channel order (msf:core/loaddata.py:16-22) and infers on
+    cv2.imread's B, G, R. Our preset "reference-7-17-27" trains the same channel order, so the same weights
+    must see the same B, G, R (they saw R, G, B: abundances 0.14 apart in the issue's measurement)."""
+    from reference_layouts import unmixing_forward
+    from ubf.core.checkpoint import save_checkpoint
+    from ubf.core.reference_format import swap_input_order, unmixing_from_reference
+    from ubf.pipeline.unmixing_config import load_unmixing_config
+    weights, model_cfg = unmixing_from_reference(reference_weights)
+    weights["encoder.stem.weight"] = swap_input_order(weights["encoder.stem.weight"])  # trained in the 7-17-27 order
+    cfg = load_unmixing_config(None, {"data.bands": "reference-7-17-27", "model.n_blocks": N_BLOCKS})
+    save_checkpoint({"stage": "unmixing", "model": weights, "config": cfg, "epoch": 0, "band_indices": [7, 17, 27],
+                     "in_channels": 3, "out_bands": BANDS}, str(tmp_path / "ours.pth"))
+    folder, image = rgb_folder(tmp_path)
+    ours = infer_one(str(tmp_path / "ours.pth"), tmp_path, folder)
+    expected, _ = unmixing_forward(reference_weights, as_cv2_reads_it(image), N_BLOCKS)
+    expected = expected[0].permute(1, 2, 0).numpy()
+    assert np.abs(ours["Abu"] - expected).max() < 2e-5
+    # the stored GT stays the image as read (R, G, B) in the project's layout
+    scaled = (image - image.min()) / float(image.max() - image.min())
+    assert np.allclose(ours["GT"], scaled, atol=1e-6)
+
+
+def test_an_imported_reference_checkpoint_on_hsi_cubes_takes_bands_7_17_27(tmp_path, reference_weights):
+    """MSF-Diff's HSIDataset gives its network bands 7, 17, 27 of the cube, min-maxed together
+    (msf:core/loaddata.py:47-50); its own checkpoint, used by `infer --hsi`, must get the same."""
+    from reference_layouts import unmixing_forward
+    torch.save({"epoch": 40, "model": reference_weights}, tmp_path / "UnmixingAE_Chikusei_latest.pth")
+    cube = np.random.default_rng(8).random((12, 10, BANDS)).astype(np.float32) * 3 + 1
+    (tmp_path / "hsi").mkdir()
+    write_mat(str(tmp_path / "hsi" / "c.mat"), {"Y": cube})
+    ours = infer_one(str(tmp_path / "UnmixingAE_Chikusei_latest.pth"), tmp_path, str(tmp_path / "hsi"), "--hsi")
+    three = cube[:, :, [7, 17, 27]]
+    three = (three - three.min()) / (three.max() - three.min())
+    expected, _ = unmixing_forward(reference_weights, torch.from_numpy(three.transpose(2, 0, 1).copy())[None],
+                                   N_BLOCKS)
+    assert np.abs(ours["Abu"] - expected[0].permute(1, 2, 0).numpy()).max() < 2e-5
+
+
+def test_export_keeps_the_band_list_and_import_reads_it_back(tmp_path):
+    from ubf.core.checkpoint import load_file, save_checkpoint
+    from ubf.models.unmixing import UnmixingAutoencoder
+    from ubf.pipeline.export_reference import main as export_main
+    from ubf.pipeline.reference_checkpoints import load_unmixing_checkpoint
+    from ubf.pipeline.unmixing_config import load_unmixing_config
+    cfg = load_unmixing_config(None, {"model.n_blocks": N_BLOCKS})
+    model = UnmixingAutoencoder(out_bands=BANDS, n_blocks=N_BLOCKS)
+    save_checkpoint({"stage": "unmixing", "model": model.state_dict(), "config": cfg, "epoch": 3,
+                     "band_indices": [53, 33, 14], "in_channels": 3, "out_bands": BANDS}, str(tmp_path / "ours.pth"))
+    assert export_main(["unmixing", str(tmp_path / "ours.pth"), str(tmp_path / "ref.pth")]) == 0
+    exported = load_file(str(tmp_path / "ref.pth"))
+    assert exported["input_bands"] == [14, 33, 53]  # the file's channel 0 is blue, as OpenCV feeds it
+    assert load_unmixing_checkpoint(str(tmp_path / "ref.pth"))["band_indices"] == [53, 33, 14]

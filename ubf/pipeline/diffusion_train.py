@@ -44,7 +44,7 @@ from ubf.core.errors import UserError
 from ubf.core.fs import remove_stale_temp_files
 from ubf.core.logs import setup_logging
 from ubf.core.previews import save_png
-from ubf.core.signals import StopRequest, ignore_stop_signals, signals_ignored
+from ubf.core.signals import StopRequest, signals_ignored, worker_init
 from ubf.core.tracking import start_tracking
 from ubf.data.abundance_dataset import (AbundanceDataset, AbundanceStream, EpochBatches, list_abundance_files,
                                         training_range)
@@ -321,7 +321,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
         # an own generator keeps the loader from drawing from the global RNG (resume exactness)
         return DataLoader(dataset, batch_sampler=EpochBatches(make_stream(start)), num_workers=workers,
                           generator=torch.Generator(), pin_memory=device.type == "cuda",
-                          worker_init_fn=ignore_stop_signals if workers else None)
+                          worker_init_fn=worker_init if workers else None)
 
     plan = make_stream(samples_seen)  # the same batches, sizes only: what each step's noise and rows are
     if per_epoch and world_size() > 1 and len(files) % global_batch and len(files) % global_batch < world_size():

@@ -5,8 +5,10 @@
 
 In: `load_unmixing_checkpoint` turns the reference's stage-1 `{"epoch", "model"}` into a checkpoint
 dict of ours (the reference stores no config: the paper's model settings are read from the tensor
-shapes, the input bands are the default R, G, B bands 53/33/14, or evenly spread ones when the
-cube has fewer bands); `load_diffusion_resume` turns a reference `I*_E*_gen.pth` + `I*_E*_opt.pth`
+shapes; the input bands are those MSF-Diff trains on, 7, 17, 27 in its channel order, which after the
+first layer's channels are turned round to our R, G, B order (`swap_input_order`) reads [27, 17, 7],
+or evenly spread ones when the cube has 27 bands or fewer; a file written by our export names its
+own bands in `input_bands`); `load_diffusion_resume` turns a reference `I*_E*_gen.pth` + `I*_E*_opt.pth`
 pair into a training state that `Diffusion.py -p train --resume` continues (the reference has no
 EMA, AMP scaler or RNG states: the EMA starts from the weights and the random streams are seeded
 from the run's seed and the step). The key names themselves live in `core.reference_format`.
@@ -53,14 +55,33 @@ def load_unmixing_checkpoint(path: str, for_model: bool = True) -> dict:
     cfg = copy.deepcopy(UNMIXING_DEFAULTS)
     cfg["model"].update(model_cfg)
     out_bands = int(weights["decoder.weight"].shape[0])
-    default_bands = cfg["data"]["bands"]
-    bands = default_bands if max(default_bands) < out_bands else evenly_spread_bands(out_bands)
+    bands = reference_input_bands(state, out_bands, path)
     cfg["data"]["bands"] = bands
-    get_logger().info("%s: a checkpoint of the reference code (epoch %s, %d bands); input bands %s", path,
-                      state.get("epoch"), out_bands, "/".join(map(str, bands)))
+    get_logger().info("%s: a checkpoint of the reference code (epoch %s, %d bands); input bands %s (the "
+                      "reference's channel order %s)", path, state.get("epoch"), out_bands, "/".join(map(str, bands)),
+                      "/".join(map(str, bands[::-1])))
     return {"stage": "unmixing", "format": "reference", "model": weights, "config": cfg,
             "epoch": int(state.get("epoch", 1)) - 1, "band_indices": list(bands),
             "in_channels": int(weights["encoder.stem.weight"].shape[1]), "out_bands": out_bands, "wavelengths": None}
+
+
+# The bands MSF-Diff's HSIDataset feeds the network, channel 0 first (msf:core/loaddata.py:16-22).
+REFERENCE_TRAINING_BANDS = (7, 17, 27)
+EXPORT_BANDS_KEY = "input_bands"  # our export's record of the bands, in the file's own channel order
+
+
+def reference_input_bands(state: dict, out_bands: int, path: str) -> list[int]:
+    """Our (R, G, B order) band list of a reference-format stage-1 checkpoint: its `input_bands` when our
+    export wrote them, else MSF-Diff's 7, 17, 27 (reversed, as the first layer is), else evenly spread."""
+    recorded = state.get(EXPORT_BANDS_KEY)
+    if recorded is not None:
+        if not isinstance(recorded, (list, tuple)) or len(recorded) != 3 or \
+                not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < out_bands for b in recorded):
+            raise UserError(f"{path}: '{EXPORT_BANDS_KEY}' must be 3 band indices below {out_bands}, got {recorded!r}")
+        return [int(b) for b in recorded][::-1]
+    if max(REFERENCE_TRAINING_BANDS) < out_bands:
+        return list(REFERENCE_TRAINING_BANDS)[::-1]
+    return evenly_spread_bands(out_bands)
 
 
 # stage 2 ----------------------------------------------------------------------------------------
@@ -132,12 +153,16 @@ def _refuse_existing(paths: list[str], overwrite: bool) -> None:
 
 
 def export_unmixing(ckpt: str, out: str, overwrite: bool = False) -> str:
-    """Write our stage-1 checkpoint `ckpt` as the reference's `{"epoch", "model"}` file `out`."""
+    """Write our stage-1 checkpoint `ckpt` as the reference's `{"epoch", "model"}` file `out`.
+
+    The file also names its input bands (`input_bands`, in its own channel order: ours reversed, as
+    the first layer is), which the reference's loaders ignore and ours read back."""
     state = load_unmixing_checkpoint(ckpt)
     try:
         reference = unmixing_checkpoint_to_reference(state)
     except ReferenceFormatError as err:
         raise UserError(f"{ckpt}: {err}") from None
+    reference[EXPORT_BANDS_KEY] = [int(b) for b in state["band_indices"]][::-1]
     _refuse_existing([out], overwrite)
     save_checkpoint(reference, out)
     return out

@@ -60,7 +60,9 @@ UNMIXING_DEFAULTS = {
     # `color_match`: "moments" matches RGB images' channel mean/std to the training inputs'
     # `tile`: 0 runs each image whole through the encoder, as the reference (images above 2048 x 2048 pixels
     # go in tiles of 1024 to bound memory, with a log line); N > 0: overlapping tiles of N x N, blended
-    "infer": {"tile": 0, "overlap": 32, "checkpoint": "latest", "color_match": "none"},
+    # `layout`: "project" (<image name>.mat with a `class` key, GT as R, G, B) or "reference" (0000.mat ... in
+    # os.listdir order with Abu, GT as B, G, R and Y only, as the reference writes them)
+    "infer": {"tile": 0, "overlap": 32, "checkpoint": "latest", "color_match": "none", "layout": "project"},
 }
 
 # Keys of the reference's argparse that a config may mention but this implementation does not need.
@@ -106,6 +108,7 @@ UNMIXING_RULES = {
     "infer.overlap": INT_NONNEGATIVE,
     "infer.checkpoint": ("latest", "best"),
     "infer.color_match": ("none", "moments"),
+    "infer.layout": ("project", "reference"),
 }
 
 

@@ -30,7 +30,7 @@ from ubf.core.errors import UserError
 from ubf.core.fs import require_folder
 from ubf.core.logs import get_logger, setup_logging
 from ubf.core.metrics import average_metrics, quality_assessment
-from ubf.core.signals import StopRequest, ignore_stop_signals
+from ubf.core.signals import StopRequest, worker_init
 from ubf.core.tracking import start_tracking
 from ubf.data.cubes import list_cube_files
 from ubf.data.hsi_dataset import HSICropDataset
@@ -295,7 +295,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             sampler.set_epoch(epoch)
             loader = DataLoader(train_set, batch_size=batch_size, sampler=list(sampler)[progress["steps"] * batch_size:],
                                 drop_last=False, num_workers=cfg["data"]["num_workers"],
-                                pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
+                                pin_memory=device.type == "cuda", worker_init_fn=worker_init)
             started = time.perf_counter() - progress["seconds"]
             bar = tqdm(batches(loader, stop), desc=f"epoch {epoch + 1}/{epochs}", total=len(loader), leave=False,
                        dynamic_ncols=True, disable=not main)
