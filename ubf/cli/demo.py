@@ -69,6 +69,10 @@ def prepare_output(out: str, overwrite: bool) -> None:
     earlier = [name for name in OWNED if os.path.exists(os.path.join(out, name))]
     if earlier and not overwrite:
         raise UserError(f"{out}: holds an earlier demo ({', '.join(earlier)}); use --overwrite or another --out")
+    links = [name for name in earlier if os.path.islink(os.path.join(out, name))]
+    if links:  # the demo never makes one: removing through it could reach files outside --out
+        raise UserError(f"{os.path.join(out, links[0])}: is a symbolic link, which the demo never writes; "
+                        "--overwrite removes only the demo's own outputs (remove it yourself or choose another --out)")
     for name in earlier:
         path = os.path.join(out, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -206,6 +210,12 @@ def main(argv=None) -> None:
     check_step_configs(args.unmixing_config, args.ddpm_config)
     out = os.path.abspath(args.out)
     check_output_path(out)
+    from ubf.core.runlock import RunLock
+    with RunLock(out, "demo.py"):
+        run_demo(args, out)
+
+
+def run_demo(args, out: str) -> None:
     prepare_output(out, args.overwrite)
     python, total = sys.executable, 8
     unmixing_config, ddpm_config = (os.path.abspath(c) if os.path.isfile(c) else os.path.join(ROOT, c)
