@@ -138,7 +138,7 @@ def test_our_stage1_checkpoint_exports_and_refuses_what_the_reference_cannot_hol
     assert "exists already" in capsys.readouterr().err
 
     narrow = UnmixingAutoencoder(out_bands=8, widths=(4, 4), n_blocks=1)
-    save_checkpoint(dict(state, model=narrow.state_dict(), out_bands=8,
+    save_checkpoint(dict(state, model=narrow.state_dict(), out_bands=8, band_indices=[7, 4, 1],
                          config=dict(cfg, model=dict(cfg["model"], widths=[4, 4], n_blocks=1))),
                     str(tmp_path / "narrow.pth"))
     with pytest.raises(SystemExit):

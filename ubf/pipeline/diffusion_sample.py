@@ -210,7 +210,8 @@ def load_weights_for_sampling(path: str, cfg: dict, device: torch.device, use_em
     if reference is not None:
         model_cfg, weights, which, step = cfg["model"], reference, "reference weights", checkpoint_step(path)
     else:
-        state = load_checkpoint(path, "diffusion")
+        from ubf.pipeline.reference_checkpoints import load_diffusion_checkpoint
+        state = load_diffusion_checkpoint(path)
         model_cfg = state["config"]["model"]
         if model_cfg["unet"] != cfg["model"]["unet"] or \
                 model_cfg["diffusion"]["image_size"] != cfg["model"]["diffusion"]["image_size"]:

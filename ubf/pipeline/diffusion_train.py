@@ -56,7 +56,7 @@ from ubf.pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, che
                                        discard_unused_run_folder, draw_samples, lock_run_folder, new_run_dir,
                                        plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
                                        run_subdirs, signed_abundance, to_abundance, unlock_run_folder)
-from ubf.pipeline.reference_checkpoints import load_diffusion_resume
+from ubf.pipeline.reference_checkpoints import load_diffusion_checkpoint, load_diffusion_resume
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -272,7 +272,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     log = setup_logging(level=logging.INFO if main else logging.WARNING)
     resume = resume or cfg["path"]["resume_state"]
     # a reference *_gen.pth + *_opt.pth pair, else one of our checkpoints
-    state = (load_diffusion_resume(resume, cfg) or load_checkpoint(resume, "diffusion")) if resume else None
+    state = (load_diffusion_resume(resume, cfg) or load_diffusion_checkpoint(resume, training=True)) if resume else None
     from_reference = state is not None and state.get("format") == "reference"
     file_labels = training_labels(cfg, state)  # None unless model.diffusion.class_conditional
     scaled = cfg["model"]["diffusion"].get("abundance_scaling", "none") == "channel_range"
@@ -352,14 +352,18 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     generator = torch.Generator(device=device).manual_seed(seed)
     if state is not None:
         unet.load_state_dict(plain_state_dict(state["model"]))
-        optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(plain_state_dict(state["ema"] if state.get("ema") is not None else state["model"]))
-        if state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        restore_process_rng(state, seed)
-        if state.get("generator") is not None:
-            generator.set_state(state["generator"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler") is not None:
+                scaler.load_state_dict(state["scaler"])
+            restore_process_rng(state, seed)
+            if state.get("generator") is not None:
+                generator.set_state(state["generator"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise UserError(f"{resume}: its optimizer, scaler or random-generator state cannot be restored "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})") from None
         log.info("resumed from %s at step %d", resume, start_step)
     model = wrap_model(unet, device)
     if train_cfg["compile"]:

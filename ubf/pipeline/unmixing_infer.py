@@ -51,7 +51,10 @@ def load_unmixing_model(path: str, device: torch.device) -> tuple[UnmixingAutoen
     """The autoencoder of an unmixing checkpoint, in eval mode on `device`, and the checkpoint dict."""
     state = load_unmixing_checkpoint(path)  # ours, or the reference's {"epoch", "model"}
     model = build_unmixing_model(state["config"]["model"], state.get("in_channels", 3), state["out_bands"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # the shapes were checked on loading: what is left is e.g. a dtype
+        raise UserError(f"{path}: the weights cannot be loaded ({str(err).splitlines()[0][:120]})") from None
     return model.to(device).eval(), state
 
 
