@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Sampler
 from ubf.core.abundance_scaling import channel_range, to_model_space
 from ubf.core.errors import UserError
 from ubf.core.fs import require_folder
+from ubf.core.logs import get_logger
 from ubf.data.matio import ABUNDANCE_KEYS, LazyMatArray
 
 FLIPS = ("none", "horizontal", "both")
@@ -36,8 +37,12 @@ ABUNDANCE_HINT = "the training data must be abundance maps (`Abu`, as `python Un
 def list_abundance_files(root: str, limit: int = -1) -> list[str]:
     """Sorted `.mat` files of `root` (the first `limit` when limit > 0); a clear error when none."""
     require_folder(root, "abundance folder", _HOW_TO_MAKE)
-    files = sorted(os.path.join(root, name) for name in os.listdir(root)
-                   if name.lower().endswith(".mat") and not name.startswith("."))
+    names = [name for name in os.listdir(root) if name.lower().endswith(".mat")]
+    hidden = [name for name in names if name.startswith(".")]
+    if hidden:  # temporary files of a writer, or files named to be skipped: say so rather than skip silently
+        get_logger().warning("%s: %d hidden .mat file(s) not used (e.g. %s); rename them without the leading dot "
+                             "to train on them", root, len(hidden), sorted(hidden)[0])
+    files = sorted(os.path.join(root, name) for name in names if not name.startswith("."))
     if not files:
         raise UserError(f"{root}: no .mat files ({_HOW_TO_MAKE})")
     return files[:limit] if limit and limit > 0 else files

@@ -36,10 +36,10 @@ def read_class(path: str) -> str | None:
 
 
 def check_class_names(names, source: str) -> list[str]:
+    """Distinct non-empty names (a comma is allowed: `--class` takes a whole name before splitting)."""
     names = list(names or [])
-    if any(not isinstance(n, str) or not n.strip() or "," in n for n in names) or len(set(names)) != len(names):
-        raise UserError(f"{source}: 'model.diffusion.class_names' must be distinct non-empty names without commas, "
-                        f"got {names!r}")
+    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
+        raise UserError(f"{source}: 'model.diffusion.class_names' must be distinct non-empty names, got {names!r}")
     return names
 
 
@@ -105,14 +105,21 @@ def drop_labels(labels: torch.Tensor, probability: float, global_batch: int, gen
 
 def requested_labels(class_names: list[str], request: str | None, count: int) -> list[int] | None:
     """Labels of `count` samples for `--class`: one name, several comma-separated names or `all` (an even
-    mix, cycling through the classes); None when no class is asked for."""
+    mix, cycling through the classes); None when no class is asked for. A request that is itself a class
+    name is that class, so a class named `a,b` (a folder name) can be chosen; `all` means every class
+    unless a class is called so."""
     if request is None or request == "":
         return None
     request = str(request)
     if not class_names:
         raise UserError(f"--class {request}: this checkpoint was trained without classes (train with "
                         "model.diffusion.class_conditional true to sample by class)")
-    wanted = list(class_names) if request == "all" else [name.strip() for name in request.split(",")]
+    if request in class_names:
+        wanted = [request]
+    elif request == "all":
+        wanted = list(class_names)
+    else:
+        wanted = [name.strip() for name in request.split(",")]
     unknown = [name for name in wanted if name not in class_names]
     if unknown:
         raise UserError(f"--class {request}: unknown class {', '.join(unknown)}; known: all, {', '.join(class_names)}")

@@ -57,6 +57,7 @@ from ubf.pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, che
                                        plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
                                        run_subdirs, signed_abundance, to_abundance, unlock_run_folder)
 from ubf.pipeline.reference_checkpoints import load_diffusion_checkpoint, load_diffusion_resume
+from ubf.pipeline.unmixing_infer import check_workers
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -239,6 +240,63 @@ def write_preview(cfg: dict, unet, paths: dict, step: int, device: torch.device,
     return path
 
 
+def activation_bytes_per_sample(model_cfg: dict) -> int:
+    """What one training sample's forward pass keeps for the backward pass, roughly: the sum of the outputs
+    of the UNet's layers, measured by a forward pass on the meta device (no memory, no arithmetic).
+    The paper's UNet at 256 x 256: 1.8 GiB per sample in float32."""
+    model_cfg = copy.deepcopy(model_cfg)
+    model_cfg["diffusion"]["class_conditional"] = False  # one embedding vector: nothing next to the feature maps
+    with torch.device("meta"):
+        unet = unet_from_config(model_cfg)
+    total = [0]
+
+    def count(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in unet.modules() if not list(m.children())]
+    size, channels = model_cfg["diffusion"]["image_size"], model_cfg["diffusion"]["channels"]
+    try:
+        with torch.no_grad():
+            unet(torch.zeros(1, channels, size, size, device="meta"), torch.zeros(1, device="meta"))
+    except (RuntimeError, NotImplementedError):  # an operation without a meta kernel: no estimate, no refusal
+        return 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0]
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for training on `device` (CUDA: the device's free memory; CPU: MemAvailable), None if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_batch_memory(model_cfg: dict, batch: int, device: torch.device, half: bool = False) -> None:
+    """Refuse, before anything is allocated, a batch whose activations alone exceed the free memory
+    (on the CPU an out-of-memory run is killed by the system without a word; on CUDA the estimate may
+    pass twice the free memory, as mixed precision and the allocator make it rough there)."""
+    free = available_memory(device)
+    if free is None:
+        return
+    need = activation_bytes_per_sample(model_cfg) * batch // (2 if half else 1)
+    limit = free * (2 if device.type == "cuda" else 1)
+    if need > limit:
+        per_sample = need / batch
+        raise UserError(f"datasets.train.batch_size {batch}: about {need / 2 ** 30:,.1f} GiB of activations "
+                        f"({per_sample / 2 ** 20:,.0f} MiB per sample, estimated), more than the {free / 2 ** 30:,.1f} "
+                        f"GiB free on {device}; at most {max(1, int(limit // per_sample))} fit (lower --batch-size)")
+
+
 def prepare_run_folder(cfg: dict, out_root: str, run_dir: str | None, resume: str | None, start_step: int,
                        seed: int) -> tuple[str, dict, str]:
     """(run folder, its sub-folders, the config file written there); rank 0 only."""
@@ -291,6 +349,11 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     start_step = int(state["step"]) if state else 0
     # the data is checked before a run folder exists, so a failed start leaves none behind
     files = list_abundance_files(data_cfg["dataroot"], data_cfg["data_len"])
+    check_workers(data_cfg["num_workers"], "datasets.train.num_workers")
+    # the reference's batches never exceed the files of an epoch; the stream batching takes batch_size as it is
+    largest = min(global_batch, len(files)) if data_cfg["batching"] == "epoch" else global_batch
+    check_batch_memory(cfg["model"], -(-largest // world_size()), device,
+                       half=amp_dtype(cfg["train"]["amp"]) is not None and device.type == "cuda")
     if scaled and not diff_cfg.get("abundance_range"):
         diff_cfg["abundance_range"] = training_range(files)
         log.info("abundance scaling: each channel's range over the training maps to [-1, 1] (low %s, high %s)",

@@ -7,6 +7,7 @@ import copy
 
 from ubf.core.config import apply_overrides, merge_config
 from ubf.core.errors import UserError
+from ubf.core.fs import check_run_name
 from ubf.core.logs import get_logger
 from ubf.core.profiles import apply_profile, load_profiled_config, resolve_profile
 from ubf.core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, Number,
@@ -115,6 +116,7 @@ UNMIXING_RULES = {
 def validate_unmixing_config(cfg: dict, source: str) -> dict:
     """Refuse wrong types and out-of-range values in one line naming the file and the key."""
     check_config(cfg, UNMIXING_RULES, source)
+    check_run_name(cfg["name"], source)
     for role in ("train", "val", "test"):
         folder = cfg["data"][role]
         if not (folder is None and role != "train") and not isinstance(folder, str):

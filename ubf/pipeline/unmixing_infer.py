@@ -202,6 +202,16 @@ class DecodedInputs(Dataset):
         return torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1))), ground_truth
 
 
+def check_workers(workers: int, what: str = "--workers") -> int:
+    """Loader processes this machine can start: at most 4 per CPU core (and 8 on any machine). Each is a
+    whole Python process with torch loaded; thousands of them exhaust memory and process slots."""
+    limit = max(8, 4 * (os.cpu_count() or 1))
+    if workers > limit:
+        raise UserError(f"{what} {workers}: more loader processes than this machine can run usefully "
+                        f"({os.cpu_count()} CPU cores; at most {limit})")
+    return workers
+
+
 def decoded_inputs(pending: list[tuple[str, str]], band_indices, key, n_bands: int, workers: int, moments=None,
                    input_norm: str = "bands"):
     """Iterate `DecodedInputs` in order; `workers` processes decode ahead (0: in this process).
@@ -390,6 +400,7 @@ def infer_folders(ckpt: str, rgb_dirs, hsi_dirs, out_dir: str, device: torch.dev
     process takes every WORLD_SIZE-th input and appends to the one shared manifest.
     """
     check_tiling(tile, overlap, tile_batch)
+    check_workers(workers)
     if layout not in LAYOUTS:
         raise UserError(f"--layout {layout}: expected one of {', '.join(LAYOUTS)}")
     model, state = load_unmixing_model(ckpt, device)

@@ -38,6 +38,7 @@ from ubf.models.losses import unmixing_loss
 from ubf.models.unmixing import build_unmixing_model
 from ubf.models.unmixing_init import linear_simplex_init, orthogonal_vertices
 from ubf.pipeline.unmixing_color import composite_moments
+from ubf.pipeline.unmixing_infer import check_workers
 
 NO_DATA_HELP = ("prepare HSI crops with `python -m ubf.data.prepare chikusei --src HyperspecVNIR_Chikusei_20140729.mat "
                 "--out dataset` (see README, Datasets), pass --train/--val/--test, or run `python demo.py`")
@@ -228,6 +229,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     log = setup_logging(os.path.join(out_dir, "train.log") if main else None,
                         level=logging.INFO if main else logging.WARNING)
     check_data_folders(cfg)
+    check_workers(cfg["data"]["num_workers"], "data.num_workers")
     seed_everything(cfg["train"]["seed"])
     tc = cfg["train"]
     batch_size = per_process_batch(tc["batch_size"])
