@@ -181,3 +181,10 @@ def test_val_in_the_reference_layout_writes_its_names_and_key(tmp_path, abundanc
     stored = sio.loadmat(os.path.join(run, "mat_results", names[0]))
     assert sorted(k for k in stored if not k.startswith("__")) == ["SR"] and stored["SR"].shape == (8, 8, 3)
     assert float(np.abs(stored["SR"]).max()) <= 1.0
+
+
+def test_demo_size_is_bounded_before_any_data_is_made(tmp_path, capsys):
+    from ubf.cli.demo import main as demo_main
+    line = refused(capsys, lambda: demo_main(["--size", "100000", "--out", str(tmp_path / "demo")]))
+    assert "argument --size: must be an integer in [8, 1024], got 100000" in line
+    assert not (tmp_path / "demo").exists()

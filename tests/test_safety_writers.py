@@ -227,3 +227,28 @@ def test_reference_layout_of_synthesis_numbers_in_listdir_order(tmp_path, synthe
         ours = sio.loadmat(out / "HSI" / f"{i:04d}.mat")
         assert sorted(k for k in ours if not k.startswith("__")) == ["Abu", "End", "HSI"]
         assert np.array_equal(ours["HSI"], read_mat(str(project / "HSI" / name))["HSI"])
+
+
+def test_synthesis_never_writes_through_a_linked_output_folder(tmp_path, synthesis_inputs, capsys):
+    samples, ckpt = synthesis_inputs
+    Synthesis.main(["--abundances", samples, "--ckpt", ckpt, "--out", str(tmp_path / "first"), "--device", "cpu"])
+    out = tmp_path / "syn"
+    out.mkdir()
+    os.symlink(tmp_path / "first" / "HSI", out / "HSI")  # --overwrite would replace the first run's cubes
+    before = {n: os.stat(tmp_path / "first" / "HSI" / n).st_mtime_ns for n in os.listdir(tmp_path / "first" / "HSI")}
+    line = one_line_error(capsys, lambda: Synthesis.main(["--abundances", samples, "--ckpt", ckpt, "--out", str(out),
+                                                          "--device", "cpu", "--overwrite"]))
+    assert f"{out / 'HSI'}: is a symbolic link; outputs are written only inside {out}" in line
+    assert {n: os.stat(tmp_path / "first" / "HSI" / n).st_mtime_ns for n in before} == before
+
+
+def test_a_size_numpy_cannot_allocate_is_one_line(monkeypatch, capsys):
+    """The last net under every CLI: numpy's MemoryError ("Unable to allocate ...") is one line, exit 2."""
+    from ubf.core.errors import cli_main
+
+    @cli_main
+    def main():
+        raise MemoryError("Unable to allocate 2.15 TiB for an array with shape (100000, 100000, 59)")
+
+    line = one_line_error(capsys, main)
+    assert line == "error: not enough memory (Unable to allocate 2.15 TiB for an array with shape (100000, 100000, 59))"

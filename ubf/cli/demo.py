@@ -23,7 +23,7 @@ import time
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import check_output_path, require_folder
 from ubf.core.profiles import add_profile_argument
-from ubf.core.validate import INT_ANY, INT_POSITIVE, flag
+from ubf.core.validate import INT_ANY, INT_POSITIVE, Number, flag
 from ubf.core.version import add_version_argument
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "improved stage-1 recipe)")
     parser.add_argument("--ddpm-config", default=DDPM_CONFIG)
     parser.add_argument("--seed", type=flag(INT_ANY), default=0, help="seed of the demo data")
-    parser.add_argument("--size", type=flag(INT_POSITIVE), default=64,
-                        help="height and width of the demo scenes and images")
+    parser.add_argument("--size", type=flag(Number(integer=True, low=8, high=1024)), default=64,
+                        help="height and width of the demo scenes and images (8 to 1024; real data: --data)")
     parser.add_argument("--overwrite", action="store_true", help="delete the outputs of an earlier demo in --out first")
     add_profile_argument(parser, default="improved")
     return parser

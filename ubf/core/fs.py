@@ -148,3 +148,15 @@ def check_run_name(name, source: str = "config") -> str:
         raise UserError(f"{source}: 'name' is {name!r}; a run name is one folder name (no '/', not '.' or '..'), "
                         "so that the run folder stays inside the output folder")
     return name
+
+
+def refuse_links_below(root: str, folders) -> None:
+    """Refuse output sub-folders of `root` that are symbolic links: writing or replacing files there would
+    touch another folder (outputs stay inside the output folder; a link at `root` itself is the user's choice)."""
+    for folder in folders:
+        path = folder
+        while os.path.abspath(path) != os.path.abspath(root) and path:
+            if os.path.islink(path):
+                raise UserError(f"{path}: is a symbolic link; outputs are written only inside {root}, never "
+                                "through a link (remove the link or choose another output folder)")
+            path = os.path.dirname(path)

@@ -32,7 +32,7 @@ from ubf.core.progress import tqdm  # a line every few percent when not on a ter
 
 from ubf.core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
 from ubf.core.errors import UserError
-from ubf.core.fs import atomic_output, flat_name, remove_stale_temp_files, require_folder
+from ubf.core.fs import atomic_output, flat_name, refuse_links_below, remove_stale_temp_files, require_folder
 from ubf.core.logs import get_logger
 from ubf.core.profiles import load_profiled_config
 from ubf.core.previews import grid, save_png, to_uint8
@@ -339,6 +339,7 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
 
     The output folder is locked for the run (a second writer is refused in one line)."""
     with RunLock(out_dir, "Synthesis.py"):
+        refuse_links_below(out_dir, [os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")])
         for folder in (out_dir, os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")):
             for stale in remove_stale_temp_files(folder):
                 get_logger().info("removed %s, left by an earlier run that was killed while writing", stale)

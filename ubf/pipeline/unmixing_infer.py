@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from ubf.core.progress import tqdm  # a line every few percent when not on a terminal
 
 from ubf.core.errors import UserError
-from ubf.core.fs import TEMP_MARK, ensure_folder, flat_name, remove_stale_temp_files
+from ubf.core.fs import TEMP_MARK, ensure_folder, flat_name, refuse_links_below, remove_stale_temp_files
 from ubf.core.logs import get_logger
 from ubf.core.runlock import RunLock
 from ubf.core.signals import die_with_parent
@@ -425,6 +425,7 @@ def _infer_into(model, state, ckpt, rgb_dirs, hsi_dirs, out_dir, device, tile, o
     elif color_match != "none":
         raise UserError(f"color_match must be 'none' or 'moments', got '{color_match}'")
     items = process_share(collect_inputs(rgb_dirs, hsi_dirs))
+    refuse_links_below(out_dir, [os.path.join(out_dir, "previews")])
     for stale in remove_stale_temp_files(out_dir) + remove_stale_temp_files(os.path.join(out_dir, "previews")):
         log.info("removed %s, left by an earlier run that was killed while writing", stale)
     manifest_path = os.path.join(out_dir, "manifest.jsonl")
