@@ -507,7 +507,7 @@ def check_loss_log(ref: dict, rows: list) -> None:
     ours.draw_noise_levels = lambda batch, device, generator=None: gamma
     torch.manual_seed(5)
     noise = torch.randn_like(x0)
-    loss = float(ours.training_loss(x0, noise=noise))
+    loss = float(ours.training_loss(x0, noise=noise).detach())
     numel = x0.numel()
     rows.append(("DDPM loss as logged (l1)", abs(logged - per_element(loss, "l1", numel)),
                  f"reference l_pix {logged:.6g}, ours {per_element(loss, 'l1', numel):.6g} (before the fix the log "

@@ -252,3 +252,17 @@ def test_a_size_numpy_cannot_allocate_is_one_line(monkeypatch, capsys):
 
     line = one_line_error(capsys, main)
     assert line == "error: not enough memory (Unable to allocate 2.15 TiB for an array with shape (100000, 100000, 59))"
+
+
+def test_demo_overwrite_never_removes_through_a_link(tmp_path):
+    from ubf.cli.demo import OWNED, prepare_output
+    from ubf.core.errors import UserError
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    out = tmp_path / "demo"
+    out.mkdir()
+    os.symlink(elsewhere, out / OWNED[0])
+    with pytest.raises(UserError, match="is a symbolic link, which the demo never writes"):
+        prepare_output(str(out), overwrite=True)
+    assert (elsewhere / "keep.txt").read_text() == "keep" and os.path.islink(out / OWNED[0])
