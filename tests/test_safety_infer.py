@@ -305,3 +305,18 @@ def test_reference_layout_numbers_outputs_in_listdir_order_and_stores_gt_as_bgr(
         assert sorted(n for n in os.listdir(out) if n.endswith(".mat")) == [f"{i:04d}.mat" for i in range(IMAGES + 1)]
     finally:
         os.remove(os.path.join(images, "zz.png"))
+
+
+def test_a_corrupt_hsi_file_fails_alone_and_the_batch_goes_on(tmp_path, capsys):
+    from test_safety_writers import corrupt_compressed_mat
+    import scipy.io as sio
+    ckpt = tiny_checkpoint(tmp_path / "u.pth")
+    folder = tmp_path / "hsi"
+    folder.mkdir()
+    sio.savemat(folder / "good.mat", {"Y": np.random.default_rng(0).random((8, 8, 6)).astype(np.float32)},
+                do_compression=True)
+    corrupt_compressed_mat(str(folder / "bad.mat"))
+    code = unmixing_main(["infer", "--ckpt", ckpt, "--hsi", str(folder), "--out", str(tmp_path / "abu"),
+                          "--device", "cpu", "--workers", "0"])
+    assert code == 1 and "bad.mat: not" in capsys.readouterr().err
+    assert sorted(n for n in os.listdir(tmp_path / "abu") if n.endswith(".mat")) == ["good.mat"]

@@ -266,3 +266,23 @@ def test_demo_overwrite_never_removes_through_a_link(tmp_path):
     with pytest.raises(UserError, match="is a symbolic link, which the demo never writes"):
         prepare_output(str(out), overwrite=True)
     assert (elsewhere / "keep.txt").read_text() == "keep" and os.path.islink(out / OWNED[0])
+
+
+def corrupt_compressed_mat(path, seed=0):
+    """A compressed MATLAB file whose zlib stream is damaged in the middle (the header stays readable)."""
+    abundances = np.random.default_rng(seed).dirichlet(np.ones(5), size=(16, 16)).astype(np.float32)
+    sio.savemat(path, {"SR": abundances * 2 - 1}, do_compression=True)
+    raw = bytearray(open(path, "rb").read())
+    for i in range(200, 260):
+        raw[i] ^= 0x55
+    open(path, "wb").write(bytes(raw))
+
+
+def test_a_corrupt_zlib_stream_stops_synthesis_before_any_output(tmp_path, synthesis_inputs, capsys):
+    samples, ckpt = synthesis_inputs
+    corrupt_compressed_mat(os.path.join(samples, "0_9_sample_abu.mat"))
+    out = tmp_path / "syn"
+    line = one_line_error(capsys, lambda: Synthesis.main(["--abundances", samples, "--ckpt", ckpt, "--out", str(out),
+                                                          "--device", "cpu"]))
+    assert "0_9_sample_abu.mat: not a readable .mat file (" in line
+    assert not (out / "HSI").exists() or os.listdir(out / "HSI") == []

@@ -24,6 +24,7 @@ import copy
 import glob
 import json
 import os
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -174,7 +175,12 @@ def sample_class(path: str) -> str | None:
 
 def check_abundance_file(path: str, k: int, ckpt: str) -> np.ndarray:
     """The (H, W, K) abundances of one file, refused when unreadable, non-finite or of another K."""
-    abundances = read_sampled_abundances(path)
+    try:
+        abundances = read_sampled_abundances(path)
+    except (zlib.error, ValueError, OSError, EOFError) as err:  # a damaged file the reader did not name
+        what = "zlib.error" if isinstance(err, zlib.error) else type(err).__name__
+        reason = str(err).splitlines()[0][:100] if str(err) else ""
+        raise UserError(f"{path}: not a readable .mat file ({what}: {reason})") from None
     if abundances.shape[2] != k:
         raise UserError(f"{path}: abundances have K = {abundances.shape[2]} endmembers, but {ckpt} has K = {k}")
     return abundances

@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -199,6 +200,10 @@ class DecodedInputs(Dataset):
                                                    self.moments, self.input_norm)
         except UserError as err:
             return err
+        except (zlib.error, ValueError, OSError, EOFError) as err:  # a damaged file the reader did not name:
+            what = "zlib.error" if isinstance(err, zlib.error) else type(err).__name__  # fails alone, not the batch
+            reason = str(err).splitlines()[0][:100] if str(err) else ""
+            return UserError(f"{path}: not readable ({what}: {reason})")
         return torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1))), ground_truth
 
 
