@@ -188,3 +188,17 @@ def test_demo_size_is_bounded_before_any_data_is_made(tmp_path, capsys):
     line = refused(capsys, lambda: demo_main(["--size", "100000", "--out", str(tmp_path / "demo")]))
     assert "argument --size: must be an integer in [8, 1024], got 100000" in line
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_k_above_the_sampled_pixels_is_one_line(tmp_path, capsys):
+    from ubf.cli import evaluate as Evaluate
+    for folder in ("real", "syn"):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            sio.savemat(tmp_path / folder / f"{i}.mat",
+                        {"HSI": np.random.default_rng(i).random((8, 8, 59)).astype(np.float32)})
+    line = refused(capsys, lambda: Evaluate.main(["generation", "--real", str(tmp_path / "real"), "--synthetic",
+                                                  str(tmp_path / "syn"), "--out", str(tmp_path / "report"),
+                                                  "--no-progress", "--feature-cache", "none", "--no-baselines",
+                                                  "--feature-steps", "1", "--k", "1000", "--prdc-cap", "2000"]))
+    assert "--k 1000: precision/recall need more sampled pixels than k (128 real, 128 synthetic)" in line
