@@ -8,7 +8,8 @@ once that run is known to be over.
 
 The lock file is written complete under a temporary name and linked into place, so another process
 never reads it half written. The processes of one torchrun job (same rendezvous id, master address
-and port) share a folder: the first one's lock admits the others. Within one process the lock is
+and port) share a folder: the first one's lock admits the others, and goes when that process ends
+(its shares are even, so the others end about then). Within one process the lock is
 re-entrant (a CLI and the function it calls may both take it); it goes when the outermost holder
 releases it.
 """
