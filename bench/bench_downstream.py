@@ -1,7 +1,7 @@
 """Benchmark the downstream networks: step times, convergence of the real-only arm, and where the spectral
 prior alone saturates.
 
-Sections (`--sections`, default all, in this order):
+Sections (`--sections`, default all; run in the order curves, saturation, steps):
 - `steps`: the time of one training step (batch 8, crop 64 by default) of every model on every task, for
   C = 59 and C = 205 bands, median of `--repeats` blocks of `--step-count` steps; `full` times the whole
   step of `evaluation.downstream._fit` (crops drawn from an in-memory 128 x 128 cube, the task's input
@@ -11,8 +11,9 @@ Sections (`--sections`, default all, in this order):
   convergence point is the first recorded step within 0.1 dB (and 0.2 dB) of the best recorded PSNR;
 - `saturation`: real-only, the same data: for denoising at each `--sigmas`, the per-pixel denoiser
   (`--model pixel`, 1 x 1 convolutions only) against the UNet, `--steps` each, with the noisy input's
-  PSNR; for sr4 the UNet against bicubic upsampling (the task's input). The gap UNet - pixel is what
-  spatial context adds beyond the spectral prior.
+  PSNR; for sr4 the UNet against bicubic upsampling (the task's input); and the UNet with the identity
+  skip path at `--curve-sigma` (the default is the linear one for denoising). The gap UNet - pixel is
+  what spatial context adds beyond the spectral prior.
 
 Prints Markdown tables and the load average; `--json FILE` also writes every figure.
 
@@ -32,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ubf.data.hsi_dataset import prepare_pair  # noqa: E402
 from ubf.data.matio import read_hsi  # noqa: E402
 from ubf.evaluation.downstream import (Curve, DownstreamSettings, _fit, default_bands, input_scores,  # noqa: E402
-                                       make_model, test_arm, train_arm)
+                                       make_model, skip_path, test_arm, train_arm)
 from ubf.evaluation.downstream_tasks import make_task  # noqa: E402
 from ubf.evaluation.synthetic_sets import PairSet  # noqa: E402
 
@@ -118,15 +119,16 @@ def curves(args, train, test) -> list[dict]:
 
 def saturation(args, train, test) -> list[dict]:
     rows = []
-    runs = [("denoise", sigma, model) for sigma in args.sigmas for model in ("pixel", "unet")]
-    runs += [("sr4", None, "unet")]
-    for task_name, sigma, model_name in runs:
+    runs = [("denoise", sigma, model, None) for sigma in args.sigmas for model in ("pixel", "unet")]
+    runs += [("denoise", args.curve_sigma, "unet", "identity"), ("sr4", None, "unet", None)]
+    for task_name, sigma, model_name, skip in runs:
         settings = DownstreamSettings(task=task_name, model=model_name, steps=args.steps, batch=args.batch,
-                                      crop=args.crop, noise_sigma=sigma or 0.1)
+                                      crop=args.crop, noise_sigma=sigma or 0.1, skip=skip)
         start = time.time()
         model = train_arm(train, None, settings, 0, CPU, False)
         scores = test_arm(model, test, CPU, settings)
-        row = {"task": task_name, "sigma": sigma, "model": model_name, "steps": args.steps, "psnr": scores["psnr"],
+        row = {"task": task_name, "sigma": sigma, "model": model_name, "skip": skip_path(settings),
+               "steps": args.steps, "psnr": scores["psnr"],
                "sam": scores["sam"], "input_psnr": input_scores(test, settings)["psnr"],
                "seconds": time.time() - start, "load": load()}
         print(json.dumps(row), flush=True)
@@ -159,12 +161,15 @@ def print_tables(results: dict) -> None:
         print("|---|---|---|---|---|---|")
         for sigma in sorted({r["sigma"] for r in rows if r["task"] == "denoise"}):
             pixel = next(r for r in rows if r["sigma"] == sigma and r["model"] == "pixel")
-            unet = next(r for r in rows if r["sigma"] == sigma and r["model"] == "unet")
+            unet = next(r for r in rows if r["sigma"] == sigma and r["model"] == "unet" and r["skip"] == "linear")
             print(f"| denoise sigma {sigma} | {unet['input_psnr']:.2f} | {pixel['psnr']:.2f} | {unet['psnr']:.2f} | "
                   f"{unet['psnr'] - pixel['psnr']:+.2f} | {unet['psnr'] - unet['input_psnr']:+.2f} |")
         for r in rows:
             if r["task"] == "sr4":
                 print(f"| sr4 | {r['input_psnr']:.2f} | - | {r['psnr']:.2f} | - | {r['psnr'] - r['input_psnr']:+.2f} |")
+            elif r["skip"] == "identity":
+                print(f"| denoise sigma {r['sigma']}, UNet with the identity skip path | {r['input_psnr']:.2f} | - | "
+                      f"{r['psnr']:.2f} | - | {r['psnr'] - r['input_psnr']:+.2f} |")
 
 
 def main() -> None:
@@ -188,14 +193,14 @@ def main() -> None:
     print(f"# bench_downstream: {' '.join(sys.argv[1:]) or '(defaults)'}; {args.threads} thread(s); {load()}",
           flush=True)
     results = {}
-    if "steps" in args.sections:
-        results["steps"] = step_times(args)
     if {"curves", "saturation"} & set(args.sections):
         train, test, _ = chikusei(args.data)
         if "curves" in args.sections:
             results["curves"] = curves(args, train, test)
         if "saturation" in args.sections:
             results["saturation"] = saturation(args, train, test)
+    if "steps" in args.sections:
+        results["steps"] = step_times(args)
     print_tables(results)
     print(f"\n{load()}")
     if args.json:

@@ -23,7 +23,7 @@ from ubf.core.profiles import add_profile_argument
 from ubf.core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            flag)
 from ubf.core.version import add_version_argument
-from ubf.evaluation.downstream_models import MODELS
+from ubf.evaluation.downstream_models import MODELS, PATHS
 from ubf.evaluation.downstream_tasks import TASKS
 
 
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(1 x 1 convolutions only)")
     down.add_argument("--width", type=flag(INT_POSITIVE), default=None,
                       help="network width (default: cnn 32, unet 16, pixel 64)")
+    down.add_argument("--skip", choices=PATHS, default=None,
+                      help="the skip path beside the network body: linear (a learned per-pixel linear map) or "
+                           "identity (the input plus a learned correction starting at zero); default: identity for sr4 and "
+                           "for the cnn's denoise (as before), linear otherwise")
     down.add_argument("--eval-every", type=flag(INT_POSITIVE), default=None, metavar="N",
                       help="record every arm's test PSNR every N steps (report curve.<arm>.seed<s>, plots/curves.png)")
     down.add_argument("--seeds", type=flag(INT_ANY), nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
@@ -183,6 +187,7 @@ def run_downstream_command(args, device) -> None:
         synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key, task=args.task,
         noise_sigma=args.noise_sigma, synthetic_norm=args.synthetic_norm, protocol=args.protocol,
         pretrain_steps=args.pretrain_steps, blur_sigma=args.blur_sigma, model=args.model, width=args.width,
+        skip=args.skip,
         eval_every=args.eval_every, endmember_mode=rendering["endmembers"], simplex=rendering["simplex"])
     run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress,
                    args.reuse_real_only, abundance_dir=args.abundances, endmembers=args.endmembers)

@@ -43,7 +43,8 @@ from ubf.data.bands import BAND_PRESETS, evenly_spread_bands, resolve_bands, sel
 from ubf.data.hsi_dataset import prepare_pair
 from ubf.data.cubes import read_cube
 from ubf.data.normalize import minmax
-from ubf.evaluation.downstream_models import SpectralReconstructionNet, build_model, default_width  # noqa: F401
+from ubf.evaluation.downstream_models import (SKIP_OVERRIDES, SpectralReconstructionNet,  # noqa: F401
+                                              build_model, default_width)
 from ubf.evaluation.downstream_tasks import check_crop, make_task, trimmed_size
 from ubf.evaluation.plots import downstream_bars, downstream_curves
 from ubf.evaluation.report import check_out_dir, write_json, write_markdown
@@ -73,6 +74,7 @@ class DownstreamSettings:
     noise_sigma: float = 0.1
     blur_sigma: float = 2.0  # sr4: Gaussian blur before decimation, in HR pixels
     model: str = "cnn"       # or "unet", "pixel" (downstream_models.MODELS)
+    skip: str | None = None  # the skip path beside the body: "linear" or "identity"; None: the task's default
     eval_every: int | None = None  # record the test PSNR every N steps (curve.<arm>.seed<s>)
     synthetic_norm: str = "minmax"  # or "as_is": synthetic targets unscaled (see the module docstring)
     protocol: str = "mix"           # or "pretrain": synthetic only for pretrain_steps, then real for steps
@@ -141,9 +143,17 @@ def as_source(pairs):
     return PairSet(pairs) if isinstance(pairs, list) else pairs
 
 
+def skip_path(settings: DownstreamSettings, task=None) -> str:
+    """The skip path beside the network body: `settings.skip`, else the model's override for the task
+    (`downstream_models.SKIP_OVERRIDES`), else the task's default."""
+    task = task or make_task(settings)
+    return settings.skip or SKIP_OVERRIDES.get(settings.model, {}).get(task.name) or task.path
+
+
 def make_model(settings: DownstreamSettings, bands: int, task=None):
     task = task or make_task(settings)
-    return build_model(settings.model, task.in_channels(bands), bands, task.path, settings.width, settings.blocks)
+    return build_model(settings.model, task.in_channels(bands), bands, skip_path(settings, task), settings.width,
+                       settings.blocks)
 
 
 class Curve:
@@ -266,17 +276,23 @@ def test_arm(model, test_pairs, device, settings: DownstreamSettings | None = No
 
 def input_scores(test_pairs, settings: DownstreamSettings) -> dict[str, float] | None:
     """The scores of the task's input taken as the answer (denoise: the noisy image; sr4: bicubic
-    upsampling of the LR image); None for tasks whose input has other bands than the target (rgb2hsi)."""
-    if make_task(settings).path != "identity":
+    upsampling of the LR image); None for tasks whose input has other channels than the target (rgb2hsi)."""
+    task = make_task(settings)
+    if task.in_channels(test_pairs[0][1].shape[2]) != test_pairs[0][1].shape[2]:
         return None
     return score(None, held_out_inputs(test_pairs, settings), None)
 
 
 # settings that decide the real-only arm: equal in two runs, equal real-only models (same seed, same data)
 REAL_ONLY_SETTINGS = ("steps", "batch", "crop", "lr", "width", "blocks", "test_fraction", "bands", "key", "task",
-                      "noise_sigma", "model", "blur_sigma")
-# what reports written before a setting existed did (they were all trained so)
-EARLIER_DEFAULTS = {"settings.model": "cnn", "settings.blur_sigma": 2.0}
+                      "noise_sigma", "model", "blur_sigma", "skip")
+
+
+def earlier_default(earlier: dict, key: str):
+    """What a report written before a setting existed did (every such model was trained so)."""
+    if key == "settings.skip":  # the cnn: a residual (identity) path for denoise, linear for rgb2hsi
+        return "identity" if earlier.get("settings.task") == "denoise" else "linear"
+    return {"settings.model": "cnn", "settings.blur_sigma": 2.0}.get(key)
 
 
 def reusable_real_only(path: str, report: dict, seeds: list[int]) -> dict | None:
@@ -289,7 +305,7 @@ def reusable_real_only(path: str, report: dict, seeds: list[int]) -> dict | None
     except (OSError, ValueError):
         return None
     same = all(earlier.get(k) == report.get(k) for k in ("real_dir", "split"))
-    same = same and all(earlier.get(f"settings.{k}", EARLIER_DEFAULTS.get(f"settings.{k}")) ==
+    same = same and all(earlier.get(f"settings.{k}", earlier_default(earlier, f"settings.{k}")) ==
                         report.get(f"settings.{k}") for k in REAL_ONLY_SETTINGS)
     if report.get("settings.eval_every"):
         same = same and earlier.get("settings.eval_every") == report["settings.eval_every"]
@@ -341,6 +357,7 @@ def run_downstream(real_dir: str, synthetic_dir: str | None, out_dir: str, setti
     task = make_task(settings)
     check_crop(task, settings.crop)
     settings.width = default_width(settings.model) if settings.width is None else settings.width
+    settings.skip = skip_path(settings, task)
     real_files = hsi_files(real_dir, "real")
     first, wavelengths = read_cube(real_files[0], settings.key)
     settings.bands = resolve_bands(settings.bands, first.shape[2], wavelengths) if settings.bands is not None \
@@ -348,8 +365,8 @@ def run_downstream(real_dir: str, synthetic_dir: str | None, out_dir: str, setti
     train_pairs, test_pairs, split = split_real(real_files, settings)
     synthetic, synthetic_where, synthetic_text = load_synthetic(synthetic_dir, abundance_dir, endmembers, settings,
                                                                 first.shape[2])
-    log.info("downstream %s, model %s (width %d): %s; %s; bands %s; seeds %s", task.describe(), settings.model,
-             settings.width, split, synthetic_text, settings.bands, settings.seeds)
+    log.info("downstream %s, model %s (width %d, %s skip path): %s; %s; bands %s; seeds %s", task.describe(),
+             settings.model, settings.width, settings.skip, split, synthetic_text, settings.bands, settings.seeds)
     report = {"real_dir": os.path.abspath(real_dir), "synthetic_dir": synthetic_where, "split": split,
               "task_description": task.describe(), "synthetic_set": synthetic_text, "n_synthetic_files": len(synthetic), "n_test_images": len(test_pairs)}
     if abundance_dir is not None:
@@ -409,7 +426,8 @@ def downstream_summary(report: dict, seeds: list[int]) -> list[str]:
              f"Real: `{report['real_dir']}` ({report['split']}). Synthetic: `{report['synthetic_dir']}` "
              f"({report.get('synthetic_set', str(report['n_synthetic_files']) + ' files')}). "
              f"Seeds: {', '.join(map(str, seeds))}; mean +/- std over seeds.", "",
-             f"Model: {report.get('settings.model', 'cnn')} (width {report.get('settings.width')}). "
+             f"Model: {report.get('settings.model', 'cnn')} (width {report.get('settings.width')}, "
+             f"{report.get('settings.skip')} skip path). "
              f"Protocol: {report.get('settings.protocol', 'mix')} (synthetic files normalised: "
              f"{report.get('settings.synthetic_norm', 'as_is')}).", "",
              "| arm | PSNR (dB) | SSIM | SAM (deg) | MRAE |", "|---|---|---|---|---|"]

@@ -1,18 +1,25 @@
 """The downstream tasks of `Evaluate.py downstream`, one small object each, found by name in `TASKS`.
 
 Every task turns a clean target crop (N, C, h, w) and its three input bands (N, 3, h, w) into the
-network's input and says how the network's output is built on it (`path`):
+network's input and names the default skip path beside the network's body (`path`; `--skip` overrides
+it): `linear`, a learned per-pixel linear map of the input, or `identity`, the input itself plus a
+learned per-pixel linear correction starting at zero (`downstream_models`).
 
-- `rgb2hsi`: the three bands -> all bands; `path="linear"`: a learned per-pixel linear map plus the body;
-- `denoise`: the target plus Gaussian noise of standard deviation `noise_sigma`; `path="identity"`: the
-  noisy input plus a learned correction;
+- `rgb2hsi`: the three bands -> all bands; `path="linear"`;
+- `denoise`: the target plus Gaussian noise of standard deviation `noise_sigma`; `path="linear"`: the
+  clean cube is close to a low-rank projection of the noisy one (a few spectra explain it), far from
+  the identity, so a model that starts as the identity spends its steps unlearning it. Measured on
+  Chikusei (train 118, test 282, sigma 0.1, 400 steps, batch 8, crop 64): UNet 25.7 dB with the
+  identity path against 36.7 dB with the linear one, the cnn 26.3 against 38.9 dB (the noisy input:
+  20.0 dB). The cnn keeps its earlier identity path unless told (`downstream_models.SKIP_OVERRIDES`);
 - `sr4`: x4 spatial super-resolution. The low-resolution image is a stated degradation of the clean HR
   crop: a Gaussian blur of `blur_sigma` HR pixels (kernel truncated at 3 sigma, i.e. radius
   round(3 sigma), normalised to sum 1; reflect padding, the edge pixel not repeated, scipy's `mirror`),
   then decimation by 4 keeping rows and columns 1, 5, 9, ... (offset 1: bicubic upsampling with
   `align_corners=False` puts LR pixel i at HR coordinate 4 i + 1.5, so the kept pixel is half an HR
   pixel from where it is drawn back). The network sees the LR image upsampled back to HR (bicubic,
-  `torch.nn.functional.interpolate`) and predicts the HR cube as a residual on it (`path="identity"`).
+  `torch.nn.functional.interpolate`) and predicts the HR cube as a residual on it (`path="identity"`:
+  UNet 33.1 dB against 31.7 dB with the linear path, bicubic 31.6 dB, in the same setting as above).
   Crops must be multiples of 4; test images are trimmed to the largest multiple of 4 (top-left).
 
 A new task is one class here and one row in `TASKS`.
@@ -92,7 +99,7 @@ class Rgb2Hsi:
 
 class Denoise:
     """HSI plus white Gaussian noise -> HSI."""
-    name, path, multiple = "denoise", "identity", 1
+    name, path, multiple = "denoise", "linear", 1
 
     def __init__(self, noise_sigma: float = 0.1):
         if not noise_sigma > 0:
