@@ -102,3 +102,19 @@ def test_test_inputs_are_whole_images_trimmed_to_four_and_the_same_every_time():
     noisy = held_out_inputs(pairs, DownstreamSettings(task="denoise"))
     assert noisy[0][0].shape == (1, 6, 30, 41)
     assert torch.equal(noisy[0][0], held_out_inputs(pairs, DownstreamSettings(task="denoise"))[0][0])
+
+
+def test_skip_path_defaults_and_override():
+    from ubf.evaluation.downstream import make_model, skip_path
+    assert skip_path(DownstreamSettings(task="denoise", model="unet")) == "linear"
+    assert skip_path(DownstreamSettings(task="denoise", model="pixel")) == "linear"
+    assert skip_path(DownstreamSettings(task="denoise", model="cnn")) == "identity"  # as before the UNet
+    assert skip_path(DownstreamSettings(task="sr4", model="unet")) == "identity"
+    assert skip_path(DownstreamSettings(task="rgb2hsi", model="cnn")) == "linear"
+    assert skip_path(DownstreamSettings(task="denoise", model="cnn", skip="linear")) == "linear"
+    # identity: the model starts as its input; linear: it does not
+    x = torch.rand(1, 6, 16, 16)
+    torch.manual_seed(0)
+    assert torch.equal(make_model(DownstreamSettings(task="denoise", model="unet", skip="identity"), 6)(x), x)
+    torch.manual_seed(0)
+    assert not torch.allclose(make_model(DownstreamSettings(task="denoise", model="unet"), 6)(x), x)
