@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --abundances: project the abundances onto the simplex (Synthesis.py --simplex; on "
                            "with --profile improved)")
     down.add_argument("--model", choices=tuple(MODELS), default="cnn",
-                      help="downstream network: cnn (9 x 9 receptive field, default), unet (about 48 pixels), pixel "
+                      help="downstream network: cnn (9 x 9 receptive field, default), unet (52 x 52), pixel "
                            "(1 x 1 convolutions only)")
     down.add_argument("--width", type=flag(INT_POSITIVE), default=None,
                       help="network width (default: cnn 32, unet 16, pixel 64)")

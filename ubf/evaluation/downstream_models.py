@@ -10,7 +10,7 @@ starts as the task's input and learns a correction (`_Path` says why the linear 
   (also its identity skip path for denoising, `SKIP_OVERRIDES`; `--skip linear` is far better there).
 - `unet` (default width 16): 1 x 1 conv in -> w, three levels of width w, 2w, 4w (two 3 x 3 convs +
   GELU each; 2 x 2 average pooling down, bilinear upsampling and a skip concatenation up), 1 x 1 conv
-  w -> bands, initialised to zero so the model starts as its path. Receptive field about 48 pixels
+  w -> bands, initialised to zero so the model starts as its path. Receptive field 52 pixels
   (measured by gradients in tests/test_downstream_models.py). Any H, W: inputs are padded (reflect) to
   a multiple of 4 and the output cropped back.
 - `pixel` (default width 64): 1 x 1 convolutions only (in -> w -> w -> bands, GELU): the spectral
