@@ -34,6 +34,7 @@ from ubf.data.hsi_dataset import prepare_pair  # noqa: E402
 from ubf.data.matio import read_hsi  # noqa: E402
 from ubf.evaluation.downstream import (Curve, DownstreamSettings, _fit, default_bands, input_scores,  # noqa: E402
                                        make_model, skip_path, test_arm, train_arm)
+from ubf.evaluation.downstream_models import default_lr  # noqa: E402
 from ubf.evaluation.downstream_tasks import make_task  # noqa: E402
 from ubf.evaluation.synthetic_sets import PairSet  # noqa: E402
 
@@ -92,6 +93,10 @@ def step_times(args) -> list[dict]:
     return rows
 
 
+def lr_setting(args) -> dict:
+    return {} if args.lr is None else {"lr": args.lr}
+
+
 def convergence(points, tolerance: float) -> int:
     best = max(p for _, p in points)
     return int(next(s for s, p in points if p >= best - tolerance))
@@ -101,13 +106,14 @@ def curves(args, train, test) -> list[dict]:
     rows = []
     for task_name in ("denoise", "sr4"):
         settings = DownstreamSettings(task=task_name, model="unet", steps=args.curve_steps, batch=args.batch,
-                                      crop=args.crop, noise_sigma=args.curve_sigma, eval_every=args.eval_every)
+                                      crop=args.crop, noise_sigma=args.curve_sigma, eval_every=args.eval_every,
+                                      **lr_setting(args))
         start = time.time()
         curve = Curve(settings.eval_every, test, CPU, settings)
         model = train_arm(train, None, settings, 0, CPU, False, curve)
         final = test_arm(model, test, CPU, settings)["psnr"]
         row = {"task": task_name, "sigma": args.curve_sigma if task_name == "denoise" else None,
-               "steps": args.curve_steps, "final_psnr": final, "best_psnr": max(p for _, p in curve.points),
+               "steps": args.curve_steps, "lr": settings.lr or default_lr("unet"), "final_psnr": final, "best_psnr": max(p for _, p in curve.points),
                "input_psnr": input_scores(test, settings)["psnr"],
                "within_0.1dB_step": convergence(curve.points, 0.1), "within_0.2dB_step": convergence(curve.points, 0.2),
                "within_0.5dB_step": convergence(curve.points, 0.5),
@@ -123,12 +129,12 @@ def saturation(args, train, test) -> list[dict]:
     runs += [("denoise", args.curve_sigma, "unet", "identity"), ("sr4", None, "unet", None)]
     for task_name, sigma, model_name, skip in runs:
         settings = DownstreamSettings(task=task_name, model=model_name, steps=args.steps, batch=args.batch,
-                                      crop=args.crop, noise_sigma=sigma or 0.1, skip=skip)
+                                      crop=args.crop, noise_sigma=sigma or 0.1, skip=skip, **lr_setting(args))
         start = time.time()
         model = train_arm(train, None, settings, 0, CPU, False)
         scores = test_arm(model, test, CPU, settings)
         row = {"task": task_name, "sigma": sigma, "model": model_name, "skip": skip_path(settings),
-               "steps": args.steps, "psnr": scores["psnr"],
+               "steps": args.steps, "lr": settings.lr or default_lr(model_name), "psnr": scores["psnr"],
                "sam": scores["sam"], "input_psnr": input_scores(test, settings)["psnr"],
                "seconds": time.time() - start, "load": load()}
         print(json.dumps(row), flush=True)
@@ -179,6 +185,8 @@ def main() -> None:
                         default=["steps", "curves", "saturation"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the curves and saturation runs "
+                        "(default: the downstream default)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per step time (median)")
     parser.add_argument("--step-count", type=int, default=5, help="steps per timed block")
     parser.add_argument("--curve-steps", type=int, default=3000)

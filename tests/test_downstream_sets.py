@@ -128,6 +128,7 @@ def test_cli_abundance_set_with_unet_sr4_and_curves(material):
     assert report["n_synthetic_files"] == 3  # abundance sets are not capped
     assert report["settings.model"] == "unet" and report["settings.width"] == 16
     assert report["settings.skip"] == "identity" and report["task_description"].startswith("x4 super-resolution")
+    assert report["settings.lr"] == 1e-3  # the UNet's default (the cnn keeps 2e-3)
     assert report["settings.endmember_mode"] == "minmax" and report["settings.simplex"] is False
     assert [s for s, _ in report["curve.real_only.seed0"]] == [0, 2, 4]
     # steps counted across pre-training (3) and fine-tuning (4): 0, 2, 4, 6 and the last, 7

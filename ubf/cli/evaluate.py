@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE), default=8,
                       help="training batch (default 8)")
     down.add_argument("--crop", type=flag(INT_POSITIVE), default=32, help="training crop side (default 32)")
-    down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=2e-3,
-                      help="learning rate (default 2e-3)")
+    down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=None,
+                      help="learning rate (default: 2e-3 for cnn and pixel, 1e-3 for unet)")
     down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
     down.add_argument("--task", choices=tuple(TASKS), default="rgb2hsi",

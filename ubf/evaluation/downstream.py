@@ -44,7 +44,7 @@ from ubf.data.hsi_dataset import prepare_pair
 from ubf.data.cubes import read_cube
 from ubf.data.normalize import minmax
 from ubf.evaluation.downstream_models import (SKIP_OVERRIDES, SpectralReconstructionNet,  # noqa: F401
-                                              build_model, default_width)
+                                              build_model, default_lr, default_width)
 from ubf.evaluation.downstream_tasks import check_crop, make_task, trimmed_size
 from ubf.evaluation.plots import downstream_bars, downstream_curves
 from ubf.evaluation.report import check_out_dir, write_json, write_markdown
@@ -62,7 +62,7 @@ class DownstreamSettings:
     steps: int = 1000
     batch: int = 8
     crop: int = 32
-    lr: float = 2e-3
+    lr: float | None = None   # None: the model's default (cnn and pixel 2e-3, unet 1e-3)
     width: int | None = None  # None: the model's default (cnn 32, unet 16, pixel 64)
     blocks: int = 2           # cnn only
     synthetic_fraction: float = 0.5
@@ -213,7 +213,7 @@ def _fit(model, task, train_pairs, synthetic_pairs, synthetic_fraction: float, s
          progress: bool, curve: Curve | None = None, last: bool = True) -> None:
     """`steps` Adam steps with a cosine schedule of their own; each crop from `synthetic_pairs` with
     probability `synthetic_fraction`, else from `train_pairs` (crop sources)."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr or default_lr(settings.model))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
     model.train()
     bar = tqdm(range(steps), desc=label, disable=not progress, dynamic_ncols=True, leave=False)
@@ -358,6 +358,7 @@ def run_downstream(real_dir: str, synthetic_dir: str | None, out_dir: str, setti
     check_crop(task, settings.crop)
     settings.width = default_width(settings.model) if settings.width is None else settings.width
     settings.skip = skip_path(settings, task)
+    settings.lr = default_lr(settings.model) if settings.lr is None else settings.lr
     real_files = hsi_files(real_dir, "real")
     first, wavelengths = read_cube(real_files[0], settings.key)
     settings.bands = resolve_bands(settings.bands, first.shape[2], wavelengths) if settings.bands is not None \

@@ -127,11 +127,14 @@ class PixelNet(nn.Module):
         return self.path(x) + self.body(x)
 
 
-# name -> (default width, builder(in_channels, bands, path, width, blocks))
+# name -> (default width, builder(in_channels, bands, path, width, blocks), default learning rate)
+# The UNet's: at 2e-3 its real-only denoising curve blew up once (38.1 dB at step 500, -8 dB at 600) and
+# its sr4 curve fell 0.7 dB after step 400; 1e-3 climbed smoothly (bench/bench_downstream.py, docs/evaluation.md).
 MODELS = {
-    "cnn": (32, lambda i, c, path, w, blocks: SpectralReconstructionNet(c, w, blocks, i, residual=path == "identity")),
-    "unet": (16, lambda i, c, path, w, blocks: DownstreamUNet(i, c, w, path)),
-    "pixel": (64, lambda i, c, path, w, blocks: PixelNet(i, c, w, path)),
+    "cnn": (32, lambda i, c, path, w, blocks: SpectralReconstructionNet(c, w, blocks, i, residual=path == "identity"),
+            2e-3),
+    "unet": (16, lambda i, c, path, w, blocks: DownstreamUNet(i, c, w, path), 1e-3),
+    "pixel": (64, lambda i, c, path, w, blocks: PixelNet(i, c, w, path), 2e-3),
 }
 
 
@@ -144,6 +147,11 @@ def default_width(name: str) -> int:
     if name not in MODELS:
         raise UserError(f"downstream model {name!r}: expected one of {', '.join(MODELS)}")
     return MODELS[name][0]
+
+
+def default_lr(name: str) -> float:
+    default_width(name)  # checks the name
+    return MODELS[name][2]
 
 
 def build_model(name: str, in_channels: int, bands: int, path: str, width: int | None = None,
