@@ -128,15 +128,21 @@ def downstream_curves(report: dict, path: str, arms=("real_only", "real_plus_syn
     the real-only arm bold; a dotted line where pre-training ends (protocol pretrain)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     colours = {"real_only": "black", "real_plus_synthetic": "tab:green"}
+    values = []
     for arm in arms:
         keys = sorted(k for k in report if k.startswith(f"curve.{arm}.seed") and report[k])
         for index, key in enumerate(keys):
             points = np.asarray(report[key], dtype=np.float64)
+            values.append(points[:, 1])
             ax.plot(points[:, 0], points[:, 1], color=colours.get(arm), linewidth=2.4 if arm == "real_only" else 1.2,
                     alpha=0.9, label=arm.replace("_", " ") if index == 0 else None)
     if report.get("settings.protocol") == "pretrain" and any(k.startswith("curve.real_plus_synthetic") for k in report):
         pretrain = report.get("settings.pretrain_steps") or report.get("settings.steps")
         ax.axvline(pretrain, color="tab:green", linestyle=":", linewidth=1, label="end of pre-training")
+    if values:  # a rare divergent step (far below the rest) must not flatten every curve
+        values = np.concatenate(values)
+        low, high = float(np.percentile(values, 3)), float(values.max())
+        ax.set_ylim(low - 0.1 * max(high - low, 0.1), high + 0.05 * max(high - low, 0.1))
     ax.set_xlabel("training step")
     ax.set_ylabel("test PSNR (dB)")
     ax.grid(alpha=0.3)
