@@ -94,6 +94,9 @@ def test_brightness_multiplies_and_extremes_are_streamed(material, monkeypatch):
     three = hsi[..., BANDS]
     np.testing.assert_allclose(model_input, (three - three.min()) / (three.max() - three.min()), atol=2e-6)
     assert source.nbytes() == abu.nbytes + bright.nbytes  # abundances (and brightness) only
+    as_is = load_abundance_set(str(folder), ckpt, BANDS, "raw", False, synthetic_norm="as_is")
+    np.testing.assert_allclose(as_is.pair(0)[1], hsi, rtol=1e-5)  # the target as rendered
+    np.testing.assert_allclose(as_is.pair(0)[0], model_input, atol=2e-6)  # the input still min-maxed
 
 
 def test_bad_abundance_files_are_one_line_errors(material):

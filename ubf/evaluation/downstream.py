@@ -323,8 +323,11 @@ def load_synthetic(synthetic_dir: str | None, abundance_dir: str | None, endmemb
     if abundance_dir is not None:
         if endmembers is None:
             raise UserError("an abundance set needs the unmixing checkpoint of its endmembers (--endmembers CKPT)")
+        if settings.synthetic_norm not in SYNTHETIC_NORMS:
+            raise UserError(f"synthetic normalisation {settings.synthetic_norm!r}: expected one of "
+                            f"{', '.join(SYNTHETIC_NORMS)}")
         source = load_abundance_set(abundance_dir, endmembers, settings.bands, settings.endmember_mode,
-                                    settings.simplex)
+                                    settings.simplex, settings.synthetic_norm)
         where = os.path.abspath(abundance_dir)
         text = (f"{len(source)} abundance maps rendered on the fly (endmembers of {endmembers}, "
                 f"{settings.endmember_mode}, {'simplex' if settings.simplex else 'no simplex'})")

@@ -64,8 +64,9 @@ class AbundanceSet:
     """Abundance maps rendered on the fly into normalised (three bands, HSI) crops."""
 
     def __init__(self, paths: list[str], abundances: list[np.ndarray], brightness: list[np.ndarray | None],
-                 endmembers: np.ndarray, band_indices, simplex: bool):
+                 endmembers: np.ndarray, band_indices, simplex: bool, normalise_target: bool = True):
         self.paths, self.abundances, self.brightness = paths, abundances, brightness
+        self.normalise_target = normalise_target  # False: `synthetic_norm="as_is"`, the target as rendered
         self.endmembers, self.band_indices, self.simplex = endmembers, list(band_indices), simplex
         self.bands = endmembers.shape[0]
         self.extremes = [self._extremes(i) for i in range(len(paths))]
@@ -96,7 +97,8 @@ class AbundanceSet:
         """(three bands (h, w, 3), target (h, w, C)) of a window, normalised by the whole file's extremes."""
         hsi = self.render(index, rows, cols)
         lo, hi, lo3, hi3 = self.extremes[index]
-        return minmax(select_bands(hsi, self.band_indices), lo3, hi3), minmax(hsi, lo, hi)
+        target = minmax(hsi, lo, hi) if self.normalise_target else hsi.astype(np.float32)
+        return minmax(select_bands(hsi, self.band_indices), lo3, hi3), target
 
     def crop(self, index: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         top, left, turn, flip = draw_window(*self.abundances[index].shape[:2], size, rng)
@@ -122,9 +124,10 @@ def read_brightness(path: str, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def load_abundance_set(folder: str, ckpt: str, band_indices, endmember_mode: str = "minmax",
-                       simplex: bool = False) -> AbundanceSet:
+                       simplex: bool = False, synthetic_norm: str = "minmax") -> AbundanceSet:
     """Every abundance file of `folder` (`Abu`, or `SR` in [-1, 1] read as Synthesis.py reads it) with the
-    endmembers of the unmixing checkpoint `ckpt` prepared as `Synthesis.py --endmembers MODE` does."""
+    endmembers of the unmixing checkpoint `ckpt` prepared as `Synthesis.py --endmembers MODE` does;
+    `synthetic_norm="as_is"` leaves the targets as rendered (the inputs are min-max scaled either way)."""
     files = list_mat_files(folder)
     if not files:
         raise UserError(f"{folder}: no .mat abundance files found")
@@ -138,7 +141,8 @@ def load_abundance_set(folder: str, ckpt: str, band_indices, endmember_mode: str
         maps = np.ascontiguousarray(check_abundance_file(path, k, ckpt), dtype=np.float32)
         abundances.append(maps)
         brightness.append(read_brightness(path, maps.shape[:2]))
-    source = AbundanceSet(files, abundances, brightness, endmembers, band_indices, simplex)
+    source = AbundanceSet(files, abundances, brightness, endmembers, band_indices, simplex,
+                          normalise_target=synthetic_norm == "minmax")
     with_bright = sum(b is not None for b in brightness)
     get_logger().info("abundance set %s: %d maps (%d with Bright), K = %d, %d bands, endmembers %s, %s; "
                       "%s of maps in memory", os.path.abspath(folder), len(files), with_bright, k, bands,
