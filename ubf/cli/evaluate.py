@@ -4,6 +4,7 @@ summary.md and PNG plots into --out.
     python Evaluate.py reconstruction --ckpt CKPT --hsi DIR --out DIR
     python Evaluate.py generation --real DIR --synthetic DIR --out DIR [--pixel-cap N] [--seed S]
     python Evaluate.py downstream --real DIR --synthetic DIR --out DIR [--seeds 0 1 2] [--steps N]
+    python Evaluate.py downstream --real DIR --abundances DIR --endmembers CKPT --out DIR [--task sr4 --model unet]
 
 See docs/evaluation.md for what every metric and report key means.
 """
@@ -22,6 +23,8 @@ from ubf.core.profiles import add_profile_argument
 from ubf.core.validate import (FLOAT_POSITIVE, FRACTION_OPEN, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
                            flag)
 from ubf.core.version import add_version_argument
+from ubf.evaluation.downstream_models import MODELS, PATHS
+from ubf.evaluation.downstream_tasks import TASKS
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -82,27 +85,54 @@ def build_parser() -> argparse.ArgumentParser:
                           "the DDPM's own training abundance maps, the like-for-like reference of its samples)")
     _common(gen)
 
-    down = sub.add_parser("downstream", help="RGB-to-HSI reconstruction trained on real vs real+synthetic")
+    down = sub.add_parser("downstream", help="a downstream task (RGB-to-HSI, denoising, x4 super-resolution) trained "
+                          "on real vs real+synthetic")
     down.add_argument("--real", required=True, help="folder of real HSIs (.mat, ENVI or TIFF; train and held-out "
                       "test)")
-    down.add_argument("--synthetic", required=True, help="folder of synthetic HSIs (.mat, ENVI or TIFF)")
+    which = down.add_mutually_exclusive_group(required=True)
+    which.add_argument("--synthetic", help="folder of synthetic HSIs (.mat, ENVI or TIFF)")
+    which.add_argument("--abundances", help="folder of abundance .mat files (Abu of Unmixing.py infer, or SR of "
+                       "Diffusion.py -p val; optional Bright) rendered on the fly with --endmembers, as Synthesis.py "
+                       "renders them")
+    down.add_argument("--endmembers", metavar="CKPT", help="with --abundances: the unmixing checkpoint (or run folder) "
+                      "whose decoder gives the endmembers")
+    down.add_argument("--endmember-mode", choices=("raw", "minmax"), default=None,
+                      help="with --abundances: Synthesis.py --endmembers (default minmax, the reference; raw with "
+                           "--profile improved)")
+    down.add_argument("--simplex", action="store_true", default=None,
+                      help="with --abundances: project the abundances onto the simplex (Synthesis.py --simplex; on "
+                           "with --profile improved)")
+    down.add_argument("--model", choices=tuple(MODELS), default="cnn",
+                      help="downstream network: cnn (9 x 9 receptive field, default), unet (52 x 52), pixel "
+                           "(1 x 1 convolutions only)")
+    down.add_argument("--width", type=flag(INT_POSITIVE), default=None,
+                      help="network width (default: cnn 32, unet 16, pixel 64)")
+    down.add_argument("--skip", choices=PATHS, default=None,
+                      help="the skip path beside the network body: linear (a learned per-pixel linear map) or "
+                           "identity (the input plus a learned correction starting at zero); default: identity for sr4 and "
+                           "for the cnn's denoise (as before), linear otherwise")
+    down.add_argument("--eval-every", type=flag(INT_POSITIVE), default=None, metavar="N",
+                      help="record every arm's test PSNR every N steps (report curve.<arm>.seed<s>, plots/curves.png)")
     down.add_argument("--seeds", type=flag(INT_ANY), nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     down.add_argument("--steps", type=flag(INT_POSITIVE), default=1000, help="training steps per model (default 1000)")
     down.add_argument("--batch-size", "--batch_size", dest="batch_size", type=flag(INT_POSITIVE), default=8,
                       help="training batch (default 8)")
     down.add_argument("--crop", type=flag(INT_POSITIVE), default=32, help="training crop side (default 32)")
-    down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=2e-3,
-                      help="learning rate (default 2e-3)")
+    down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=None,
+                      help="learning rate (default: 2e-3 for cnn and pixel, 1e-3 for unet)")
     down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
-    down.add_argument("--task", choices=("rgb2hsi", "denoise"), default="rgb2hsi",
-                      help="rgb2hsi (3 bands -> all, default) or denoise (HSI + Gaussian noise -> HSI, spatial)")
+    down.add_argument("--task", choices=tuple(TASKS), default="rgb2hsi",
+                      help="rgb2hsi (3 bands -> all, default), denoise (HSI + Gaussian noise -> HSI) or sr4 (x4 "
+                           "super-resolution from a blurred, decimated copy)")
     down.add_argument("--noise-sigma", type=flag(FLOAT_POSITIVE), default=0.1,
                       help="noise of the denoise task (default 0.1)")
+    down.add_argument("--blur-sigma", type=flag(FLOAT_POSITIVE), default=2.0,
+                      help="sr4: Gaussian blur before the decimation, in HR pixels (default 2.0)")
     down.add_argument("--test-fraction", type=flag(FRACTION_OPEN), default=0.5,
                       help="share of real files held out (default 0.5)")
     down.add_argument("--synthetic-cap", type=flag(INT_POSITIVE), default=256,
-                      help="synthetic files loaded at most (default 256)")
+                      help="synthetic HSI files loaded at most (default 256; abundance sets are never capped)")
     down.add_argument("--protocol", choices=("mix", "pretrain"), default="mix",
                       help="mix: synthetic crops in the batches of arm (b) (default); pretrain: arm (b) trains on "
                            "synthetic only for --pretrain-steps, then fine-tunes on real for --steps")
@@ -145,14 +175,38 @@ def run_downstream_command(args, device) -> None:
         raise UserError(f"--synthetic-fraction {args.synthetic_fraction} must be in [0, 1]")
     if not 0 < args.test_fraction < 1:
         raise UserError(f"--test-fraction {args.test_fraction} must be in (0, 1)")
+    rendering = {"endmembers": "minmax", "simplex": False}
+    if args.abundances is not None:
+        rendering = rendering_settings(args)
+    elif args.endmembers is not None or args.endmember_mode is not None or args.simplex is not None:
+        raise UserError("--endmembers, --endmember-mode and --simplex render --abundances; with --synthetic "
+                        "the HSIs are taken as they are")
     settings = DownstreamSettings(
         seeds=args.seeds, steps=args.steps, batch=args.batch_size, crop=args.crop, lr=args.lr,
         synthetic_fraction=args.synthetic_fraction, test_fraction=args.test_fraction,
         synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key, task=args.task,
         noise_sigma=args.noise_sigma, synthetic_norm=args.synthetic_norm, protocol=args.protocol,
-        pretrain_steps=args.pretrain_steps)
+        pretrain_steps=args.pretrain_steps, blur_sigma=args.blur_sigma, model=args.model, width=args.width,
+        skip=args.skip,
+        eval_every=args.eval_every, endmember_mode=rendering["endmembers"], simplex=rendering["simplex"])
     run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress,
-                   args.reuse_real_only)
+                   args.reuse_real_only, abundance_dir=args.abundances, endmembers=args.endmembers)
+
+
+def rendering_settings(args) -> dict:
+    """How --abundances are rendered: Synthesis.py's settings for the same profile and flags; resolves a
+    run folder given as --endmembers to its checkpoint."""
+    from ubf.pipeline.synthesis import load_synthesis_settings
+    from ubf.pipeline.unmixing_infer import newest_unmixing_checkpoint
+    if args.endmembers is None:
+        raise UserError("--abundances needs --endmembers CKPT (the unmixing checkpoint whose endmembers render them)")
+    rendering = load_synthesis_settings(None, args.profile, {"endmembers": args.endmember_mode,
+                                                            "simplex": args.simplex})
+    if os.path.isdir(args.endmembers):
+        args.endmembers = newest_unmixing_checkpoint(args.endmembers, prefer=rendering["checkpoint"])
+    get_logger().info("abundances rendered as Synthesis.py does with profile %s: endmembers %s, %s",
+                      rendering["profile"], rendering["endmembers"], "simplex" if rendering["simplex"] else "no simplex")
+    return rendering
 
 
 def run_reconstruction_command(args, device) -> None:

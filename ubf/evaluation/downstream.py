@@ -20,6 +20,11 @@ Synthetic files get the same preprocessing (`synthetic_norm="minmax"`): an input
 beside a target left in its own narrower range teaches another input-to-target map than the real
 files' and cost up to 3.5 dB by itself (docs/evaluation.md). `"as_is"` keeps synthetic targets
 unscaled (inputs still stretched), the behaviour before that was measured.
+
+Tasks (`task`: rgb2hsi, denoise, sr4) live in `downstream_tasks.py`, networks (`model`: cnn, unet,
+pixel) in `downstream_models.py`, crop sources (HSI files in memory, or abundance maps rendered on the
+fly, `abundance_dir`) in `synthetic_sets.py`. With `eval_every` N each arm's test PSNR is recorded
+every N steps (pre-training and fine-tuning counted together) as `curve.<arm>.seed<s>`.
 """
 import json
 import os
@@ -28,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from ubf.core.progress import tqdm  # a line every few percent when not on a terminal
 
@@ -39,9 +43,13 @@ from ubf.data.bands import BAND_PRESETS, evenly_spread_bands, resolve_bands, sel
 from ubf.data.hsi_dataset import prepare_pair
 from ubf.data.cubes import read_cube
 from ubf.data.normalize import minmax
-from ubf.evaluation.plots import downstream_bars
+from ubf.evaluation.downstream_models import (SKIP_OVERRIDES, SpectralReconstructionNet,  # noqa: F401
+                                              build_model, default_lr, default_width)
+from ubf.evaluation.downstream_tasks import check_crop, make_task, trimmed_size
+from ubf.evaluation.plots import downstream_bars, downstream_curves
 from ubf.evaluation.report import check_out_dir, write_json, write_markdown
 from ubf.evaluation.sampling import hsi_files
+from ubf.evaluation.synthetic_sets import PairSet, draw_window, load_abundance_set, oriented
 
 ARMS = ("real_only", "real_plus_synthetic")
 METRICS = ("psnr", "ssim", "sam", "mrae")
@@ -54,44 +62,25 @@ class DownstreamSettings:
     steps: int = 1000
     batch: int = 8
     crop: int = 32
-    lr: float = 2e-3
-    width: int = 32
-    blocks: int = 2
+    lr: float | None = None   # None: the model's default (cnn and pixel 2e-3, unet 1e-3)
+    width: int | None = None  # None: the model's default (cnn 32, unet 16, pixel 64)
+    blocks: int = 2           # cnn only
     synthetic_fraction: float = 0.5
     test_fraction: float = 0.5
     bands: list[int] | str | None = None
     synthetic_cap: int = 256
     key: str | None = None
-    task: str = "rgb2hsi"  # or "denoise": HSI + Gaussian noise (noise_sigma) -> HSI, a spatial task
+    task: str = "rgb2hsi"  # or "denoise" (HSI + Gaussian noise of noise_sigma), "sr4" (x4, blur_sigma): downstream_tasks
     noise_sigma: float = 0.1
+    blur_sigma: float = 2.0  # sr4: Gaussian blur before decimation, in HR pixels
+    model: str = "cnn"       # or "unet", "pixel" (downstream_models.MODELS)
+    skip: str | None = None  # the skip path beside the body: "linear" or "identity"; None: the task's default
+    eval_every: int | None = None  # record the test PSNR every N steps (curve.<arm>.seed<s>)
     synthetic_norm: str = "minmax"  # or "as_is": synthetic targets unscaled (see the module docstring)
     protocol: str = "mix"           # or "pretrain": synthetic only for pretrain_steps, then real for steps
     pretrain_steps: int | None = None  # None: the same as steps
-
-
-class SpectralReconstructionNet(nn.Module):
-    """(N, 3, H, W) -> (N, C, H, W): a per-pixel linear map plus a residual convolutional body.
-
-    The linear path alone is the least-squares baseline of the design notes (37 dB on Chikusei); the
-    body adds spatial context.
-    """
-
-    def __init__(self, bands: int, width: int = 32, blocks: int = 2, in_channels: int = 3, residual: bool = False):
-        super().__init__()
-        self.residual = residual  # denoising: the input plus a learned correction (starts as the identity)
-        self.linear = nn.Conv2d(in_channels, bands, 1)
-        if residual:
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
-        layers = [nn.Conv2d(in_channels, width, 3, padding=1), nn.GELU()]
-        for _ in range(blocks):
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
-        layers.append(nn.Conv2d(width, bands, 3, padding=1))
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x) + self.body(x)
-        return x + out if self.residual else out
+    endmember_mode: str = "minmax"  # abundance sets: Synthesis.py --endmembers (minmax, the reference, or raw)
+    simplex: bool = False           # abundance sets: Synthesis.py --simplex
 
 
 def default_bands(n_bands: int) -> list[int]:
@@ -144,62 +133,99 @@ def split_real(files: list[str], settings: DownstreamSettings, seed: int = 0):
 def random_crop(pair, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A random size x size crop with a random flip/rotation, as (3, s, s) and (C, s, s) tensors."""
     model_input, target = pair
-    height, width = target.shape[:2]
-    if height < size or width < size:
-        raise UserError(f"a {height} x {width} image is smaller than the downstream crop {size}")
-    top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
-    turn, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-    out = []
-    for array in (model_input, target):
-        t = torch.from_numpy(np.ascontiguousarray(array[top:top + size, left:left + size].transpose(2, 0, 1)))
-        t = torch.rot90(t, turn, dims=(1, 2))
-        out.append(t.flip(2) if flip else t)
-    return out[0], out[1]
+    top, left, turn, flip = draw_window(*target.shape[:2], size, rng)
+    window = (slice(top, top + size), slice(left, left + size))
+    return oriented(model_input[window], turn, flip), oriented(target[window], turn, flip)
+
+
+def as_source(pairs):
+    """A crop source (`synthetic_sets`): a list of (input, target) pairs is wrapped, a source kept."""
+    return PairSet(pairs) if isinstance(pairs, list) else pairs
+
+
+def skip_path(settings: DownstreamSettings, task=None) -> str:
+    """The skip path beside the network body: `settings.skip`, else the model's override for the task
+    (`downstream_models.SKIP_OVERRIDES`), else the task's default."""
+    task = task or make_task(settings)
+    return settings.skip or SKIP_OVERRIDES.get(settings.model, {}).get(task.name) or task.path
+
+
+def make_model(settings: DownstreamSettings, bands: int, task=None):
+    task = task or make_task(settings)
+    return build_model(settings.model, task.in_channels(bands), bands, skip_path(settings, task), settings.width,
+                       settings.blocks)
+
+
+class Curve:
+    """Test PSNR every `every` steps, counted across pre-training and fine-tuning: [[step, psnr], ...]
+    (step 0 is the untrained model)."""
+
+    def __init__(self, every: int | None, test_pairs, device, settings: DownstreamSettings):
+        self.every, self.device = every, device
+        self.inputs = held_out_inputs(test_pairs, settings) if every else []
+        self.points: list[list[float]] = []
+        self.step = 0
+
+    def record(self, model) -> None:
+        model.eval()
+        self.points.append([self.step, score(model, self.inputs, self.device, ("psnr",))["psnr"]])
+        model.train()
+
+    def advance(self, model, last: bool) -> None:
+        """One training step done; record when it is a multiple of `every` or the very last."""
+        self.step += 1
+        if self.every and (self.step % self.every == 0 or last):
+            self.record(model)
 
 
 def train_arm(train_pairs, synthetic_pairs, settings: DownstreamSettings, seed: int, device,
-              progress: bool = True) -> SpectralReconstructionNet:
-    """Train one model; `synthetic_pairs` None (or empty) gives the real-only arm."""
+              progress: bool = True, curve: Curve | None = None):
+    """Train one model; `synthetic_pairs` None (or empty) gives the real-only arm. Either set may be a list
+    of (input, target) pairs or a crop source of `synthetic_sets`. `curve`: records the test PSNR."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 3])
-    bands = train_pairs[0][1].shape[2]
-    denoise = settings.task == "denoise"
-    model = SpectralReconstructionNet(bands, settings.width, settings.blocks, bands if denoise else 3,
-                                      residual=denoise).to(device)
+    train_pairs = as_source(train_pairs)
+    synthetic_pairs = as_source(synthetic_pairs) if synthetic_pairs is not None else None
+    bands = train_pairs.bands
+    task = make_task(settings)
+    check_crop(task, settings.crop)
+    model = make_model(settings, bands, task).to(device)
     noise_gen = torch.Generator().manual_seed(seed * 7919 + 11)
     if settings.protocol not in PROTOCOLS:
         raise UserError(f"downstream protocol {settings.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    if settings.protocol == "pretrain" and synthetic_pairs:
-        pretrain_steps = settings.steps if settings.pretrain_steps is None else settings.pretrain_steps
-        _fit(model, synthetic_pairs, None, 0.0, pretrain_steps, settings, rng, noise_gen, device,
-             f"seed {seed} pretrain", progress)
+    pretrain = settings.protocol == "pretrain" and synthetic_pairs is not None and len(synthetic_pairs) > 0
+    pretrain_steps = (settings.steps if settings.pretrain_steps is None else settings.pretrain_steps) if pretrain else 0
+    if curve is not None and curve.every:
+        curve.record(model)
+    if pretrain:
+        _fit(model, task, synthetic_pairs, None, 0.0, pretrain_steps, settings, rng, noise_gen, device,
+             f"seed {seed} pretrain", progress, curve, last=settings.steps == 0)
         synthetic_pairs = None
-    use_synthetic = bool(synthetic_pairs) and settings.synthetic_fraction > 0
-    _fit(model, train_pairs, synthetic_pairs if use_synthetic else None, settings.synthetic_fraction,
+    use_synthetic = synthetic_pairs is not None and len(synthetic_pairs) > 0 and settings.synthetic_fraction > 0
+    _fit(model, task, train_pairs, synthetic_pairs if use_synthetic else None, settings.synthetic_fraction,
          settings.steps, settings, rng, noise_gen, device, f"seed {seed} {'real+syn' if use_synthetic else 'real'}",
-         progress)
+         progress, curve, last=True)
     return model.eval()
 
 
-def _fit(model, train_pairs, synthetic_pairs, synthetic_fraction: float, steps: int, settings: DownstreamSettings,
-         rng: np.random.Generator, noise_gen: torch.Generator, device, label: str, progress: bool) -> None:
+def _fit(model, task, train_pairs, synthetic_pairs, synthetic_fraction: float, steps: int,
+         settings: DownstreamSettings, rng: np.random.Generator, noise_gen: torch.Generator, device, label: str,
+         progress: bool, curve: Curve | None = None, last: bool = True) -> None:
     """`steps` Adam steps with a cosine schedule of their own; each crop from `synthetic_pairs` with
-    probability `synthetic_fraction`, else from `train_pairs`."""
-    denoise = settings.task == "denoise"
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    probability `synthetic_fraction`, else from `train_pairs` (crop sources)."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr or default_lr(settings.model))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
     model.train()
     bar = tqdm(range(steps), desc=label, disable=not progress, dynamic_ncols=True, leave=False)
-    for _ in bar:
+    for step in bar:
         inputs, targets = [], []
         for _ in range(settings.batch):
             pool = synthetic_pairs if synthetic_pairs and rng.random() < synthetic_fraction else train_pairs
-            x, y = random_crop(pool[int(rng.integers(0, len(pool)))], settings.crop, rng)
+            x, y = pool.crop(int(rng.integers(0, len(pool))), settings.crop, rng)
             inputs.append(x)
             targets.append(y)
         x, y = torch.stack(inputs), torch.stack(targets)
-        if denoise:  # the input is the target with noise: only spatial context can beat the noise
-            x = y + settings.noise_sigma * torch.randn(y.shape, generator=noise_gen)
+        x = task.make_input(y, x, noise_gen)  # denoise: the target with noise; sr4: blurred, decimated, upsampled
         x, y = x.to(device), y.to(device)
         loss = F.l1_loss(model(x), y)
         optimiser.zero_grad(set_to_none=True)
@@ -207,79 +233,153 @@ def _fit(model, train_pairs, synthetic_pairs, synthetic_fraction: float, steps: 
         optimiser.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if curve is not None:
+            curve.advance(model, last and step == steps - 1)
+
+
+def held_out_inputs(test_pairs, settings: DownstreamSettings | None = None):
+    """[(network input (1, in, h, w), target (h, w, C))] per held-out image: the task's input from the
+    whole image (sr4: trimmed to multiples of 4), deterministic (seed 0), the same for every arm and seed."""
+    task = make_task(settings or DownstreamSettings())
+    noise_gen = torch.Generator().manual_seed(0)
+    out = []
+    for model_input, target in test_pairs:
+        h, w = trimmed_size(*target.shape[:2], task.multiple)
+        target, model_input = target[:h, :w], model_input[:h, :w]
+        clean = torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1)))[None]
+        three = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))[None]
+        out.append((task.make_input(clean, three, noise_gen), target))
+    return out
+
+
+METRIC_FUNCTIONS = {"psnr": psnr, "ssim": ssim, "sam": sam, "mrae": mrae}
 
 
 @torch.no_grad()
-def test_arm(model: SpectralReconstructionNet, test_pairs, device, settings: DownstreamSettings | None = None
-             ) -> dict[str, float]:
-    """Mean over held-out images of PSNR, SSIM, SAM (core.metrics) and MRAE (denoising: the same
-    noise, seed 0, for every arm and seed)."""
-    results = {m: [] for m in METRICS}
-    noise_gen = torch.Generator().manual_seed(0)
-    for model_input, target in test_pairs:
-        if settings is not None and settings.task == "denoise":
-            clean = torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1)))[None]
-            x = (clean + settings.noise_sigma * torch.randn(clean.shape, generator=noise_gen)).to(device)
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))[None].to(device)
-        pred = model(x)[0].permute(1, 2, 0).float().cpu().numpy()
-        results["psnr"].append(psnr(target, pred))
-        results["ssim"].append(ssim(target, pred))
-        results["sam"].append(sam(target, pred))
-        results["mrae"].append(mrae(target, pred))
+def score(model, inputs, device, metrics=METRICS) -> dict[str, float]:
+    """Mean over (input, target) of `held_out_inputs` of each metric; `model` None scores the input itself."""
+    results = {m: [] for m in metrics}
+    for x, target in inputs:
+        out = x if model is None else model(x.to(device))
+        pred = out[0].permute(1, 2, 0).float().cpu().numpy()
+        for m in metrics:
+            results[m].append(METRIC_FUNCTIONS[m](target, pred))
     return {m: float(np.mean(v)) for m, v in results.items()}
+
+
+def test_arm(model, test_pairs, device, settings: DownstreamSettings | None = None, metrics=METRICS
+             ) -> dict[str, float]:
+    """Mean over held-out images of PSNR, SSIM, SAM (core.metrics) and MRAE (or the named `metrics`);
+    inputs from `held_out_inputs` (denoising: the same noise, seed 0, for every arm and seed)."""
+    return score(model, held_out_inputs(test_pairs, settings), device, metrics)
+
+
+def input_scores(test_pairs, settings: DownstreamSettings) -> dict[str, float] | None:
+    """The scores of the task's input taken as the answer (denoise: the noisy image; sr4: bicubic
+    upsampling of the LR image); None for tasks whose input has other channels than the target (rgb2hsi)."""
+    task = make_task(settings)
+    if task.in_channels(test_pairs[0][1].shape[2]) != test_pairs[0][1].shape[2]:
+        return None
+    return score(None, held_out_inputs(test_pairs, settings), None)
 
 
 # settings that decide the real-only arm: equal in two runs, equal real-only models (same seed, same data)
 REAL_ONLY_SETTINGS = ("steps", "batch", "crop", "lr", "width", "blocks", "test_fraction", "bands", "key", "task",
-                      "noise_sigma")
+                      "noise_sigma", "model", "blur_sigma", "skip")
+
+
+def earlier_default(earlier: dict, key: str):
+    """What a report written before a setting existed did (every such model was trained so)."""
+    if key == "settings.skip":  # the cnn: a residual (identity) path for denoise, linear for rgb2hsi
+        return "identity" if earlier.get("settings.task") == "denoise" else "linear"
+    return {"settings.model": "cnn", "settings.blur_sigma": 2.0}.get(key)
 
 
 def reusable_real_only(path: str, report: dict, seeds: list[int]) -> dict | None:
     """The real-only results of an earlier report.json when its real data, split and real-only settings
-    equal `report`'s (so its real-only models are the ones this run would train); else None."""
+    equal `report`'s (so its real-only models are the ones this run would train), and it has the curves
+    this run records; else None."""
     try:
         with open(path, encoding="utf-8") as f:
             earlier = json.load(f)
     except (OSError, ValueError):
         return None
     same = all(earlier.get(k) == report.get(k) for k in ("real_dir", "split"))
-    same = same and all(earlier.get(f"settings.{k}") == report.get(f"settings.{k}") for k in REAL_ONLY_SETTINGS)
+    same = same and all(earlier.get(f"settings.{k}", earlier_default(earlier, f"settings.{k}")) ==
+                        report.get(f"settings.{k}") for k in REAL_ONLY_SETTINGS)
+    if report.get("settings.eval_every"):
+        same = same and earlier.get("settings.eval_every") == report["settings.eval_every"]
     if not same or any(f"real_only.seed{s}.psnr" not in earlier for s in seeds):
         return None
     return {k: v for k, v in earlier.items()
-            if any(k.startswith(f"real_only.seed{s}.") or k == f"timing.real_only.seed{s}_s" for s in seeds)}
+            if any(k.startswith(f"real_only.seed{s}.") or k in (f"timing.real_only.seed{s}_s", f"curve.real_only.seed{s}")
+                   for s in seeds)}
 
 
-def run_downstream(real_dir: str, synthetic_dir: str, out_dir: str, settings: DownstreamSettings,
+def load_synthetic(synthetic_dir: str | None, abundance_dir: str | None, endmembers: str | None,
+                   settings: DownstreamSettings, n_bands: int):
+    """(crop source, description) of the synthetic set: HSI files (at most `synthetic_cap`, drawn with
+    the first seed) or, with `abundance_dir` and `endmembers`, every abundance map rendered on the fly."""
+    if abundance_dir is not None:
+        if endmembers is None:
+            raise UserError("an abundance set needs the unmixing checkpoint of its endmembers (--endmembers CKPT)")
+        if settings.synthetic_norm not in SYNTHETIC_NORMS:
+            raise UserError(f"synthetic normalisation {settings.synthetic_norm!r}: expected one of "
+                            f"{', '.join(SYNTHETIC_NORMS)}")
+        source = load_abundance_set(abundance_dir, endmembers, settings.bands, settings.endmember_mode,
+                                    settings.simplex, settings.synthetic_norm)
+        where = os.path.abspath(abundance_dir)
+        text = (f"{len(source)} abundance maps rendered on the fly (endmembers of {endmembers}, "
+                f"{settings.endmember_mode}, {'simplex' if settings.simplex else 'no simplex'})")
+    else:
+        files = hsi_files(synthetic_dir, "synthetic")
+        if len(files) > settings.synthetic_cap:
+            pick = np.random.default_rng([settings.seeds[0], 9]).choice(len(files), settings.synthetic_cap,
+                                                                        replace=False)
+            files = [files[i] for i in sorted(pick)]
+        source = PairSet(load_pairs(files, settings.bands, False, settings.key, settings.synthetic_norm))
+        where, text = os.path.abspath(synthetic_dir), f"{len(source)} synthetic HSI files"
+    if source.bands != n_bands:
+        raise UserError(f"{endmembers if abundance_dir is not None else files[0]}: {source.bands} bands, "
+                        f"but the real set has {n_bands}")
+    return source, where, text
+
+
+def run_downstream(real_dir: str, synthetic_dir: str | None, out_dir: str, settings: DownstreamSettings,
                    device: torch.device, overwrite: bool = False, progress: bool = True,
-                   reuse_real_only: str | None = None) -> dict:
+                   reuse_real_only: str | None = None, abundance_dir: str | None = None,
+                   endmembers: str | None = None) -> dict:
     """Train both arms for every seed, test on held-out real data, write report.json and summary.md.
+    The synthetic set is the HSI folder `synthetic_dir`, or the abundance folder `abundance_dir` rendered
+    with the endmembers of the unmixing checkpoint `endmembers`.
     `reuse_real_only`: an earlier report.json whose real-only arm is taken over when it was trained on
     the same real data with the same settings (several synthetic sets against one real-only arm)."""
     log = get_logger()
     check_out_dir(out_dir, overwrite)
     started = time.time()
+    task = make_task(settings)
+    check_crop(task, settings.crop)
+    settings.width = default_width(settings.model) if settings.width is None else settings.width
+    settings.skip = skip_path(settings, task)
+    settings.lr = default_lr(settings.model) if settings.lr is None else settings.lr
     real_files = hsi_files(real_dir, "real")
-    synthetic_files = hsi_files(synthetic_dir, "synthetic")
     first, wavelengths = read_cube(real_files[0], settings.key)
     settings.bands = resolve_bands(settings.bands, first.shape[2], wavelengths) if settings.bands is not None \
         else default_bands(first.shape[2])
     train_pairs, test_pairs, split = split_real(real_files, settings)
-    if len(synthetic_files) > settings.synthetic_cap:
-        pick = np.random.default_rng([settings.seeds[0], 9]).choice(len(synthetic_files), settings.synthetic_cap,
-                                                                    replace=False)
-        synthetic_files = [synthetic_files[i] for i in sorted(pick)]
-    synthetic_pairs = load_pairs(synthetic_files, settings.bands, False, settings.key, settings.synthetic_norm)
-    if synthetic_pairs[0][1].shape[2] != first.shape[2]:
-        raise UserError(f"{synthetic_files[0]}: {synthetic_pairs[0][1].shape[2]} bands, "
-                        f"but the real set has {first.shape[2]}")
-    log.info("downstream: %s; %d synthetic files; bands %s; seeds %s", split, len(synthetic_pairs),
-             settings.bands, settings.seeds)
-    report = {"real_dir": os.path.abspath(real_dir), "synthetic_dir": os.path.abspath(synthetic_dir), "split": split,
-              "n_synthetic_files": len(synthetic_pairs), "n_test_images": len(test_pairs)}
+    synthetic, synthetic_where, synthetic_text = load_synthetic(synthetic_dir, abundance_dir, endmembers, settings,
+                                                                first.shape[2])
+    log.info("downstream %s, model %s (width %d, %s skip path): %s; %s; bands %s; seeds %s", task.describe(),
+             settings.model, settings.width, settings.skip, split, synthetic_text, settings.bands, settings.seeds)
+    report = {"real_dir": os.path.abspath(real_dir), "synthetic_dir": synthetic_where, "split": split,
+              "task_description": task.describe(), "synthetic_set": synthetic_text, "n_synthetic_files": len(synthetic), "n_test_images": len(test_pairs)}
+    if abundance_dir is not None:
+        report["endmembers"] = os.path.abspath(endmembers)
     report.update({f"settings.{k}": (v if not isinstance(v, list) else ",".join(map(str, v)))
                    for k, v in asdict(settings).items()})
+    baseline = input_scores(test_pairs, settings)
+    if baseline:
+        report.update({f"input.{m}": v for m, v in baseline.items()})
     reused = reusable_real_only(reuse_real_only, report, settings.seeds) if reuse_real_only else None
     if reused:
         report.update(reused)
@@ -292,10 +392,13 @@ def run_downstream(real_dir: str, synthetic_dir: str, out_dir: str, settings: Do
             if reused and arm == "real_only":
                 continue
             t = time.time()
-            model = train_arm(train_pairs, synthetic_pairs if arm == "real_plus_synthetic" else None,
-                              settings, seed, device, progress)
+            curve = Curve(settings.eval_every, test_pairs, device, settings)
+            model = train_arm(train_pairs, synthetic if arm == "real_plus_synthetic" else None,
+                              settings, seed, device, progress, curve)
             scores = test_arm(model, test_pairs, device, settings)
             report.update({f"{arm}.seed{seed}.{m}": v for m, v in scores.items()})
+            if settings.eval_every:
+                report[f"curve.{arm}.seed{seed}"] = curve.points
             report[f"timing.{arm}.seed{seed}_s"] = time.time() - t
             log.info("seed %d %s: PSNR %.2f dB, SAM %.2f deg, MRAE %.4f (%.0f s)", seed, arm, scores["psnr"],
                      scores["sam"], scores["mrae"], time.time() - t)
@@ -304,6 +407,8 @@ def run_downstream(real_dir: str, synthetic_dir: str, out_dir: str, settings: Do
     write_json(report, out_dir)
     write_markdown(downstream_summary(report, settings.seeds), out_dir)
     downstream_bars(report, os.path.join(out_dir, "plots", "downstream.png"))
+    if settings.eval_every:
+        downstream_curves(report, os.path.join(out_dir, "plots", "curves.png"))
     return report
 
 
@@ -320,12 +425,13 @@ def summarise(report: dict, seeds: list[int]) -> dict:
 
 
 def downstream_summary(report: dict, seeds: list[int]) -> list[str]:
-    task = ("HSI denoising (sigma " + str(report.get("settings.noise_sigma")) + ")"
-            if report.get("settings.task") == "denoise" else "RGB-to-HSI reconstruction")
+    task = report.get("task_description", "RGB-to-HSI reconstruction")
     lines = [f"# Downstream report: {task} trained with and without synthetic HSIs", "",
              f"Real: `{report['real_dir']}` ({report['split']}). Synthetic: `{report['synthetic_dir']}` "
-             f"({report['n_synthetic_files']} files). Seeds: {', '.join(map(str, seeds))}; "
-             "mean +/- std over seeds.", "",
+             f"({report.get('synthetic_set', str(report['n_synthetic_files']) + ' files')}). "
+             f"Seeds: {', '.join(map(str, seeds))}; mean +/- std over seeds.", "",
+             f"Model: {report.get('settings.model', 'cnn')} (width {report.get('settings.width')}, "
+             f"{report.get('settings.skip')} skip path). "
              f"Protocol: {report.get('settings.protocol', 'mix')} (synthetic files normalised: "
              f"{report.get('settings.synthetic_norm', 'as_is')}).", "",
              "| arm | PSNR (dB) | SSIM | SAM (deg) | MRAE |", "|---|---|---|---|---|"]
@@ -333,6 +439,11 @@ def downstream_summary(report: dict, seeds: list[int]) -> list[str]:
         cells = [f"{report[f'{arm}.{m}_mean']:.4f} +/- {report[f'{arm}.{m}_std']:.4f}" for m in METRICS]
         label = "difference (b - a)" if arm == "delta" else arm
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "input.psnr" in report:
+        lines.append("| the task's input as the answer | " + " | ".join(f"{report[f'input.{m}']:.4f}" for m in METRICS)
+                     + " |")
+    plots = "`plots/downstream.png`" + (", `plots/curves.png` (test PSNR vs step)" if report.get("settings.eval_every")
+                                        else "")
     lines += ["", "Higher PSNR/SSIM and lower SAM/MRAE are better; a positive PSNR difference means the synthetic "
-                  "data helped.", "", f"Total time: {report['timing.total_s']:.0f} s. Plot: `plots/downstream.png`."]
+                  "data helped.", "", f"Total time: {report['timing.total_s']:.0f} s. Plots: {plots}."]
     return lines

@@ -1,9 +1,11 @@
-"""Distribution pictures of the generation report (matplotlib, Agg backend, PNG files).
+"""Distribution pictures of the generation report and the downstream pictures (matplotlib, Agg backend, PNG files).
 
 - `angle_histogram`: spectral angle of every sampled synthetic pixel to its nearest real spectrum,
   one curve per set (synthetic and baselines);
 - `mean_spectra`: mean spectrum +/- one standard deviation per set;
-- `band_density`: for each set, the density of values per band (band on x, value on y, log colour).
+- `band_density`: for each set, the density of values per band (band on x, value on y, log colour);
+- `downstream_bars`, `downstream_curves`: the downstream report's arms (bars of mean +/- std; test
+  PSNR in dB against the training step).
 
 Values are unitless normalised reflectance (see `pipeline.plots`): the real set min-max
 normalised per file unless the report says `real_as_is`, the synthetic set as its files store it.
@@ -118,4 +120,32 @@ def reconstruction_examples(examples: list[tuple[str, np.ndarray, np.ndarray]], 
         fig.colorbar(shown, ax=row[2], fraction=0.046)
         for ax in row:
             ax.axis("off")
+    return save_figure(fig, path, tight=True)
+
+
+def downstream_curves(report: dict, path: str, arms=("real_only", "real_plus_synthetic")) -> str:
+    """Test PSNR (dB) against the training step, one line per arm and seed (`curve.<arm>.seed<s>`),
+    the real-only arm bold; a dotted line where pre-training ends (protocol pretrain)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colours = {"real_only": "black", "real_plus_synthetic": "tab:green"}
+    values = []
+    for arm in arms:
+        keys = sorted(k for k in report if k.startswith(f"curve.{arm}.seed") and report[k])
+        for index, key in enumerate(keys):
+            points = np.asarray(report[key], dtype=np.float64)
+            values.append(points[:, 1])
+            ax.plot(points[:, 0], points[:, 1], color=colours.get(arm), linewidth=2.4 if arm == "real_only" else 1.2,
+                    alpha=0.9, label=arm.replace("_", " ") if index == 0 else None)
+    if report.get("settings.protocol") == "pretrain" and any(k.startswith("curve.real_plus_synthetic") for k in report):
+        pretrain = report.get("settings.pretrain_steps") or report.get("settings.steps")
+        ax.axvline(pretrain, color="tab:green", linestyle=":", linewidth=1, label="end of pre-training")
+    if values:  # a rare divergent step (far below the rest) must not flatten every curve
+        values = np.concatenate(values)
+        low, high = float(np.percentile(values, 3)), float(values.max())
+        ax.set_ylim(low - 0.1 * max(high - low, 0.1), high + 0.05 * max(high - low, 0.1))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Convergence on the held-out real test: {report.get('task_description', 'downstream')}", fontsize=9)
     return save_figure(fig, path, tight=True)
