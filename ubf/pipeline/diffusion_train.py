@@ -302,12 +302,13 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     # the data is checked before a run folder exists, so a failed start leaves none behind
     files = list_abundance_files(data_cfg["dataroot"], data_cfg["data_len"])
     if scaled and not diff_cfg.get("abundance_range"):
-        diff_cfg["abundance_range"] = training_range(files)
+        diff_cfg["abundance_range"] = training_range(files, diff_cfg.get("brightness", False))
         log.info("abundance scaling: each channel's range over the training maps to [-1, 1] (low %s, high %s)",
                  " ".join(f"{v:.3f}" for v in diff_cfg["abundance_range"][0]),
                  " ".join(f"{v:.3f}" for v in diff_cfg["abundance_range"][1]))
     dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"],
-                               diff_cfg.get("abundance_range") if scaled else None)
+                               diff_cfg.get("abundance_range") if scaled else None,
+                               brightness=diff_cfg.get("brightness", False))
     if file_labels is not None:
         dataset = LabelledDataset(dataset, file_labels)
         log.info("class-conditional: %d classes (%s), label dropout %s", len(diff_cfg["class_names"]),
