@@ -119,3 +119,14 @@ def test_geometric_and_near_data_methods_train(tmp_path, method, brightness):
     assert float(angles.max()) <= limit
     record = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")][-1]
     assert record["val_PSNR"] > 25  # the input bands carry the scene: far above an untrained network
+
+
+def test_improved_profile_trains_the_near_data_method_and_faithful_the_paper():
+    improved = load_unmixing_config(None, profile="improved")
+    assert improved["model"]["method"] == "near_data" and improved["model"]["brightness"] == "cone"
+    faithful = load_unmixing_config(None)
+    assert (faithful["model"]["method"], faithful["model"]["encoder"], faithful["model"]["decoder_init"]) == \
+        ("network", "sspn", "random")
+    # a method named on the command line wins over the profile's
+    assert load_unmixing_config(None, {"model.method": "improved"}, profile="improved")["model"]["decoder_init"] == \
+        "linear_simplex"
