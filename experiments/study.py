@@ -38,7 +38,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from study_plan import (BUDGETS, AbundanceSets, OTHER_TILE, arm_names, check_sources, estimate_seconds, glob_maps,  # noqa: E402
+from study_plan import (BUDGETS, AbundanceSets, wall_estimate, OTHER_TILE, arm_names, check_sources, estimate_seconds, glob_maps,  # noqa: E402
                         plan_sets, scene_tasks, shared_scenes, shared_sources)
 from ubf.core.errors import UserError, cli_main  # noqa: E402
 
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"stage-1 method (Unmixing.py train --method; default {STAGE1_METHOD})")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] for every step (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every step (default 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="steps run at once, each a one-thread process (default 2, "
+                        "one per core of a 2-core machine)")
     parser.add_argument("--plan", action="store_true", help="print the plan and the estimate, run nothing")
     return parser
 
@@ -216,8 +218,9 @@ def prepare_data(args, study: Study, budget) -> dict:
             "images": {names[p]: p for p in plan.images()}}
 
 
-def run_scene(args, study: Study, budget, data: dict, scene: str, main: bool, plan) -> dict:
-    """Stage 1, inference, sets, controls, DDPM and the downstream arms of one scene; its records."""
+def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, plan, jobs: "Jobs") -> dict:
+    """Add the steps of one scene to `jobs` (stage 1, inference, sets, controls, DDPM, downstream arms) with
+    what each needs first; returns where their results will be."""
     info, threads = data["scenes"][scene], ["--threads", str(args.threads)]
     device, profile = ["--device", args.device], ["--profile", args.profile]
     folders = {role: study.folder("data", scene, role) for role in ("train", "test")}
@@ -227,7 +230,7 @@ def run_scene(args, study: Study, budget, data: dict, scene: str, main: bool, pl
     bands = [str(b) for b in info["bands"]]
     unmixing = study.folder(f"stage1_{scene}")
     ckpt = os.path.join(unmixing, "checkpoint", "best.pth")
-    study.step(f"stage1_{scene}", lambda: run_cli([
+    stage1 = jobs.add(f"stage1_{scene}", lambda: run_cli([
         "Unmixing.py", "train", "--method", args.stage1_method, "--train", folders["train"], "--val", folders["test"],
         "--test", folders["test"], "--bands", *bands, "--out", unmixing, "--no-progress", *device, *threads, *profile],
         args.threads))
@@ -237,54 +240,54 @@ def run_scene(args, study: Study, budget, data: dict, scene: str, main: bool, pl
         run_cli(["Evaluate.py", "reconstruction", "--ckpt", ckpt, "--hsi", folders["test"], "--out", report_dir,
                  "--overwrite", "--no-progress", *device, *threads], args.threads)
         report = load_json(os.path.join(report_dir, "report.json"))
-        keep = {k: v for k, v in report.items() if k in ("psnr", "sam") or k.startswith(("contrast.", "endmembers."))
+        keep = {k: v for k, v in report.items() if (k in ("psnr", "sam") or k.startswith(("contrast.", "endmembers.")))
                 and not isinstance(v, (list, dict))}
         return {**keep, "linear_psnr": linear_baseline_psnr(folders["train"], folders["test"], info["bands"])}
-    stage1 = study.step(f"stage1_eval_{scene}", stage1_quality)
+    evaluation = jobs.add(f"stage1_eval_{scene}", stage1_quality, [stage1])
 
-    # every image a set of this scene needs, linked flat, inferred once
-    needed = set()
-    for set_name, members in data["sets"].items():
-        if main or any(a.endswith(set_name) for a in budget.other_scene_arms):
-            needed.update(members)
+    # the sets this scene needs (the main scene: all), their images linked flat and inferred once
+    wanted = [s for s in plan.sets if main or f"inferred_{s}" in budget.other_scene_arms]
+    reference_set = max(wanted, key=lambda s: len(plan.sets[s]))  # the controls match the largest set
+    if not main and f"inferred_{reference_set}" not in budget.other_scene_arms:
+        wanted.append(reference_set)
     rgb_links = study.folder("data", f"rgb_{scene}")
-    for name in sorted(needed):
+    for name in sorted({n for s in wanted for n in plan.sets[s]}):
         link(data["images"][name], os.path.join(rgb_links, name))
     abundances = study.folder(f"abundances_{scene}")
-    study.step(f"abundances_{scene}", lambda: run_cli([
+    inferred = jobs.add(f"abundances_{scene}", lambda: run_cli([
         "Unmixing.py", "infer", "--ckpt", ckpt, "--rgb", rgb_links, "--out", abundances, "--no-recon",
-        "--no-progress", *device, *threads, *profile], args.threads))
+        "--no-progress", *device, *threads, *profile], args.threads), [stage1])
+    set_dirs = {s: study.folder(f"sets_{scene}", s) for s in wanted}
 
-    set_dirs = {}
-    for set_name, members in data["sets"].items():
-        folder = study.folder(f"sets_{scene}", set_name)
-        for name in members:
-            produced = os.path.join(abundances, os.path.splitext(name)[0] + ".mat")
-            if os.path.isfile(produced):
-                link(produced, os.path.join(folder, os.path.basename(produced)))
-        if os.path.isdir(folder):
-            set_dirs[set_name] = folder
-    reference_set = max(set_dirs, key=lambda s: len(glob_maps(set_dirs[s])))  # controls match the largest set
+    def link_sets():
+        for set_name in wanted:
+            for name in plan.sets[set_name]:
+                produced = os.path.join(abundances, os.path.splitext(name)[0] + ".mat")
+                if not os.path.isfile(produced):
+                    raise UserError(f"{produced}: not written by the inference step (see its log)")
+                link(produced, os.path.join(set_dirs[set_name], os.path.basename(produced)))
+        return {s: len(glob_maps(d)) for s, d in set_dirs.items()}
+    sets = jobs.add(f"sets_{scene}", link_sets, [inferred])
 
-    arms = {}
+    arms = {}  # arm -> (kind, folder, the job that makes it)
     for control in budget.controls:
         folder = study.folder(f"control_{control}_{scene}")
         if control == "copies":
-            study.step(f"control_{control}_{scene}", lambda folder=folder: write_noisy_copies(
+            job = jobs.add(f"control_{control}_{scene}", lambda folder=folder: write_noisy_copies(
                 info["train"], folder, NOISY_SIGMA, NOISY_COPIES, 0))
         else:
-            study.step(f"control_{control}_{scene}", lambda control=control, folder=folder: write_control(
-                control, set_dirs[reference_set], folder, budget.control_maps, 0))
-        arms[f"control_{control}"] = ("hsi" if control == "copies" else "abundances", folder)
-    for set_name, folder in set_dirs.items():
-        arms[f"inferred_{set_name}"] = ("abundances", folder)
-    ddpm_records = {}
+            job = jobs.add(f"control_{control}_{scene}", lambda control=control, folder=folder: write_control(
+                control, set_dirs[reference_set], folder, budget.control_maps, 0), [sets])
+        arms[f"control_{control}"] = ("hsi" if control == "copies" else "abundances", folder, job)
+    for set_name in wanted:
+        arms[f"inferred_{set_name}"] = ("abundances", set_dirs[set_name], sets)
+    ddpm = {}
     for set_name in budget.ddpm_sets if main else ():
         run_dir = study.folder(f"ddpm_{scene}_{set_name}")
-        study.step(f"ddpm_{scene}_{set_name}", lambda run_dir=run_dir, set_name=set_name: run_cli([
+        trained = jobs.add(f"ddpm_{scene}_{set_name}", lambda run_dir=run_dir, set_name=set_name: run_cli([
             "Diffusion.py", "-p", "train", "-c", DDPM_CONFIG, "--data", set_dirs[set_name], "--out",
             os.path.join(run_dir, "run"), "--n-iter", str(budget.ddpm_steps), "--no-progress", *device, *threads,
-            *profile], args.threads))
+            *profile], args.threads), [sets])
 
         def sample(run_dir=run_dir):
             last = max(glob.glob(os.path.join(run_dir, "run", "checkpoint", "I*_E*.pth")),
@@ -294,21 +297,21 @@ def run_scene(args, study: Study, budget, data: dict, scene: str, main: bool, pl
                      "--num-samples", str(budget.ddpm_samples), "--no-progress", *device, *threads, *profile],
                     args.threads)
             return {"checkpoint": last, "seconds_per_sample": (time.time() - started) / budget.ddpm_samples}
-        ddpm_records[set_name] = study.step(f"samples_{scene}_{set_name}", sample)
-        arms[f"ddpm_{set_name}"] = ("abundances", os.path.join(run_dir, "run", "mat_results"))
-        ddpm_records[set_name]["generation"] = study.step(
-            f"generation_{scene}_{set_name}", lambda set_name=set_name, run_dir=run_dir: generation_scores(
-                args, study, scene, ckpt, set_dirs[set_name], os.path.join(run_dir, "run", "mat_results")))
+        sampled = jobs.add(f"samples_{scene}_{set_name}", sample, [trained])
+        samples_dir = os.path.join(run_dir, "run", "mat_results")
+        generation = jobs.add(f"generation_{scene}_{set_name}", lambda set_name=set_name, samples_dir=samples_dir:
+                              generation_scores(args, study, scene, ckpt, set_dirs[set_name], samples_dir), [sampled])
+        arms[f"ddpm_{set_name}"] = ("abundances", samples_dir, sampled)
+        ddpm[set_name] = (sampled, generation)
 
     downstream = {}
     for task in scene_tasks(budget, main):
-        names = arm_names(budget, plan, main, task)
         first = None
-        for arm in names:
+        for arm in arm_names(budget, plan, main, task):
             if arm not in arms:
                 continue
+            kind, folder, made_by = arms[arm]
             label = f"downstream_{scene}_{task}_{arm}"
-            kind, folder = arms[arm]
 
             def work(task=task, kind=kind, folder=folder, label=label, first=first):
                 report_dir = study.folder(label)
@@ -324,10 +327,48 @@ def run_scene(args, study: Study, budget, data: dict, scene: str, main: bool, pl
                 report = load_json(os.path.join(report_dir, "report.json"))
                 return {k: v for k, v in report.items() if k.startswith(("real_only.", "real_plus_synthetic.", "delta."))
                         and k.endswith(("_mean", "_std"))}
-            downstream[(task, arm)] = study.step(label, work)
+            downstream[(task, arm)] = jobs.add(label, work, [stage1, made_by] + ([first] if first else []))
             first = first or label
-    return {"stage1": stage1, "ddpm": ddpm_records, "downstream": downstream,
-            "sets": {s: len(glob_maps(d)) for s, d in set_dirs.items()}, "reference_set": reference_set}
+    return {"stage1": evaluation, "ddpm": ddpm, "downstream": downstream, "sets": sets, "reference_set": reference_set}
+
+
+class Jobs:
+    """Steps with what each needs first, run `workers` at a time (each step is one CLI process with its own
+    threads); a failed step stops the rest once the running ones end. Steps are names of Study steps."""
+
+    def __init__(self, study: Study, workers: int):
+        self.study, self.workers = study, max(1, workers)
+        self.work, self.deps, self.order = {}, {}, []
+
+    def add(self, name: str, work, deps=()) -> str:
+        self.work[name], self.deps[name] = work, [d for d in deps if d]
+        self.order.append(name)
+        return name
+
+    def run(self) -> dict[str, dict]:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        done, running, records, failure = set(), {}, {}, None
+        with ThreadPoolExecutor(self.workers) as pool:
+            while len(done) < len(self.order):
+                if failure is None:
+                    for name in self.order:
+                        if len(running) >= self.workers:
+                            break
+                        if name not in done and name not in running.values() and all(d in done for d in self.deps[name]):
+                            running[pool.submit(self.study.step, name, self.work[name])] = name
+                if not running:
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    try:
+                        records[name] = future.result()
+                        done.add(name)
+                    except Exception as err:  # the others finish; nothing new starts
+                        failure = failure or err
+        if failure is not None:
+            raise failure
+        return records
 
 
 def write_control(kind: str, reference: str, folder: str, count: int, seed: int) -> dict:
@@ -391,7 +432,7 @@ def flat_report(args, budget, results: dict, started: float, out: str) -> dict:
         prefix = "downstream" if main else f"downstream@{scene}"
         stage = "stage1" if main else f"stage1@{scene}"
         flat.update({f"{stage}.{k}": v for k, v in result["stage1"].items() if k != "seconds"})
-        flat.update({f"sets@{scene}.{k}": v for k, v in result["sets"].items()})
+        flat.update({f"sets@{scene}.{k}": v for k, v in result["sets"].items() if k != "seconds"})
         for set_name, record in result["ddpm"].items():
             flat[f"ddpm.{set_name}.seconds_per_sample"] = record.get("seconds_per_sample")
             if main:
@@ -440,13 +481,20 @@ def run_study(args) -> dict:
         for task in scene_tasks(budget, scene_index == 0):
             print(f"[study]   {scene} {task}: real only + {', '.join(arm_names(budget, plan, scene_index == 0, task))}",
                   flush=True)
-    print("[study] estimate on 2 idle cores: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in estimate.items()),
-          flush=True)
+    print("[study] estimate, compute on an idle core: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in estimate.items())
+          + f"; wall with --jobs {args.jobs}: about {wall_estimate(estimate, args.jobs) / 60:.0f} min", flush=True)
+    estimate["wall"] = wall_estimate(estimate, args.jobs)
     if args.plan:
         return {"estimate": estimate}
-    results = {}
-    for index, scene in enumerate(budget.scenes):
-        results[scene] = run_scene(args, study, budget, data, scene, index == 0, plan)
+    jobs = Jobs(study, args.jobs)
+    handles = {scene: scene_jobs(args, study, budget, data, scene, index == 0, plan, jobs)
+               for index, scene in enumerate(budget.scenes)}
+    records = jobs.run()
+    results = {scene: {"stage1": records[h["stage1"]], "sets": records[h["sets"]], "reference_set": h["reference_set"],
+                       "ddpm": {s: dict(records[sampled], generation=records[generation])
+                                for s, (sampled, generation) in h["ddpm"].items()},
+                       "downstream": {key: records[name] for key, name in h["downstream"].items()}}
+               for scene, h in handles.items()}
     flat = flat_report(args, budget, results, started, out)
     flat.update({f"estimate.{k}_s": v for k, v in estimate.items()})
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:

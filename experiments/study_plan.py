@@ -38,7 +38,7 @@ class Budget:
     downstream_steps: int                    # fine-tuning on real (and the real-only arm)
     pretrain_steps: int                      # on the synthetic set first
     seeds: tuple[int, ...]
-    crop: int = 48
+    crop: int = 64
     controls: tuple[str, ...] = ("copies", "dirichlet", "structure")
     other_scene_arms: tuple[str, ...] = ()   # arms of the other scenes (the main scene gets every arm)
     other_scene_tasks: tuple[str, ...] = ()
@@ -50,12 +50,12 @@ class Budget:
 BUDGETS = {
     "small": Budget("small", ("chikusei",), ("denoise", "sr4"), (5,), None, ("aid-5",), 200, 8, 30, 30, (0, 1),
                     crop=32, control_maps=8, eval_every=10),
-    "default": Budget("default", ("chikusei",), ("denoise", "sr4"), (50,), None, ("aid-50",), 2000, 64, 500, 500,
+    "default": Budget("default", ("chikusei",), ("denoise", "sr4"), (50,), None, ("aid-50",), 2000, 64, 800, 400,
                       (0, 1, 2), eval_every=100, control_maps=64),
     "large": Budget("large", ("chikusei", "abu-airport"), ("denoise", "sr4"), (5, 50, 500, 1500), 210,
-                    ("aid-1500",), 6000, 210, 600, 600, (0, 1, 2), eval_every=100,
+                    ("aid-1500",), 6000, 210, 1000, 500, (0, 1, 2), eval_every=100,
                     controls=("copies", "dirichlet", "structure", "gaussian"),
-                    other_scene_arms=("control_copies", "control_dirichlet", "control_structure", "inferred_aid-5",
+                    other_scene_arms=("control_copies", "control_dirichlet", "control_structure",
                                       "inferred_mix3-210"),
                     other_scene_tasks=("denoise", "sr4"),
                     rgb2hsi_arms=("control_copies", "control_dirichlet", "control_structure", "inferred_aid-1500",
@@ -65,8 +65,8 @@ BUDGETS = {
 # Idle-machine seconds of the unit costs (2-core CPU, one thread; docs/generation.md "Study at scale" measured
 # them): the estimate printed before a run starts is sum(count x cost).
 UNIT_SECONDS = {
-    "downstream_step_59": 0.045,   # UNet, batch 8, crop 48, C = 59
-    "downstream_step_205": 0.11,   # the same at C = 205
+    "downstream_step_59": 0.08,    # UNet, batch 8, crop 64, C = 59
+    "downstream_step_205": 0.20,   # the same at C = 205
     "rgb2hsi_step_59": 0.03,       # the small CNN of the RGB-to-HSI task
     "ddpm_step_64": 0.40,          # config/cpu_DDPM_64.json, batch 8
     "sample_64": 1.5,              # one 64 x 64 sample, ancestral, 1000 steps
@@ -200,6 +200,13 @@ def estimate_seconds(budget: Budget, plan: AbundanceSets, scenes: dict[str, Scen
     parts["downstream"] = downstream
     parts["total"] = sum(parts.values())
     return parts
+
+
+def wall_estimate(parts: dict, jobs: int) -> float:
+    """Wall seconds with `jobs` steps at once: the compute shared by the workers, but never below the serial
+    chain stage 1 -> inference -> DDPM training -> sampling that the DDPM arms wait for."""
+    chain = parts["stage 1"] + parts["inference"] + parts["DDPM training"] + parts["DDPM sampling"]
+    return max(parts["total"] / max(1, jobs), chain)
 
 
 def check_sources(sources: dict[str, list[str]], budget: Budget) -> None:

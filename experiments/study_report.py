@@ -101,7 +101,9 @@ def write_report(out: str, flat: dict, results: dict, budget) -> None:
              f"{flat['downstream.pretrain_steps']} steps on the synthetic set, fine-tune {flat['downstream.steps']} "
              f"on the real training files (real only: {flat['downstream.steps']}), crop {flat['downstream.crop']}, "
              f"seeds {flat['downstream.seeds']}. Compute of all steps: {flat['timing.total_s'] / 60:.1f} min "
-             f"(estimate for 2 idle cores: {flat.get('estimate.total_s', 0) / 60:.0f} min).", "",
+             f"(estimate: {flat.get('estimate.total_s', 0) / 60:.0f} min of compute, about "
+             f"{flat.get('estimate.wall_s', 0) / 60:.0f} min of wall time; measured wall time of this run: "
+             f"{flat['timing.this_run_s'] / 60:.0f} min).", "",
              "![gain against tiles and sources](gain_vs_sources.png)", ""]
     for index, (scene, result) in enumerate(results.items()):
         stage = "stage1" if index == 0 else f"stage1@{scene}"
@@ -110,7 +112,7 @@ def write_report(out: str, flat: dict, results: dict, budget) -> None:
                   f"Stage 1 on the test files: PSNR {_f(flat.get(stage + '.psnr'))} dB (linear map "
                   f"{_f(flat.get(stage + '.linear_psnr'))} dB), mean largest abundance "
                   f"{_f(flat.get(stage + '.contrast.max_abundance_mean'), 3)}. Sets: "
-                  + ", ".join(f"{k} ({v} maps)" for k, v in result["sets"].items()) + ".", ""]
+                  + ", ".join(f"{k} ({v} maps)" for k, v in result["sets"].items() if k != "seconds") + ".", ""]
         for task in sorted({t for t, _ in result["downstream"]}, key=list(TASK_LABELS).index):
             lines += [f"### {TASK_LABELS.get(task, task)}", "",
                       "| pre-training set | real only (dB) | with pre-training (dB) | PSNR gain (dB) | SAM change (deg) |",
