@@ -1,12 +1,13 @@
 """Run the authors' code and this project on the same inputs and print the largest differences.
 
 The reference is imported from a folder the user gives (a checkout of HSI-Synthesis/Unmixing-before-fusion;
-nothing of it is in this repository). Its scripts need OpenCV, torchvision, tensorboardX and torchnet; where
-those are not installed, `--shims DIR` puts a folder of small stand-ins first on the import path
-(docs/faithfulness.md shows the four tiny files used).
+nothing of it is in this repository), and `--msf` a checkout of EtPan/MSF-Diff for the stage-1 input checks.
+Its scripts need OpenCV, torchvision, tensorboardX and torchnet; where those are not installed, `--shims DIR`
+puts a folder of small stand-ins first on the import path (docs/faithfulness.md shows the tiny files used;
+with a real OpenCV installed the cv2 stand-in is not needed, and MSF-Diff's image reading needs the real one).
 
-    python bench/compare_reference.py --ref REF_CHECKOUT [--shims SHIMS_DIR]
-                                      [--data ../shared/data/paper] [--json out.json] [--quick]
+    python bench/compare_reference.py --ref REF_CHECKOUT [--msf MSF_CHECKOUT] [--shims SHIMS_DIR]
+                                      [--data ../shared/data/paper] [--json out.json] [--quick] [--only NAME ...]
 
 Each check builds both sides with the same weights (the reference's state dict copied into ours) and
 the same inputs, then prints the largest absolute difference of the outputs. Checks: the unmixing
@@ -16,6 +17,13 @@ same seed (the reference draws from torch's global generator, this project from 
 stream); the metrics of `quality_assessment` on real Chikusei crops and on edge cases; and the
 reference's Synthesis.py script run as a script (paths and device patched in memory) against
 `pipeline.synthesis`. `--quick` shortens the sampler to 200 steps and the UNet input to 32 x 32.
+
+Round 2 (issue 24): the reference's stage-2 training loop (its Diffusion.py run as a script with the model
+stubbed: batches, epochs and the checkpoint name it would write) against ours; its DDPM.optimize_parameters'
+logged l_pix against the per-element loss our log line prints; with `--msf`, MSF-Diff's RGBDataset + UnmixingAE
+against `Unmixing.py infer` for a network trained on bands 7/17/27 (RGB images), and MSF-Diff's HSIDataset
+against infer --hsi with one of its checkpoints; and SAM with the reference's float32 running sum and with a
+float64 one, to show where the last 1e-4 degrees come from.
 """
 import argparse
 import contextlib
@@ -49,7 +57,7 @@ PAPER_UNET = dict(in_channel=5, out_channel=5, inner_channel=64, norm_groups=32,
 SMALL_UNET = dict(in_channel=5, out_channel=5, inner_channel=16, norm_groups=8, channel_mults=(1, 2),
                   attn_res=(8,), res_blocks=1, dropout=0.2, image_size=16)
 PAPER_SCHEDULE = dict(DIFFUSION_DEFAULTS["model"]["beta_schedule"]["train"])
-REFERENCE_TOP = ("core", "diffusionmodel", "unmixingmodel")
+REFERENCE_TOP = ("core", "diffusionmodel", "unmixingmodel", "model")
 
 
 # importing the reference beside this project (both have a top-level `core`) --------------------------
@@ -78,13 +86,14 @@ def reference_imports(ref_dir: str, shims: str | None):
 def load_reference(ref_dir: str, shims: str | None) -> dict:
     with reference_imports(ref_dir, shims):
         modules = {name: importlib.import_module(name) for name in
-                   ("unmixingmodel.unmixingAE", "core.common", "core.loss", "core.metrics", "diffusionmodel.networks")}
+                   ("unmixingmodel.unmixingAE", "core.common", "core.loss", "core.metrics", "diffusionmodel.networks",
+                    "diffusionmodel.model")}
     return modules
 
 
 # helpers ---------------------------------------------------------------------------------------------
 
-# The reference's unmixing key names (read off unmixingmodel/unmixingAE.py and ubf/core/common.py) -> ours.
+# The reference's unmixing key names (read off unmixingmodel/unmixingAE.py and core/common.py) -> ours.
 UNMIXING_RENAMES = (("layerup1.", "encoder.stem."), ("layerup2.", "encoder.stages.0."),
                     ("layerup3.", "encoder.stages.1."), ("layer1.", "encoder.stages.2."),
                     ("layer2.", "encoder.stages.3."), ("layer3.", "encoder.stages.4."),
@@ -369,6 +378,242 @@ def check_synthesis(ref_dir: str, shims: str | None, rows: list) -> None:
                          if key == "End" else "3 sampled files, defaults of both scripts"))
 
 
+# round 2 (issue 24) ---------------------------------------------------------------------------------
+
+DIFFUSION_PATCHES = (  # the reference's Diffusion.py as a script: model and logging stubbed, the loop itself untouched
+    ("import diffusionmodel as Model", "Model = __stub_model__"),
+    ("import core.HSImetrics as Metrics", "Metrics = None"),  # skimage.measure's compare_* are gone from skimage
+    ("opt = Logger.parse(args)", "opt = __opt__"),
+    ("train_path    = './dataset/inferred_abu/'", "train_path    = __data__"),
+    ("num_workers=4", "num_workers=0"),
+)
+
+
+class StubDDPM:
+    """What the reference's training loop calls on its model; records each batch it is fed."""
+
+    def __init__(self):
+        self.begin_step, self.begin_epoch, self.batches, self.at = 0, 0, [], []
+        self.loop = {}  # the script's namespace: its loop counters at each batch
+
+    def set_new_noise_schedule(self, *args, **kwargs):
+        pass
+
+    def feed_data(self, data):
+        self.batches.append([hash(x.numpy().tobytes()) for x in data["Abu"]])
+        self.at.append((self.loop["current_step"], self.loop["current_epoch"]))
+
+    def optimize_parameters(self):
+        pass
+
+    def get_current_log(self):
+        return {}
+
+
+def reference_training_loop(ref_dir: str, shims: str | None, data: str, n_iter: int) -> tuple[list, int, int]:
+    """(the batches as file fingerprints, step and epoch of the last batch) of the reference's training loop."""
+    source = open(os.path.join(ref_dir, "Diffusion.py"), encoding="utf-8").read()
+    for old, new in DIFFUSION_PATCHES:
+        if old not in source:
+            raise SystemExit(f"Diffusion.py of {ref_dir} has no {old!r}; is it the reference?")
+        source = source.replace(old, new)
+    source = source.replace("Logger.setup_logger(", "(lambda *a, **k: None)(")
+    model = StubDDPM()
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = {"path": {"log": tmp, "tb_logger": tmp, "results": tmp, "mat_results": tmp, "resume_state": None},
+               "enable_wandb": False, "log_wandb_ckpt": False, "phase": "train",
+               "train": {"n_iter": n_iter, "print_freq": 10 ** 9}, "datasets": {"val": {"data_len": 50}},
+               "model": {"beta_schedule": {"train": {}, "val": {}}}}
+        namespace = {"__name__": "__main__", "__stub_model__": type("M", (), {"create_model": staticmethod(
+            lambda opt: model)}), "__opt__": opt, "__data__": data + os.sep}
+        model.loop = namespace
+        argv = sys.argv
+        sys.argv = ["Diffusion.py", "-p", "train"]
+        try:
+            with reference_imports(ref_dir, shims), contextlib.redirect_stdout(open(os.devnull, "w")):
+                exec(compile(source, os.path.join(ref_dir, "Diffusion.py"), "exec"), namespace)
+        finally:
+            sys.argv = argv
+    step, epoch = model.at[-1]  # what a checkpoint saved at the last step would be named (its save_network)
+    return model.batches, step, epoch
+
+
+def check_stage2_batching(ref_dir: str, shims: str | None, rows: list) -> None:
+    """Item 1: batch 8 (the reference's hard-coded batch): 5 files, 30 steps; 20 files, 10 steps (8, 8, 4)."""
+    from ubf.data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files
+    from ubf.pipeline.diffusion_config import load_diffusion_config
+    from ubf.pipeline.diffusion_train import train_diffusion
+    for files, batch, n_iter in ((5, 8, 30), (20, 8, 10)):
+        with tempfile.TemporaryDirectory() as tmp:
+            rng = np.random.default_rng(files)
+            data = os.path.join(tmp, "abu")
+            for i in range(files):
+                write_mat(os.path.join(data, f"{i:04d}.mat"),
+                          {"Abu": rng.dirichlet(np.ones(5), size=(8, 8)).astype(np.float32)})
+            theirs, step, epoch = reference_training_loop(ref_dir, shims, data, n_iter)
+            dataset = AbundanceDataset(list_abundance_files(data), 8, 5)
+            stream = AbundanceStream(files, seed=0, flip="none", global_batch=batch, per_epoch=True).batches()
+            ours = [[hash(dataset[item].numpy().tobytes()) for item in next(stream)] for _ in range(n_iter)]
+            every_file = sorted(hash(dataset[i].numpy().tobytes()) for i in range(files))
+            cfg = load_diffusion_config(None, {
+                "datasets.train.dataroot": data, "datasets.train.batch_size": batch, "datasets.train.num_workers": 0,
+                "model.unet.inner_channel": 8, "model.unet.norm_groups": 4, "model.unet.channel_multiplier": [1, 2],
+                "model.unet.attn_res": [], "model.unet.res_blocks": 1, "model.diffusion.image_size": 8,
+                "sample.steps": 5, "train.n_iter": n_iter, "train.print_freq": 10 ** 6, "train.val_freq": 10 ** 6,
+                "train.save_checkpoint_freq": 10 ** 6, "train.preview_samples": 0})
+            last = train_diffusion(cfg, tmp, torch.device("cpu"), 0, run_dir=os.path.join(tmp, "run"), progress=False)
+        sizes = ([len(b) for b in theirs], [len(b) for b in ours])
+        distinct = (all(len(set(b)) == len(b) for b in theirs), all(len(set(b)) == len(b) for b in ours))
+        first = -(-files // batch)  # batches of one epoch
+        whole = (sorted(x for b in theirs[:first] for x in b) == every_file,
+                 sorted(x for b in ours[:first] for x in b) == every_file)
+        rows.append((f"stage-2 batch sizes, {files} files, batch {batch}, {n_iter} steps",
+                     float(sum(a != b for a, b in zip(*sizes)) + abs(len(sizes[0]) - len(sizes[1]))),
+                     f"steps whose size differs; reference {sizes[0][:4]}..., ours {sizes[1][:4]}...; distinct files "
+                     f"per step (reference / ours): {distinct[0]} / {distinct[1]}; first epoch is every file once: "
+                     f"{whole[0]} / {whole[1]}"))
+        name = os.path.basename(last)
+        rows.append((f"stage-2 checkpoint name after {n_iter} steps ({files} files, batch {batch})",
+                     float(name != f"I{step}_E{epoch}.pth"), f"reference I{step}_E{epoch}, ours {name[:-4]}"))
+
+
+def check_loss_log(ref: dict, rows: list) -> None:
+    """Item 6: the reference's DDPM.optimize_parameters logs l_pix = sum / (b*c*h*w); our log line's value."""
+    from ubf.pipeline.diffusion_train import per_element
+    model_module = ref["diffusionmodel.model"]
+    unet = {k: v for k, v in SMALL_UNET.items()}
+    opt = {"gpu_ids": None, "phase": "train", "distributed": False, "path": {"resume_state": None},
+           "train": {"optimizer": {"lr": 1e-4}},
+           "model": {"finetune_norm": False, "beta_schedule": {"train": PAPER_SCHEDULE, "val": PAPER_SCHEDULE},
+                     "unet": {"in_channel": 5, "out_channel": 5, "inner_channel": unet["inner_channel"],
+                              "norm_groups": unet["norm_groups"], "channel_multiplier": list(unet["channel_mults"]),
+                              "attn_res": list(unet["attn_res"]), "res_blocks": unet["res_blocks"], "dropout": 0.0},
+                     "diffusion": {"image_size": 16, "channels": 5, "conditional": False}}}
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
+        reference = model_module.DDPM(opt)
+    ours = our_diffusion(reference.netG.denoise_fn, dict(SMALL_UNET, dropout=0.0), PAPER_SCHEDULE)
+    x0 = torch.rand(4, 5, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    np.random.seed(4)
+    state = np.random.get_state()
+    t = np.random.randint(1, reference.netG.num_timesteps + 1)
+    gamma = torch.FloatTensor(np.random.uniform(reference.netG.sqrt_alphas_cumprod_prev[t - 1],
+                                                reference.netG.sqrt_alphas_cumprod_prev[t], size=4))
+    np.random.set_state(state)
+    torch.manual_seed(5)
+    reference.feed_data({"Abu": x0})
+    reference.optimize_parameters()
+    logged = reference.get_current_log()["l_pix"]
+    ours.draw_noise_levels = lambda batch, device, generator=None: gamma
+    torch.manual_seed(5)
+    noise = torch.randn_like(x0)
+    loss = float(ours.training_loss(x0, noise=noise).detach())
+    numel = x0.numel()
+    rows.append(("DDPM loss as logged (l1)", abs(logged - per_element(loss, "l1", numel)),
+                 f"reference l_pix {logged:.6g}, ours {per_element(loss, 'l1', numel):.6g} (before the fix the log "
+                 f"divided once more: {loss / numel:.3g})"))
+
+
+def check_msf_inputs(msf_dir: str, shims: str | None, data_dir: str, rows: list) -> None:
+    """Items 2 and 3: which channels and bands reach a stage-1 network, MSF-Diff against Unmixing.py infer."""
+    from ubf.core.checkpoint import save_checkpoint
+    from ubf.core.reference_format import swap_input_order, unmixing_from_reference
+    from ubf.pipeline.unmixing_config import load_unmixing_config
+    from ubf.pipeline.unmixing_infer import infer_folders
+    with reference_imports(msf_dir, shims):
+        ae = importlib.import_module("model.unmixingAE")
+        common = importlib.import_module("core.common")
+        loaddata = importlib.import_module("core.loaddata")
+    torch.manual_seed(0)
+    net = ae.UnmixingAE(n_blocks=3, res_scale=0.1, input_channels=3, output_channels=59,
+                        conv=common.default_conv).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        image_dir, hsi_dir = os.path.join(tmp, "RGB"), os.path.join(tmp, "evals")
+        os.makedirs(image_dir)
+        tile = os.path.join(data_dir, "aid", "farmland_140.jpg")
+        from PIL import Image
+        picture = Image.open(tile).convert("RGB").crop((0, 0, 96, 96)) if os.path.isfile(tile) else \
+            Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+        picture.save(os.path.join(image_dir, "a.png"))
+        with torch.no_grad():  # msf:1_scene-based-unmixing.py:233-249 (loader, forward)
+            gt, rgb = loaddata.RGBDataset(image_dir=image_dir)[0]
+            theirs = net(rgb[None])[0][0].permute(1, 2, 0).numpy()
+            fed_rgb = net(rgb.flip(0)[None])[0][0].permute(1, 2, 0).numpy()  # what R, G, B feeding gave
+        weights, model_cfg = unmixing_from_reference(net.state_dict())
+        weights["encoder.stem.weight"] = swap_input_order(weights["encoder.stem.weight"])  # trained in 7-17-27 order
+        cfg = load_unmixing_config(None, {"data.bands": "reference-7-17-27"})
+        ours_ckpt = os.path.join(tmp, "ours.pth")
+        save_checkpoint({"stage": "unmixing", "model": weights, "config": cfg, "epoch": 0, "band_indices": [7, 17, 27],
+                         "in_channels": 3, "out_bands": 59}, ours_ckpt)
+        infer_folders(ours_ckpt, [image_dir], None, os.path.join(tmp, "abu"), torch.device("cpu"), workers=0)
+        ours = read_mat(os.path.join(tmp, "abu", "a.mat"))["Abu"]
+        rows.append(("stage-1 RGB input of a network trained on bands 7/17/27: abundances", max_diff(theirs, ours),
+                     f"MSF-Diff RGBDataset + UnmixingAE vs Unmixing.py infer, 96 x 96 AID crop; R, G, B fed (before): "
+                     f"{max_diff(theirs, fed_rgb):.3g}"))
+        crop = os.path.join(data_dir, "chikusei", "block_118.mat")
+        os.makedirs(hsi_dir)
+        cube = read_hsi(crop)[0][:64, :64] if os.path.isfile(crop) else np.random.default_rng(1).random((64, 64, 59))
+        sio_cube = np.ascontiguousarray(cube, dtype=np.float32)
+        write_mat(os.path.join(hsi_dir, "c.mat"), {"Y": sio_cube})
+        with torch.no_grad():  # msf: HSIDataset (core/loaddata.py:38-58) + the network
+            gt, bands = loaddata.HSIDataset(image_dir=hsi_dir)[0]
+            theirs = net(bands[None])[0][0].permute(1, 2, 0).numpy()
+            three = minmax(sio_cube[..., [53, 33, 14]]).transpose(2, 0, 1)[None].copy()
+            old = ours_model_forward(net, three)
+        ref_ckpt = os.path.join(tmp, "UnmixingAE_Chikusei_latest.pth")
+        torch.save({"epoch": 40, "model": net.state_dict()}, ref_ckpt)
+        infer_folders(ref_ckpt, None, [hsi_dir], os.path.join(tmp, "abu_hsi"), torch.device("cpu"), workers=0)
+        ours = read_mat(os.path.join(tmp, "abu_hsi", "c.mat"))["Abu"]
+        rows.append(("stage-1 HSI input of an imported MSF-Diff checkpoint: abundances", max_diff(theirs, ours),
+                     f"MSF-Diff HSIDataset (bands 7, 17, 27) vs infer --hsi, 64 x 64 of crop 118; bands 53/33/14 "
+                     f"(before): {max_diff(theirs, old):.3g}"))
+
+
+def ours_model_forward(net, x: np.ndarray) -> np.ndarray:
+    """The reference network on bands 53/33/14 given as our R, G, B, i.e. in its channel order 14/33/53."""
+    return net(torch.from_numpy(x[:, ::-1].copy()))[0][0].permute(1, 2, 0).numpy()
+
+
+def reference_sam_float64(x_true, x_pred) -> float:
+    """The reference's compare_sam (core/metrics.py:37-55) with its running sum started as float64, the type
+    NumPy 1 gave `0 + np.float32(...)`; NumPy 2 (NEP 50) keeps it float32. Written out here, not imported."""
+    x_true, x_pred = x_true.astype(np.float32), x_pred.astype(np.float32)
+    total, num = np.float64(0), 0
+    for x in range(x_true.shape[0]):
+        for y in range(x_true.shape[1]):
+            p, t = x_pred[x, y].ravel(), x_true[x, y].ravel()
+            if np.linalg.norm(t) != 0 and np.linalg.norm(p) != 0:
+                total += np.arccos(np.inner(p, t) / (np.linalg.norm(t) * np.linalg.norm(p)))
+                num += 1
+    return float(total / num * 180 / np.pi)
+
+
+def check_sam(ref: dict, crops: list, rows: list) -> None:
+    """Item 5: SAM on poor reconstructions, against the reference as it runs and with a float64 running sum."""
+    compare_sam = ref["core.metrics"].compare_sam
+    rng = np.random.default_rng(5)
+    gt = crops[1]
+    cases = {"crop + N(0, 0.1)": np.clip(gt + rng.normal(0, 0.1, gt.shape), 0, 1).astype(np.float32),
+             "crop 118 vs a uniform random cube": rng.random(gt.shape).astype(np.float32),
+             "crop 118 vs 282": crops[0][:gt.shape[0], :gt.shape[1]]}
+    big = np.concatenate([np.concatenate([gt, gt[::-1]], 0), np.concatenate([gt[:, ::-1], gt[::-1, ::-1]], 0)], 1)
+    cases["256 x 256 (crop 118 mirrored 2 x 2) + N(0, 0.2)"] = (
+        big, np.clip(big + rng.normal(0, 0.2, big.shape), 0, 1).astype(np.float32))
+    for label, pred in cases.items():
+        truth, pred = pred if isinstance(pred, tuple) else (gt, pred)
+        with np.errstate(all="ignore"):
+            theirs = float(compare_sam(truth, pred))
+        wide = reference_sam_float64(truth, pred)
+        mine = ours_metrics.sam(truth, pred)
+        rows.append((f"metric sam ({label})", abs(theirs - mine),
+                     f"reference {theirs:.6g} (float32 running sum), ours {mine:.6g}; with a float64 sum the "
+                     f"reference gives {wide:.6g}, {abs(wide - mine):.2g} from ours"))
+
+
+CHECKS = ("unmixing", "schedule", "unet", "ddpm_loss", "sampler", "metrics", "synthesis", "batching", "loss_log",
+          "msf_inputs", "sam")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", required=True, help="checkout of HSI-Synthesis/Unmixing-before-fusion")
@@ -376,6 +621,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=DEFAULT_DATA, help="folder with chikusei/block_{118,282}.mat")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="200 sampler steps and a 32 x 32 UNet input")
+    parser.add_argument("--msf", help="checkout of EtPan/MSF-Diff (the stage-1 input checks; skipped without)")
+    parser.add_argument("--only", nargs="+", choices=CHECKS, help="run only these checks")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax")  # the reference's nn.Softmax()
     if not os.path.isfile(os.path.join(args.ref, "unmixingmodel", "unmixingAE.py")):
@@ -384,14 +631,25 @@ def main(argv=None) -> int:
     ref = load_reference(args.ref, args.shims)
     crops, source = real_crops(args.data)
     rows, started = [], time.perf_counter()
-    check_unmixing(ref, crops[0], rows)
-    check_schedule(ref, rows)
-    check_unet(ref, 32 if args.quick else 64, rows)
-    check_ddpm_loss(ref, rows)
-    check_sampler(ref, 200 if args.quick else 2000, rows)
-    check_metrics(ref, crops, rows)
-    check_synthesis(args.ref, args.shims, rows)
-    edges = metric_edge_cases(ref, crops)
+    chosen = set(args.only or CHECKS)
+    steps = {
+        "unmixing": lambda: check_unmixing(ref, crops[0], rows),
+        "schedule": lambda: check_schedule(ref, rows),
+        "unet": lambda: check_unet(ref, 32 if args.quick else 64, rows),
+        "ddpm_loss": lambda: check_ddpm_loss(ref, rows),
+        "sampler": lambda: check_sampler(ref, 200 if args.quick else 2000, rows),
+        "metrics": lambda: check_metrics(ref, crops, rows),
+        "synthesis": lambda: check_synthesis(args.ref, args.shims, rows),
+        "batching": lambda: check_stage2_batching(args.ref, args.shims, rows),
+        "loss_log": lambda: check_loss_log(ref, rows),
+        "msf_inputs": lambda: check_msf_inputs(args.msf, args.shims, args.data, rows) if args.msf else
+        print("--msf not given: the stage-1 input checks (items 2, 3) are skipped"),
+        "sam": lambda: check_sam(ref, crops, rows),
+    }
+    for name in CHECKS:
+        if name in chosen:
+            steps[name]()
+    edges = metric_edge_cases(ref, crops) if "metrics" in chosen else []
     print(f"data: {source}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{time.perf_counter() - started:.0f} s; load {open('/proc/loadavg').read().split()[0]}"
           if os.path.isfile("/proc/loadavg") else f"data: {source}")

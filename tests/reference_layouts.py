@@ -1,6 +1,6 @@
 """The reference code's checkpoint layouts, written out from its architecture for the tests.
 
-Key names and shapes follow the authors' `unmixingmodel/unmixingAE.py` + `ubf/core/common.py` (stage 1)
+Key names and shapes follow the authors' `unmixingmodel/unmixingAE.py` + `core/common.py` (stage 1)
 and `diffusionmodel/networks.py` (stage 2: `GaussianDiffusion(UNet)`, schedule buffers registered by
 `set_new_noise_schedule`), read from that code, not from this project's models. Counts checked in
 the tests were listed by running the reference itself (73 keys for `UnmixingAE(n_blocks=1)`, 136 for
@@ -9,6 +9,7 @@ the tiny UNet below).
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 STAGES = ("layerup2", "layerup3", "layer1", "layer2", "layer3")
 WIDTHS = (32, 64, 128, 96, 48)
@@ -135,3 +136,24 @@ def reference_buffers(linear_start: float, linear_end: float, timesteps: int) ->
               "posterior_mean_coef1": betas * np.sqrt(prev) / (1.0 - cumprod),
               "posterior_mean_coef2": (1.0 - prev) * np.sqrt(alphas) / (1.0 - cumprod)}
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
+
+
+def reference_training_loop(n_files: int, batch_size: int, n_iter: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """(step, epoch, batch size) of every step of the reference's stage-2 training loop.
+
+    The loop of its Diffusion.py (lines 54 and 75-81): `DataLoader(train_set, batch_size=8, shuffle=True)`
+    (drop_last left at False), the epoch counter raised as each pass over the loader begins, the step
+    counter raised before each batch and the loop left once it passes n_iter. Run here with torch's own
+    DataLoader over `n_files` indices, so the sizes come from that class, not from this project.
+    """
+    loader = DataLoader(range(n_files), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    steps, step, epoch = [], 0, 0
+    while step < n_iter:
+        epoch += 1
+        for batch in loader:
+            step += 1
+            if step > n_iter:
+                break
+            steps.append((step, epoch, len(batch)))
+    return steps

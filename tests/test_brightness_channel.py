@@ -87,7 +87,7 @@ def test_infer_writes_the_cone_heads_brightness(tmp_path):
     cfg["model"]["num_endmembers"] = 3
     ckpt = str(tmp_path / "u.pth")
     save_checkpoint({"stage": "unmixing", "model": net.state_dict(), "config": cfg, "out_bands": 6, "in_channels": 3,
-                     "band_indices": [0, 1, 2], "wavelengths": None, "epoch": 0}, ckpt)
+                     "band_indices": [2, 1, 0], "wavelengths": None, "epoch": 0}, ckpt)
     image = (np.random.default_rng(2).uniform(0, 1, (10, 12, 3)) * 255).astype(np.uint8)
     os.makedirs(tmp_path / "rgb")
     Image.fromarray(image).save(tmp_path / "rgb" / "x.png")

@@ -16,6 +16,7 @@ from ubf.data.matio import read_mat, write_mat
 from ubf.models.sr3_unet import count_parameters, unet_from_config
 from ubf.pipeline.diffusion_config import load_diffusion_config
 from ubf.pipeline.diffusion_train import train_diffusion
+from reference_layouts import reference_training_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,7 +178,9 @@ def test_resume_is_bit_exact(tmp_path, abundance_dir):
                               seed=11, resume=first, progress=False)
     assert os.path.dirname(resumed) == os.path.dirname(first)  # continues in the same run folder
     a, b = load_checkpoint(straight, "diffusion"), load_checkpoint(resumed, "diffusion")
-    assert a["step"] == b["step"] == 5 and a["samples_seen"] == b["samples_seen"] == 10
+    # 3 files, batch 2: the reference's DataLoader gives batches of 2 and 1 per epoch
+    seen = sum(size for _, _, size in reference_training_loop(3, 2, 5))
+    assert a["step"] == b["step"] == 5 and a["samples_seen"] == b["samples_seen"] == seen == 8
     for part in ("model", "ema"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), (part, key)

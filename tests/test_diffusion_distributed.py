@@ -22,6 +22,7 @@ from ubf.data.matio import read_mat, write_mat
 from ubf.pipeline.diffusion_config import load_diffusion_config
 from ubf.pipeline.diffusion_sample import sample_run, split_count
 from ubf.pipeline.diffusion_train import train_diffusion
+from reference_layouts import reference_training_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -47,7 +48,7 @@ CONFIG = {
 def setup(tmp_path):
     rng = np.random.default_rng(1)
     data = tmp_path / "abu"
-    for i in range(5):
+    for i in range(7):  # batch 4: each epoch is a batch of 4 and one of 3, which two processes share 1 + 2
         write_mat(str(data / f"a{i}.mat"), {"Abu": rng.dirichlet(np.ones(3), size=(10, 12)).astype(np.float32)})
     config = tmp_path / "ddp.json"
     config.write_text(json.dumps(dict(CONFIG, datasets=dict(CONFIG["datasets"],
@@ -109,7 +110,8 @@ def test_torchrun_two_processes_match_one_and_checkpoints_cross_over(setup):
     assert moved > 1e-3  # two steps move the weights far more than the tolerance
     ddp = load_checkpoint(checkpoint(str(tmp_path / "ddp"), 4), "diffusion")
     assert not any(key.startswith("module.") for key in ddp["model"]) and ddp["world_size"] == 2
-    assert ddp["samples_seen"] == reference["samples_seen"] == 16
+    seen = sum(size for _, _, size in reference_training_loop(7, 4, 4))  # the reference's DataLoader batches
+    assert ddp["samples_seen"] == reference["samples_seen"] == seen == 14
     assert_close(ddp["model"], reference["model"])
     assert_close(ddp["ema"], reference["ema"])
     # rank 0 alone wrote the log, the loss records (the global loss, equal to one process's) and the preview

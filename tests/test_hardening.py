@@ -62,6 +62,13 @@ def tiny_config(train_dir, **train):
     return cfg
 
 
+def handlers_now() -> dict:
+    """The SIGINT and SIGTERM handlers in force: the run must give back whatever was there before it,
+    which is not `default_int_handler` when the suite was started in the background or under nohup
+    (SIGINT ignored from the start)."""
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def signal_at_call(monkeypatch, call, signals):
     """Make the loss send `signals` to this process while it computes step number `call` (1-based, over epochs)."""
     calls = {"n": 0}
@@ -93,11 +100,12 @@ def straight_run(crops, tmp_path_factory):
 def test_signal_mid_epoch_writes_interrupted_and_resume_is_exact(tmp_path, crops, straight_run, monkeypatch,
                                                                  capsys, sig):
     split = str(tmp_path / "split")
+    before = handlers_now()
     signal_at_call(monkeypatch, 5, [sig])  # epoch 2, step 2: one step of epoch 2 is done
     with pytest.raises(KeyboardInterrupt):
         train_unmixing(tiny_config(crops), split, CPU)
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are given back
+    assert handlers_now() == before  # handlers are given back
     interrupted_path = os.path.join(split, "checkpoint", "interrupted.pth")
     interrupted = load_checkpoint(interrupted_path, "unmixing")
     assert interrupted["epoch"] == 0 and interrupted["partial"]["epoch"] == 1 and interrupted["partial"]["steps"] == 1
@@ -120,6 +128,7 @@ def test_signal_mid_epoch_writes_interrupted_and_resume_is_exact(tmp_path, crops
 
 def test_second_ctrl_c_aborts_at_once_and_keeps_latest(tmp_path, crops, monkeypatch):
     run = str(tmp_path / "run")
+    before = handlers_now()
     monkeypatch.setattr(unmixing_train.StopRequest, "REPEAT_GRACE_S", 0.0)
     signal_at_call(monkeypatch, 4, [signal.SIGINT, signal.SIGINT])
     with pytest.raises(KeyboardInterrupt):
@@ -127,7 +136,7 @@ def test_second_ctrl_c_aborts_at_once_and_keeps_latest(tmp_path, crops, monkeypa
     monkeypatch.undo()
     assert not os.path.exists(os.path.join(run, "checkpoint", "interrupted.pth"))
     assert load_checkpoint(os.path.join(run, "checkpoint", "latest.pth"))["epoch"] == 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert handlers_now() == before
 
 
 def test_ctrl_c_passed_on_by_torchrun_counts_once(tmp_path, crops, monkeypatch):
@@ -401,12 +410,13 @@ def patch_step_loss(monkeypatch, call, change):
 def test_diffusion_signal_finishes_the_step_and_the_logged_resume_is_exact(tmp_path, ddpm_config, ddpm_straight,
                                                                          monkeypatch, sig):
     run = tmp_path / "run"
+    before = handlers_now()
     patch_step_loss(monkeypatch, 3, lambda loss, model: (signal.raise_signal(sig), loss)[1])
     with pytest.raises(KeyboardInterrupt):
         diffusion_train.train_diffusion(ddpm_cfg(ddpm_config), str(tmp_path), CPU, seed=3, run_dir=str(run),
                                         progress=False)
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are given back
+    assert handlers_now() == before  # handlers are given back
     (name,) = os.listdir(run / "checkpoint")
     assert name == "I3_E2.pth" and load_checkpoint(str(run / "checkpoint" / name), "diffusion")["step"] == 3
     log = (run / "logs" / "train.log").read_text()
@@ -473,7 +483,8 @@ def test_diffusion_speed_flags(tmp_path, ddpm_config, monkeypatch, capsys):
     Diffusion.main(["-p", "train", "-c", ddpm_config, "--run-dir", str(tmp_path / "run"), "--n-iter", "1",
                     "--compile", "--amp", "bf16", "--device", "cpu"])
     assert len(compiled) == 1
-    state = load_checkpoint(str(tmp_path / "run" / "checkpoint" / "I1_E0.pth"), "diffusion")
+    # step 1 is in epoch 1, as the reference names it (I<step>_E<epoch in progress>)
+    state = load_checkpoint(str(tmp_path / "run" / "checkpoint" / "I1_E1.pth"), "diffusion")
     assert state["config"]["train"]["compile"] is True and state["config"]["train"]["amp"] == "bf16"
     assert "training in float32" in capsys.readouterr().err
     bad = json.loads(open(ddpm_config).read())

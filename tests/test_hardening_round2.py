@@ -347,7 +347,7 @@ def test_synthesis_and_demo_flags(tmp_path, capsys):
     line = one_line_error(capsys, lambda: Synthesis.main(["--rgb-bands", "-1", "2", "3", "--out", str(tmp_path / "s")]))
     assert "--rgb-bands: must be an integer >= 0, got -1" in line
     line = one_line_error(capsys, lambda: demo.main(["--size", "0", "--out", str(tmp_path / "d")]))
-    assert "--size: must be an integer >= 1, got 0" in line
+    assert "--size: must be an integer in [8, 1024], got 0" in line
     assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
 
 

@@ -75,7 +75,8 @@ def test_unmixing_file_profile_reaches_train_and_infer(tmp_path):
     train = load_unmixing_config(path)
     infer = load_unmixing_config(path, stage="infer")
     assert train["profile"] == infer["profile"] == "improved"
-    assert infer["infer"] == {"tile": 128, "overlap": 32, "checkpoint": "best", "color_match": "moments"}
+    assert infer["infer"] == {"tile": 128, "overlap": 32, "checkpoint": "best", "color_match": "moments",
+                              "layout": "project"}
     assert load_unmixing_config(path, {"infer.checkpoint": "latest"}, stage="infer")["infer"]["checkpoint"] == "latest"
 
 

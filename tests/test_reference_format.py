@@ -45,7 +45,9 @@ def reference_unmixing(tmp_path_factory):
 def test_reference_stage1_checkpoint_gives_the_references_outputs(reference_unmixing):
     path, weights = reference_unmixing
     model, state = load_unmixing_model(path, CPU)
-    assert state["epoch"] == 3 and state["out_bands"] == BANDS and state["band_indices"] == [53, 33, 14]
+    # MSF-Diff trains on bands 7, 17, 27 (its core/loaddata.py band_select), channel 0 first; our first
+    # layer has its input channels turned round, so our list reads them in R, G, B order
+    assert state["epoch"] == 3 and state["out_bands"] == BANDS and state["band_indices"] == [27, 17, 7]
     x = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(1))  # R, G, B as we read images
     with torch.no_grad():
         abundances, reconstruction = model(x)
@@ -92,7 +94,7 @@ def test_evaluate_reconstruction_accepts_a_reference_checkpoint(tmp_path, refere
     assert Evaluate.main(["reconstruction", "--ckpt", path, "--hsi", str(tmp_path / "hsi"), "--out",
                           str(tmp_path / "report"), "--device", "cpu", "--no-progress"]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["n_files"] == 2 and report["band_indices"] == "53,33,14" and report["num_endmembers"] == 5
+    assert report["n_files"] == 2 and report["band_indices"] == "27,17,7" and report["num_endmembers"] == 5
     assert np.isfinite(report["psnr"]) and 0 <= report["sam"] < 90
 
 
@@ -101,7 +103,9 @@ def test_stage1_round_trip_reference_ours_reference(tmp_path, reference_unmixing
     out = str(tmp_path / "exported.pth")
     assert export_main(["unmixing", path, out]) == 0
     exported = load_file(out)
-    assert exported["epoch"] == 4 and set(exported) == {"epoch", "model"}
+    # the reference reads ["epoch"] and ["model"]; the band list rides along in its channel order
+    assert exported["epoch"] == 4 and set(exported) == {"epoch", "model", "input_bands"}
+    assert exported["input_bands"] == [7, 17, 27]
     assert {k: tuple(v.shape) for k, v in exported["model"].items()} == unmixing_layout(1, BANDS)
     assert all(torch.equal(exported["model"][k], weights[k]) for k in weights)
     first, _ = load_unmixing_model(path, CPU)
@@ -134,7 +138,7 @@ def test_our_stage1_checkpoint_exports_and_refuses_what_the_reference_cannot_hol
     assert "exists already" in capsys.readouterr().err
 
     narrow = UnmixingAutoencoder(out_bands=8, widths=(4, 4), n_blocks=1)
-    save_checkpoint(dict(state, model=narrow.state_dict(), out_bands=8,
+    save_checkpoint(dict(state, model=narrow.state_dict(), out_bands=8, band_indices=[7, 4, 1],
                          config=dict(cfg, model=dict(cfg["model"], widths=[4, 4], n_blocks=1))),
                     str(tmp_path / "narrow.pth"))
     with pytest.raises(SystemExit):

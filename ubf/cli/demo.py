@@ -28,7 +28,7 @@ from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import check_output_path, require_folder
 from ubf.core.profiles import add_profile_argument
 from ubf.core.resources import resolve_config
-from ubf.core.validate import INT_POSITIVE, flag
+from ubf.core.validate import INT_POSITIVE, Number, flag
 from ubf.core.version import add_version_argument
 
 # the folder `ubf` is imported from: the steps run as `python -m ubf.cli.<stage>` and must import the same copy
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "improved stage-1 recipe; built-in configs are found by name from any folder)")
     parser.add_argument("--ddpm-config", default=DDPM_CONFIG, help=f"stage-2 config (default {DDPM_CONFIG})")
     add_seed_argument(parser, default=0, what="the demo data")
-    parser.add_argument("--size", type=flag(INT_POSITIVE), default=64,
-                        help="height and width of the demo scenes and images")
+    parser.add_argument("--size", type=flag(Number(integer=True, low=8, high=1024)), default=64,
+                        help="height and width of the demo scenes and images (8 to 1024; real data: --data)")
     add_overwrite_argument(parser, "the outputs of an earlier demo in --out (deleted first)")
     add_threads_argument(parser)
     add_progress_argument(parser)
@@ -77,6 +77,10 @@ def prepare_output(out: str, overwrite: bool) -> None:
     earlier = [name for name in OWNED if os.path.exists(os.path.join(out, name))]
     if earlier and not overwrite:
         raise UserError(f"{out}: holds an earlier demo ({', '.join(earlier)}); use --overwrite or another --out")
+    links = [name for name in earlier if os.path.islink(os.path.join(out, name))]
+    if links:  # the demo never makes one: removing through it could reach files outside --out
+        raise UserError(f"{os.path.join(out, links[0])}: is a symbolic link, which the demo never writes; "
+                        "--overwrite removes only the demo's own outputs (remove it yourself or choose another --out)")
     for name in earlier:
         path = os.path.join(out, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -225,6 +229,13 @@ def main(argv=None) -> None:
     check_step_configs(unmixing_config, ddpm_config)
     out = os.path.abspath(args.out)
     check_output_path(out)
+    from ubf.core.runlock import RunLock
+    with RunLock(out, "demo.py"):
+        run_demo(args, out, unmixing_config, ddpm_config)
+
+
+def run_demo(args, out: str, unmixing_config: str, ddpm_config: str) -> None:
+    """The eight steps into `out` (locked by the caller), with the two configs resolved and checked."""
     prepare_output(out, args.overwrite)
     total = 8
     paths = {"unmixing": os.path.join(out, "unmixing"), "abundances": os.path.join(out, "abundances"),

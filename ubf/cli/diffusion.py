@@ -5,7 +5,7 @@
                         [--amp fp16|bf16] [--compile] [--threads N] [--no-progress] [-d]
     python Diffusion.py -p val -c CONFIG [--ckpt CKPT|latest] [--out RUN | --root DIR] [--num-samples N]
                         [--sampler ancestral|ddim|dpmpp2m] [--steps N] [--eta X] [--batch-size B] [--ema] [--simplex]
-                        [--class NAME|a,b|all [--guidance W]]
+                        [--class NAME|a,b|all [--guidance W]] [--layout project|reference]
     either phase: [--profile faithful|improved] (default: the config's `profile`, else faithful)
 
 `--out RUN` is the run folder itself ({checkpoint,logs,results,mat_results} go there), as `--out` is the
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--raw", action="store_true",
                         help="store Abu = (SR + 1) / 2 as sampled (the default, as the reference)")
     parser.add_argument("--simplex", action="store_true", help="project Abu onto the simplex (sample.project_simplex)")
+    parser.add_argument("--layout", choices=["project", "reference"], help="-p val files: project (default: "
+                        "<step>_<n>_sample_abu.mat with SR and Abu) or reference (0_<n>_sample_abu.mat with SR only, as "
+                        "the reference's -p val writes them; sample.layout)")
     parser.add_argument("--no-ema", action="store_true", help="sample with the trained weights (the default)")
     parser.add_argument("--ema", action="store_true", help="sample with the EMA weights (sample.use_ema)")
     add_profile_argument(parser)
@@ -157,6 +160,19 @@ def checkpoint_to_read(args, cfg: dict, phase: str, out_root: str, log) -> str |
     return found
 
 
+def check_sampler_flags(args, sampler: str) -> None:
+    """--steps and --eta set what the ancestral sampler never reads (it runs all T steps, eta 1 in effect):
+    refused rather than silently ignored; --eta is DDIM's alone."""
+    if sampler == "ancestral" and (args.steps is not None or args.eta is not None):
+        given = " and ".join(f"--{name} {getattr(args, name):g}" for name in ("steps", "eta")
+                             if getattr(args, name) is not None)
+        raise UserError(f"{given}: the ancestral sampler runs all of the schedule's steps and has no eta; "
+                        "add --sampler ddim (or dpmpp2m for --steps) to use them")
+    if sampler == "dpmpp2m" and args.eta is not None:
+        raise UserError(f"--eta {args.eta:g}: DPM-Solver++ (2M) is deterministic and has no eta; "
+                        "it is DDIM's (--sampler ddim)")
+
+
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -177,7 +193,7 @@ def main(argv=None) -> int:
         "sample.sampler": args.sampler, "sample.steps": args.steps, "sample.eta": args.eta,
         "sample.project_simplex": False if args.raw else (True if args.simplex else None),
         "sample.use_ema": False if args.no_ema else (True if args.ema else None),
-        "sample.class_name": args.class_name, "sample.guidance": args.guidance,
+        "sample.class_name": args.class_name, "sample.guidance": args.guidance, "sample.layout": args.layout,
         **parse_set_values(args.set_values, DIFFUSION_DEFAULTS),
     }, profile=args.profile)
     log.info("profile: %s", cfg["profile"])
@@ -192,6 +208,7 @@ def main(argv=None) -> int:
     cfg = validate(cfg, args.config)
     if args.out:
         refuse_folder_of_runs(args.out, cfg)
+    check_sampler_flags(args, cfg["sample"]["sampler"])
     checkpoint = checkpoint_to_read(args, cfg, phase, out_root, log)
     for name in ("log_wandb_ckpt", "log_eval", "log_infer"):
         if getattr(args, name):

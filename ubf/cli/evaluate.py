@@ -173,6 +173,12 @@ def run_reconstruction_command(args, device) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_output_path(args.out)
+    from ubf.core.runlock import RunLock
+    with RunLock(args.out, f"Evaluate.py {args.command}"):  # one writer per report folder; before the log file
+        return run(args)
+
+
+def run(args) -> int:
     setup_logging(os.path.join(args.out, "evaluate.log"))
     device = resolve_device(args.device)
     with runtime_flags(args), trust_checkpoint_code(args.trust_checkpoint_code):

@@ -23,7 +23,8 @@ from ubf.core.logs import get_logger, setup_logging
 from ubf.core.overrides import add_set_argument, parse_set_values
 from ubf.core.profiles import add_profile_argument
 from ubf.core.resources import resolve_config
-from ubf.core.validate import INT_NONNEGATIVE, flag
+from ubf.core.runlock import RunLock
+from ubf.core.validate import FLOAT_POSITIVE, INT_NONNEGATIVE, flag
 from ubf.core.version import add_version_argument
 from ubf.pipeline.synthesis import DEFAULT_OUT, SynthesisOptions, load_synthesis_settings
 
@@ -68,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a CSV/JSON of responses, optionally NAME:BAND,BAND (docs/sensors.md)")
     parser.add_argument("--variability", metavar="auto|S", help="per-pixel endmember scaling (extended linear mixing "
                         "model) with smooth fields; S = std of log scale, auto = measured on the training HSIs")
-    parser.add_argument("--variability-scale", type=float, default=16.0, help="field smoothness in pixels (default 16)")
+    parser.add_argument("--variability-scale", type=flag(FLOAT_POSITIVE), default=16.0,
+                        help="field smoothness in pixels (default 16; at most the maps' side)")
+    parser.add_argument("--layout", choices=("project", "reference"), default=None,
+                        help="output names: project (default: the sample's name, with class and wavelengths) or "
+                             "reference (0000.mat ... in os.listdir order with HSI, Abu, End, as the reference)")
     add_trust_flag(parser)
     return parser
 
@@ -77,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     check_output_path(args.out)
+    with RunLock(args.out, "Synthesis.py"):  # before the log file: a refused second run touches nothing
+        return run(args)
+
+
+def run(args) -> None:
     setup_logging(os.path.join(args.out, "synthesis.log"))
     from ubf.pipeline.synthesis import run_synthesis
     if args.simplex and args.no_simplex:
@@ -84,7 +94,7 @@ def main(argv=None) -> None:
     settings = load_synthesis_settings(resolve_config(args.config), args.profile, {
         "checkpoint": args.checkpoint, "endmembers": args.endmembers, "end_layout": args.end_layout,
         "simplex": True if args.simplex else (False if args.no_simplex else None), "rgb": args.rgb,
-        "rgb_bands": args.rgb_bands})
+        "rgb_bands": args.rgb_bands, "layout": args.layout})
     get_logger().info("profile: %s (endmembers %s, %s)", settings["profile"], settings["endmembers"],
                       "simplex" if settings["simplex"] else "(SR + 1) / 2 as sampled")
     options = SynthesisOptions(endmembers=settings["endmembers"], simplex=settings["simplex"],
@@ -92,7 +102,8 @@ def main(argv=None) -> None:
                                rgb=settings["rgb"], rgb_bands=settings["rgb_bands"], real=args.real,
                                overwrite=args.overwrite, profile=settings["profile"], format=args.format,
                                sensor=args.sensor, variability=args.variability,
-                               variability_scale=args.variability_scale, seed=args.seed)
+                               variability_scale=args.variability_scale, seed=args.seed,
+                               layout=settings["layout"])
     options = dataclasses.replace(options, **parse_set_values(args.set_values, dataclasses.asdict(SynthesisOptions())))
     with runtime_flags(args), trust_checkpoint_code(args.trust_checkpoint_code):
         summary = run_synthesis(args.abundances, args.ckpt, args.out, resolve_device(args.device), options)

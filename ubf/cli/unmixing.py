@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_overwrite_argument(infer, "abundance files of images that are already done (default: skip them)")
     infer.add_argument("--color-match", choices=("none", "moments"), default=None,
                        help="moments: match each RGB image's channel mean/std to the training inputs (default none)")
+    infer.add_argument("--layout", choices=("project", "reference"), default=None,
+                       help="output files: project (default: <image>.mat with class) or reference (0000.mat ... in "
+                            "os.listdir order, GT as B, G, R, as the reference writes them)")
     add_device_argument(infer)
     add_threads_argument(infer)
     add_progress_argument(infer)
@@ -164,6 +167,7 @@ def run_infer(args) -> int:
     options = load_unmixing_config(resolve_config(args.config), {"infer.tile": args.tile, "infer.overlap": args.overlap,
                                                  "infer.checkpoint": args.checkpoint,
                                                  "infer.color_match": args.color_match,
+                                                 "infer.layout": args.layout,
                                                  **parse_set_values(args.set_values,
                                                                     {"infer": UNMIXING_DEFAULTS["infer"]})},
                                    profile=args.profile, stage="infer")
@@ -181,7 +185,8 @@ def run_infer(args) -> int:
                            overlap=overlap, overwrite=args.overwrite, key=args.key,
                            save_reconstruction=not args.no_recon, tile_batch=args.tile_batch,
                            channels_last=args.channels_last, workers=args.workers,
-                           color_match=options["infer"]["color_match"], fmt=args.format)
+                           color_match=options["infer"]["color_match"], fmt=args.format,
+                           layout=options["infer"]["layout"])
     log.info("wrote %d abundance files to %s (%d already done, %d failed)", len(result["written"]), args.out,
              len(result["skipped"]), len(result["failed"]))
     for path, message in result["failed"]:

@@ -11,6 +11,12 @@ is of those types (RNG states included, see `capture_rng_state`). Checkpoints of
 before that rule hold the numpy RNG state as an array; they load through an allowlist of exactly the
 numpy names a plain array needs. A file that needs anything else is refused in one line unless the
 user runs inside `trust_checkpoint_code(True)` (the CLIs' `--trust-checkpoint-code`).
+
+What a safe file holds is checked once here, before any stage touches it (`check_entries`): a dict
+with a dict of tensors under `model`, and the common entries (`config`, `optimizer`, `step`, ...) of
+the right types. The stage's own checks (its config's values, the weights against the network they
+must fit) follow in `pipeline.reference_checkpoints`, which every loader goes through. A file that is
+no checkpoint at all (a MATLAB `.mat`, an image) is named for what it is.
 """
 import contextlib
 import contextvars
@@ -128,10 +134,39 @@ def _safe_load(path: str, map_location, allowed: list | None = None):
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
+ZIP_MAGIC, PICKLE_PROTOCOL_MARK = b"PK\x03\x04", 0x80
+KNOWN_FORMATS = ((b"MATLAB", "a MATLAB .mat file (data such as HSI cubes or abundances)"),
+                 (b"\x89HDF\r\n\x1a\n", "an HDF5 file (data; MATLAB v7.3 .mat files are HDF5)"),
+                 (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF file"),
+                 (b"MM\x00*", "a TIFF file"), (b"{", "a JSON file (a config?)"))
+
+
+def what_file_is(path: str) -> str | None:
+    """A description of a file that is not a checkpoint by its first bytes, else None (it may be one).
+
+    torch.save writes a zip archive; older checkpoints are a pickle (first byte 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(ZIP_MAGIC) or (head[:1] and head[0] == PICKLE_PROTOCOL_MARK):
+        return None
+    for magic, description in KNOWN_FORMATS:
+        if head.lstrip()[:len(magic)] == magic:
+            return description
+    return "not a checkpoint: a .pth file of torch.save is a zip archive or a pickle" + (
+        "; this one is empty" if not head else f"; this one starts with {head[:8]!r}")
+
+
 def load_file(path: str, map_location="cpu"):
     """What `path` holds, read with the safe loader; a file that needs code is refused (see module doc)."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint not found")
+    kind = what_file_is(path)
+    if kind is not None:
+        raise UserError(f"{path}: {kind}" if kind.startswith("not a checkpoint")
+                        else f"{path}: is {kind}, not a checkpoint (.pth)")
     unreadable = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError,
                   TypeError, ImportError, IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError)
     try:
@@ -173,6 +208,7 @@ def load_checkpoint(path: str, stage: str | None = None, map_location="cpu", ref
     state = load_file(path, map_location)
     if is_reference_unmixing(state):
         if reference_ok and stage in (None, "unmixing"):
+            check_tensors(state["model"], path)
             return dict(state, stage="unmixing", format="reference")
         raise UserError(f"{path}: a stage-1 checkpoint of the reference code ({{epoch, model}}); it can be used "
                         "by `Unmixing.py infer`, `Evaluate.py reconstruction` and `Synthesis.py`, not here")
@@ -181,10 +217,45 @@ def load_checkpoint(path: str, stage: str | None = None, map_location="cpu", ref
         raise UserError(f"{path}: a DDPM weights file of the reference code (*_gen.pth); pass it to `Diffusion.py "
                         "--resume` (with its *_opt.pth beside it to continue training)")
     if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{path}: not a checkpoint of this project (no 'model' entry)")
+        what = "" if isinstance(state, dict) else f"; it holds a {type(state).__name__}, not a dict"
+        raise UserError(f"{path}: not a checkpoint of this project (no 'model' entry{what})")
     if stage is not None and state.get("stage") != stage:
         found = state.get("stage", "unknown")
         raise UserError(f"{path}: is a '{found}' checkpoint, expected a '{stage}' checkpoint")
+    return check_entries(state, path)
+
+
+def check_tensors(weights, path: str, entry: str = "model") -> dict:
+    """`weights` must be a dict of tensors under string keys (which ones: the stage's loader checks)."""
+    if not isinstance(weights, dict):
+        raise UserError(f"{path}: '{entry}' must be a dict of tensors, got {type(weights).__name__}")
+    for key, value in weights.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UserError(f"{path}: '{entry}' entry {key!r} is a {type(value).__name__}, not a tensor")
+    return weights
+
+
+# entry -> (types allowed besides None, smallest integer value or None)
+_ENTRY_TYPES = {"config": (dict, None), "optimizer": (dict, None), "rng": (dict, None), "best": (dict, None),
+                "partial": (dict, None), "scaler": (dict, None), "step": (int, 0), "samples_seen": (int, 0),
+                "epoch": (int, -1), "seed": (int, None), "out_bands": (int, 1), "in_channels": (int, 1),
+                "band_indices": ((list, tuple), None), "generator": (torch.Tensor, None)}
+
+
+def check_entries(state: dict, path: str) -> dict:
+    """The common entries of one of our checkpoints, each of its type (one line naming the first that is not)."""
+    check_tensors(state["model"], path)
+    if state.get("ema") is not None:
+        check_tensors(state["ema"], path, "ema")
+    for entry, (kind, low) in _ENTRY_TYPES.items():
+        value = state.get(entry)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = {int: "an integer", dict: "a dict", torch.Tensor: "a tensor"}.get(kind, "a list")
+            raise UserError(f"{path}: '{entry}' must be {names}, got {type(value).__name__} {value!r:.40}")
+        if low is not None and value < low:
+            raise UserError(f"{path}: '{entry}' must be at least {low}, got {value}")
     return state
 
 
@@ -225,6 +296,20 @@ def restore_rng_state(state: dict) -> None:
         index = torch.cuda.current_device()
         if index < len(state["cuda"]):
             torch.cuda.set_rng_state(state["cuda"][index])
+
+
+def check_rng_state(state, path: str, entry: str = "rng") -> None:
+    """Refuse an RNG record that `restore_rng_state` cannot take, by trying it and putting back the current one."""
+    if state is None:
+        return
+    current = capture_rng_state()
+    try:
+        restore_rng_state(state)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as err:
+        raise UserError(f"{path}: '{entry}' is not a random-generator record this project writes "
+                        f"({type(err).__name__})") from None
+    finally:
+        restore_rng_state(current)
 
 
 def seed_everything(seed: int) -> None:

@@ -27,6 +27,10 @@ def cli_main(func):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except MemoryError as err:  # numpy's "Unable to allocate 2.15 TiB ...": a size this machine cannot hold
+            print(f"error: not enough memory ({str(err).splitlines()[0][:160] if str(err) else 'MemoryError'})",
+                  file=sys.stderr)
+            sys.exit(2)
 
     return wrapper
 

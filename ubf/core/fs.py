@@ -135,3 +135,28 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def check_run_name(name, source: str = "config") -> str:
+    """A run name that stays one folder below the output root: no path separator, not '.', '..' or empty.
+
+    `--set name=../../x` (or a config's "name") would otherwise put the run folder outside --out."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{source}: 'name' must be a non-empty run name, got {name!r}")
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if name in (".", "..") or any(sep in name for sep in separators) or "\x00" in name:
+        raise UserError(f"{source}: 'name' is {name!r}; a run name is one folder name (no '/', not '.' or '..'), "
+                        "so that the run folder stays inside the output folder")
+    return name
+
+
+def refuse_links_below(root: str, folders) -> None:
+    """Refuse output sub-folders of `root` that are symbolic links: writing or replacing files there would
+    touch another folder (outputs stay inside the output folder; a link at `root` itself is the user's choice)."""
+    for folder in folders:
+        path = folder
+        while os.path.abspath(path) != os.path.abspath(root) and path:
+            if os.path.islink(path):
+                raise UserError(f"{path}: is a symbolic link; outputs are written only inside {root}, never "
+                                "through a link (remove the link or choose another output folder)")
+            path = os.path.dirname(path)

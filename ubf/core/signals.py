@@ -77,3 +77,31 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """
     for sig in StopRequest.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn`: the worker is killed as soon as the process that started it dies.
+
+    PyTorch's workers notice a dead parent only between items (a check every few seconds); one that
+    is decoding or blocked on a full queue when its parent is killed with SIGKILL stays behind as an
+    orphan. Linux's PR_SET_PDEATHSIG makes the kernel send SIGKILL instead; elsewhere this does nothing.
+    """
+    import ctypes
+    import os
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
+def worker_init(worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn` of training: ignore Ctrl-C/SIGTERM and end with the parent process."""
+    ignore_stop_signals(worker_id)
+    die_with_parent(worker_id)

@@ -10,6 +10,11 @@ All randomness (file order, crop offsets, flips) comes from `AbundanceStream`, w
 (seed, epoch) alone: the stream can restart at any sample index and continue exactly, whatever the
 number of DataLoader workers, which is what makes a resumed training run identical to an
 uninterrupted one.
+
+Batches (`AbundanceStream.batches`, `datasets.train.batching`): "epoch" (the default) cuts each epoch
+into batches as the reference's `DataLoader(shuffle=True)` does: every file once per epoch, distinct
+files within a step and a short last batch (5 files, batch 8: one batch of 5 per epoch). "stream" (the
+earlier behaviour) always takes `batch_size` items, running on across epoch boundaries.
 """
 import os
 
@@ -20,9 +25,11 @@ from torch.utils.data import Dataset, Sampler
 from ubf.core.abundance_scaling import brightness_to_unit, channel_range, to_model_space
 from ubf.core.errors import UserError
 from ubf.core.fs import require_folder
+from ubf.core.logs import get_logger
 from ubf.data.matio import ABUNDANCE_KEYS, LazyMatArray
 
 FLIPS = ("none", "horizontal", "both")
+BATCHING = ("epoch", "stream")
 # Abundances may leave [0, 1] a little (raw DDPM samples); beyond this margin they are something else.
 RANGE_SLACK = 0.5
 _HOW_TO_MAKE = "create abundance files with `python Unmixing.py infer` or point --data at them"
@@ -32,8 +39,12 @@ ABUNDANCE_HINT = "the training data must be abundance maps (`Abu`, as `python Un
 def list_abundance_files(root: str, limit: int = -1) -> list[str]:
     """Sorted `.mat` files of `root` (the first `limit` when limit > 0); a clear error when none."""
     require_folder(root, "abundance folder", _HOW_TO_MAKE)
-    files = sorted(os.path.join(root, name) for name in os.listdir(root)
-                   if name.lower().endswith(".mat") and not name.startswith("."))
+    names = [name for name in os.listdir(root) if name.lower().endswith(".mat")]
+    hidden = [name for name in names if name.startswith(".")]
+    if hidden:  # temporary files of a writer, or files named to be skipped: say so rather than skip silently
+        get_logger().warning("%s: %d hidden .mat file(s) not used (e.g. %s); rename them without the leading dot "
+                             "to train on them", root, len(hidden), sorted(hidden)[0])
+    files = sorted(os.path.join(root, name) for name in names if not name.startswith("."))
     if not files:
         raise UserError(f"{root}: no .mat files ({_HOW_TO_MAKE})")
     return files[:limit] if limit and limit > 0 else files
@@ -142,11 +153,13 @@ class AbundanceStream(Sampler):
     Several processes (torchrun) share one stream: with `global_batch` B split over `world` processes,
     global batch j is samples [start + j B, start + (j + 1) B) and process `rank` takes the contiguous
     slice [rank B / world, (rank + 1) B / world) of it, so the union of the processes' batch j is the
-    batch j of one process.
+    batch j of one process. Iterating the stream gives this process's items one by one in that
+    "stream" grouping; `batches` gives whole batches in either grouping (`per_epoch`, see the module
+    docstring), for a DataLoader's `batch_sampler`.
     """
 
     def __init__(self, num_files: int, seed: int, start: int = 0, flip: str = "both",
-                 global_batch: int | None = None, rank: int = 0, world: int = 1):
+                 global_batch: int | None = None, rank: int = 0, world: int = 1, per_epoch: bool = False):
         if flip not in FLIPS:
             raise ValueError(f"flip must be one of {FLIPS}")
         if world > 1 and (global_batch is None or global_batch % world or not 0 <= rank < world):
@@ -156,6 +169,7 @@ class AbundanceStream(Sampler):
         self.start = int(start)
         self.flip = flip
         self.global_batch, self.rank, self.world = global_batch, int(rank), int(world)
+        self.per_epoch = bool(per_epoch)
 
     def epoch_items(self, epoch: int) -> list[tuple]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -178,9 +192,63 @@ class AbundanceStream(Sampler):
             if first <= offset % self.global_batch < last:
                 yield item
 
-    def _all_items(self):
-        epoch, position = divmod(self.start, self.num_files)
+    def _all_items(self, start: int | None = None):
+        epoch, position = divmod(self.start if start is None else start, self.num_files)
         while True:
             items = self.epoch_items(epoch)
             yield from items[position:]
             epoch, position = epoch + 1, 0
+
+    def batch_at(self, sample: int) -> tuple[int, int]:
+        """(first sample, size) of the global batch that the step after `sample` samples takes.
+
+        "stream": `global_batch` samples from `sample` on. "epoch": what is left of the epoch, at most
+        `global_batch`; under several processes a remainder smaller than the number of processes
+        cannot give each one a row, so it is left out of that epoch (the batch starts the next one).
+        """
+        if not self.per_epoch:
+            return sample, self.global_batch
+        n = self.num_files
+        while True:
+            left = n - sample % n
+            size = min(self.global_batch, left)
+            if size >= self.world:
+                return sample, size
+            sample += left
+
+    def rows(self, size: int) -> slice:
+        """This process's contiguous rows of a global batch of `size` (equal shares when it divides)."""
+        return slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
+
+    def batches(self):
+        """Endless lists of this process's items, one list per training step (see `batch_at`)."""
+        sample = self.start
+        items, position = self._all_items(sample), sample
+        while True:
+            first, size = self.batch_at(sample)
+            for _ in range(first - position):  # a remainder left out under several processes
+                next(items)
+            batch = [next(items) for _ in range(size)]
+            yield batch[self.rows(size)]
+            sample = position = first + size
+
+    def epoch_of(self, samples_seen: int) -> int:
+        """The epoch number a run is at after `samples_seen` samples, as its checkpoint names it.
+
+        "epoch": the reference's count (its loop adds one as each pass over the files begins, so
+        the step that finishes epoch e, or any step inside it, is in epoch e): ceil(samples / n).
+        "stream": the number of finished passes, samples // n (what this project wrote before).
+        """
+        if self.per_epoch:
+            return -(-samples_seen // self.num_files)
+        return samples_seen // self.num_files
+
+
+class EpochBatches(Sampler):
+    """`AbundanceStream.batches` as a DataLoader `batch_sampler` (an iterable of index lists)."""
+
+    def __init__(self, stream: AbundanceStream):
+        self.stream = stream
+
+    def __iter__(self):
+        return self.stream.batches()

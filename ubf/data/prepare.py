@@ -11,6 +11,11 @@ DIR/manifest_<dataset>.csv (one row per output: source file, crop window, split,
 Re-running the same command resumes: outputs already on disk are skipped. A different command into
 the same folder, or outputs this folder has no record of, are refused unless --overwrite, which
 removes the previous run's outputs (only those its manifest lists) and writes everything again.
+
+Nothing outside DIR is ever touched: a manifest entry or a planned output whose path leads out of DIR
+or through a symbolic link below it is refused before anything is removed or written, and a listed
+output that is itself a link is not removed (this tool never writes one). A manifest line that is not
+a complete row (a torn last line) is skipped with a warning. One run writes into DIR at a time.
 """
 import argparse
 import csv
@@ -22,6 +27,7 @@ from ubf.core.progress import tqdm  # a line every few percent when not on a ter
 
 from ubf.core.errors import OneLineParser, UserError, cli_main
 from ubf.core.fs import check_output_path
+from ubf.core.runlock import RunLock
 from ubf.core.version import add_version_argument
 from ubf.core.logs import setup_logging
 from ubf.core.validate import FLOAT_POSITIVE, INT_ANY, INT_POSITIVE, flag
@@ -30,6 +36,7 @@ from ubf.data.prepare_rgb import FORMATS, MODES, RgbWriter, plan_rgb
 from ubf.data.splits import parse_split
 
 log = logging.getLogger("hsisyn")
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS: its decompression-bomb limit for one image
 
 DATASETS = tuple(READERS) + ("rgb",)
 HSI_FORMATS = ("mat", "mat73")
@@ -93,6 +100,10 @@ def resolve_settings(args) -> dict:
         args.size = DEFAULT_SIZES.get(args.dataset, 256)
     if args.size < 1:
         raise UserError(f"--size must be positive, got {args.size}")
+    if args.dataset == "rgb" and args.size * args.size > MAX_IMAGE_PIXELS:
+        raise UserError(f"--size {args.size}: an output of {args.size} x {args.size} pixels "
+                        f"({3 * args.size ** 2 / 2 ** 30:.1f} GiB as 8-bit RGB) is beyond Pillow's limit of "
+                        f"{MAX_IMAGE_PIXELS:,} pixels for one image; use --size {int(MAX_IMAGE_PIXELS ** 0.5)} or less")
     stride = args.stride or args.size
     if stride < 1:
         raise UserError(f"--stride must be positive, got {stride}")
@@ -144,10 +155,31 @@ def _differences(old: dict, new: dict) -> str:
 
 
 def read_manifest(path: str) -> list[dict]:
+    """The complete rows of a manifest; a row with missing columns or an unfinished last line is skipped."""
     if not os.path.isfile(path):
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    rows = []
+    try:
+        header = next(csv.reader(lines[:1]))
+    except (StopIteration, csv.Error):
+        header = []
+    if header != list(MANIFEST_COLUMNS):
+        log.warning("%s: no manifest header; its rows are ignored", path)
+        return []
+    for number, line in enumerate(lines[1:], 2):
+        try:
+            values = next(csv.reader([line]))
+        except (StopIteration, csv.Error):
+            values = []
+        if not line.endswith("\n") or len(values) != len(MANIFEST_COLUMNS):
+            if line.strip():
+                log.warning("%s: line %d is not a complete row (left by a crash?); ignored", path, number)
+            continue
+        rows.append(dict(zip(MANIFEST_COLUMNS, values)))
+    return rows
 
 
 def write_manifest(path: str, crops) -> None:
@@ -169,18 +201,32 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _inside(out: str, relative: str) -> str:
+    """The path of output `relative` below `out`: refused when it leads outside `out`, or through a
+    symbolic link to a folder below `out` (writing or removing there would touch another folder)."""
     path = os.path.normpath(os.path.join(out, relative))
-    if os.path.commonpath([os.path.abspath(out), os.path.abspath(path)]) != os.path.abspath(out):
+    if os.path.isabs(relative) or \
+            os.path.commonpath([os.path.abspath(out), os.path.abspath(path)]) != os.path.abspath(out) or \
+            os.path.abspath(path) == os.path.abspath(out):
         raise UserError(f"manifest entry '{relative}' points outside {out}")
+    folder = out
+    for part in os.path.relpath(path, out).split(os.sep)[:-1]:
+        folder = os.path.join(folder, part)
+        if os.path.islink(folder):
+            raise UserError(f"{folder}: is a symbolic link; prepare writes and removes files only inside {out}, "
+                            "never through a link (remove the link or choose another --out)")
     return path
 
 
 def remove_previous(out: str, manifest: str) -> int:
-    """Delete the outputs an earlier run's manifest lists (nothing else); return how many."""
+    """Delete the outputs an earlier run's manifest lists (nothing else); return how many.
+
+    Every entry is checked first (`_inside`), so a bad one stops the removal before any file goes."""
+    paths = [_inside(out, row["output"]) for row in read_manifest(manifest)]
     removed = 0
-    for row in read_manifest(manifest):
-        path = _inside(out, row["output"])
-        if os.path.isfile(path):
+    for path in paths:
+        if os.path.islink(path):
+            log.warning("%s: a symbolic link where the manifest lists an output; left alone", path)
+        elif os.path.isfile(path):
             os.remove(path)
             removed += 1
     return removed
@@ -194,7 +240,20 @@ def remove_empty_folders(out: str, keep_root: bool) -> None:
 
 
 def prepare(settings: dict, out: str, overwrite: bool = False) -> dict:
-    """Plan, check against an earlier run in `out`, write what is missing; return counts."""
+    """Plan, check against an earlier run in `out`, write what is missing; return counts.
+
+    `out` is locked for the run; a run that fails in a folder it created leaves no folder behind."""
+    out_existed = os.path.isdir(out)
+    try:
+        with RunLock(out, f"python -m ubf.data.prepare {settings['dataset']}"):
+            return _prepare(settings, out, overwrite, out_existed)
+    except BaseException:
+        if not out_existed and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)
+        raise
+
+
+def _prepare(settings: dict, out: str, overwrite: bool, out_existed: bool) -> dict:
     dataset = settings["dataset"]
     settings_path = os.path.join(out, f"prepare_{dataset}.json")
     manifest_path = os.path.join(out, f"manifest_{dataset}.csv")
@@ -220,7 +279,6 @@ def prepare(settings: dict, out: str, overwrite: bool = False) -> dict:
     if existing and previous is None and not overwrite:
         raise UserError(f"{existing[0]} exists and {out} holds no record of writing it ({len(existing)} such "
                         "files); pass --overwrite to replace them or choose another --out")
-    out_existed = os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
     _write_json(settings_path, settings)
     written, skipped, written_now = 0, 0, []

@@ -91,8 +91,11 @@ def score_set(real: SetSample, other: SetSample, space: FeatureSpace | None, set
         out["D_b_max"] = float(scores.max())
         out["D_b_ncc"], scores = block_diversity(other.blocks, real.images, device, mode="ncc")
         out["D_b_ncc_max"] = float(scores.max())
-    out.update(precision_recall(capped(real.pixels, settings.prdc_cap, seed),
-                                capped(other.pixels, settings.prdc_cap, seed), settings.k, chunk, device))
+    reals, others = capped(real.pixels, settings.prdc_cap, seed), capped(other.pixels, settings.prdc_cap, seed)
+    if not settings.k < min(len(reals), len(others)):  # k-th neighbours need more points than k
+        raise UserError(f"--k {settings.k}: precision/recall need more sampled pixels than k ({len(reals)} real, "
+                        f"{len(others)} synthetic); lower --k or raise --pixel-cap")
+    out.update(precision_recall(reals, others, settings.k, chunk, device))
     if space is not None:
         out.update(space.compare(other.patches))
     out.update(other.physical)

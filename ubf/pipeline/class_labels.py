@@ -36,10 +36,10 @@ def read_class(path: str) -> str | None:
 
 
 def check_class_names(names, source: str) -> list[str]:
+    """Distinct non-empty names (a comma is allowed: `--class` takes a whole name before splitting)."""
     names = list(names or [])
-    if any(not isinstance(n, str) or not n.strip() or "," in n for n in names) or len(set(names)) != len(names):
-        raise UserError(f"{source}: 'model.diffusion.class_names' must be distinct non-empty names without commas, "
-                        f"got {names!r}")
+    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
+        raise UserError(f"{source}: 'model.diffusion.class_names' must be distinct non-empty names, got {names!r}")
     return names
 
 
@@ -89,28 +89,37 @@ class LabelledDataset(Dataset):
 
 
 def drop_labels(labels: torch.Tensor, probability: float, global_batch: int, generator: torch.Generator,
-                rank: int = 0) -> torch.Tensor:
+                rank: int = 0, rows: slice | None = None) -> torch.Tensor:
     """`labels` (n,) of this process's rows with a fraction `probability` replaced by -1 ("no class").
 
     The draws are made for the whole global batch from the shared training generator, so every
-    process consumes the same random numbers and a resumed run repeats the same drops.
+    process consumes the same random numbers and a resumed run repeats the same drops. `rows`: this
+    process's rows of the global batch (default: the rank-th block of n).
     """
     n = labels.shape[0]
-    draws = torch.rand(global_batch, generator=generator, device=generator.device)[rank * n:(rank + 1) * n]
+    rows = rows if rows is not None else slice(rank * n, (rank + 1) * n)
+    draws = torch.rand(global_batch, generator=generator, device=generator.device)[rows]
     labels = labels.to(draws.device)
     return torch.where(draws < probability, torch.full_like(labels, -1), labels)
 
 
 def requested_labels(class_names: list[str], request: str | None, count: int) -> list[int] | None:
     """Labels of `count` samples for `--class`: one name, several comma-separated names or `all` (an even
-    mix, cycling through the classes); None when no class is asked for."""
+    mix, cycling through the classes); None when no class is asked for. A request that is itself a class
+    name is that class, so a class named `a,b` (a folder name) can be chosen; `all` means every class
+    unless a class is called so."""
     if request is None or request == "":
         return None
     request = str(request)
     if not class_names:
         raise UserError(f"--class {request}: this checkpoint was trained without classes (train with "
                         "model.diffusion.class_conditional true to sample by class)")
-    wanted = list(class_names) if request == "all" else [name.strip() for name in request.split(",")]
+    if request in class_names:
+        wanted = [request]
+    elif request == "all":
+        wanted = list(class_names)
+    else:
+        wanted = [name.strip() for name in request.split(",")]
     unknown = [name for name in wanted if name not in class_names]
     if unknown:
         raise UserError(f"--class {request}: unknown class {', '.join(unknown)}; known: all, {', '.join(class_names)}")

@@ -9,6 +9,7 @@ import copy
 
 from ubf.core.abundance_scaling import SCALINGS
 from ubf.core.errors import UserError
+from ubf.core.fs import check_run_name
 from ubf.core.logs import get_logger
 from ubf.core.profiles import load_profiled_config
 from ubf.core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, PROBABILITY,
@@ -36,6 +37,9 @@ DIFFUSION_DEFAULTS = {
             "batch_size": 8,
             "num_workers": 4,
             "flip": "none",             # "none" (reference), "horizontal" or "both"
+            # "epoch": each epoch's files in batches of batch_size and a short last one, as the reference's
+            # DataLoader(shuffle=True); "stream": always batch_size, running across epochs (earlier versions)
+            "batching": "epoch",
         },
         "val": {
             "data_len": 50,             # kept from the reference configs and, as there, not used by `-p val`
@@ -107,6 +111,7 @@ DIFFUSION_DEFAULTS = {
         "project_simplex": False,       # False: Abu = (SR + 1) / 2 as sampled (the reference); True: projected
         "class_name": None,             # class-conditional models: a class, "a,b" or "all" (--class); None: unconditional
         "guidance": 1.0,                # classifier-free guidance scale (--guidance): 0 unconditional, 1 conditional
+        "layout": "project",            # "project": <step>_<n>_sample_abu.mat with SR, Abu (class); "reference": 0_<n>, SR only
     },
 }
 
@@ -208,6 +213,7 @@ def check_class_settings(model: dict, source: str) -> None:
 def validate(cfg: dict, source: str) -> dict:
     """Check values a typo would break, and turn 1e4-style numbers into integers."""
     check_config(cfg, DIFFUSION_RULES, source)
+    check_run_name(cfg["name"], source)
     check_attn_res(cfg, source)
     for dotted in ("train.n_iter", "train.val_freq", "train.save_checkpoint_freq", "train.print_freq",
                    "datasets.train.batch_size", "model.diffusion.image_size", "model.diffusion.channels",
@@ -242,6 +248,8 @@ def validate(cfg: dict, source: str) -> dict:
         ("sample.sampler", cfg["sample"]["sampler"], SAMPLERS),
         ("train.optimizer.type", str(cfg["train"]["optimizer"]["type"]).lower(), ("adam", "adamw")),
         ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),
+        ("datasets.train.batching", cfg["datasets"]["train"]["batching"], ("epoch", "stream")),
+        ("sample.layout", cfg["sample"]["layout"], ("project", "reference")),
         ("model.init", model["init"], ("orthogonal", "default")),
     )
     amp = cfg["train"]["amp"]

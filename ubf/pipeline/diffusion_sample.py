@@ -7,6 +7,8 @@ section (`checkpoint`, `logs`, `results`, `mat_results`). Samples are written as
 `Abu` (H, W, K) in [0, 1]: `(SR + 1) / 2` as sampled by default (the reference), or projected onto
 the probability simplex (`sample.project_simplex`, part of the `improved` profile). Numbering continues after the files already
 there, so nothing is overwritten; `mat_results/samples.jsonl` records how each file was made.
+`sample.layout: "reference"` writes the reference's files instead: `0_<n>_sample_abu.mat` (its `-p val`
+starts at step 0, Diffusion.py:157-177) holding `SR` only.
 
 Under `torchrun` the requested samples are split over the processes: rank 0 picks the checkpoint,
 the run folder and the first free number, process r draws its share with its own seed and writes
@@ -211,7 +213,8 @@ def load_weights_for_sampling(path: str, cfg: dict, device: torch.device, use_em
     if reference is not None:
         model_cfg, weights, which, step = cfg["model"], reference, "reference weights", checkpoint_step(path)
     else:
-        state = load_checkpoint(path, "diffusion")
+        from ubf.pipeline.reference_checkpoints import load_diffusion_checkpoint
+        state = load_diffusion_checkpoint(path)
         model_cfg = state["config"]["model"]
         if model_cfg["unet"] != cfg["model"]["unet"] or \
                 model_cfg["diffusion"]["image_size"] != cfg["model"]["diffusion"]["image_size"]:
@@ -259,6 +262,15 @@ def next_sample_index(mat_dir: str) -> int:
     return max(numbers, default=0) + 1
 
 
+def read_sampled(path: str, project: bool) -> np.ndarray:
+    """(H, W, K) abundances of a written sample: its `Abu`, or (SR + 1) / 2 of a reference-layout file."""
+    stored = read_mat(path)
+    if "Abu" in stored:
+        return stored["Abu"]
+    sr = torch.from_numpy(np.asarray(stored["SR"], dtype=np.float32)).permute(2, 0, 1)[None]
+    return to_abundance(sr, project)[0].permute(1, 2, 0).numpy()
+
+
 def preview_sheet(abundances: np.ndarray, captions: list[str] | None = None) -> np.ndarray:
     """(N, H, W, K) abundances -> one uint8 sheet, a captioned row per sample (default captions: sample 1..N)."""
     captions = captions or [f"sample {i + 1}" for i in range(len(abundances))]
@@ -298,9 +310,11 @@ def draw_samples(diffusion: GaussianDiffusion, count: int, batch_size: int, devi
 
 
 def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project: bool,
-                  record: dict, classes: list[str] | None = None, brightness: bool = False) -> list[str]:
+                  record: dict, classes: list[str] | None = None, layout: str = "project",
+                  brightness: bool = False) -> list[str]:
     """Write a batch (n, K, H, W) as numbered .mat files and PNG strips; return the .mat paths.
     `classes`: each sample's scene class, stored as `class` in its .mat file and index line.
+    `layout="reference"`: the reference's `0_<n>` names and its one key, `SR`.
     `brightness`: the last channel is a brightness factor (model.diffusion.brightness), stored as `Bright`
     (H, W) and left out of `SR`/`Abu`."""
     if not torch.isfinite(sr).all():
@@ -316,11 +330,13 @@ def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project:
     written = []
     with open(os.path.join(paths["mat_results"], "samples.jsonl"), "a", encoding="utf-8") as index:
         for i in range(sr.shape[0]):
-            stem = f"{step}_{start + i}"
+            stem = f"{0 if layout == 'reference' else step}_{start + i}"
             mat_path = os.path.join(paths["mat_results"], f"{stem}_sample_abu.mat")
             labelled = {"class": classes[i]} if classes else {}
             extra = {"Bright": bright[i]} if bright is not None else {}
-            write_mat(mat_path, {"SR": sr_hwk[i], "Abu": abundance[i], **extra, **labelled}, overwrite=False)
+            variables = {"SR": sr_hwk[i], **extra} if layout == "reference" else \
+                {"SR": sr_hwk[i], "Abu": abundance[i], **extra, **labelled}
+            write_mat(mat_path, variables, overwrite=False)
             save_png(abundance_preview(abundance[i], os.path.basename(mat_path)),
                      os.path.join(paths["results"], f"{stem}_sample_preview.png"))
             # one line per write call: processes appending at the same time never split a line
@@ -405,6 +421,7 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
     start = first + sum(counts[:me])
     my_seed = process_seed(seed, me)
     sampler, steps, eta = sample_cfg["sampler"], sample_cfg["steps"], float(sample_cfg["eta"])
+    layout = sample_cfg.get("layout", "project")
     record = {"checkpoint": os.path.abspath(path), "step": step, "weights": which, "sampler": sampler,
               "steps": steps if sampler != "ancestral" else diffusion.num_timesteps,
               "eta": eta if sampler == "ddim" else (0.0 if sampler == "dpmpp2m" else 1.0), "seed": my_seed,
@@ -432,22 +449,23 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
             batch = signed_abundance(batch, model_cfg)
             classes = [names[label] for label in mine[:batch.shape[0]]]
             mine = mine[batch.shape[0]:]
-            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record, classes,
+            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record, classes, layout,
                           brightness=model_cfg["diffusion"].get("brightness", False))
             start += batch.shape[0]
     elif counts[me]:
         for batch in draw_samples(diffusion, counts[me], sample_cfg["batch_size"], device, sampler, steps, eta,
                                   generator, progress and main):
             write_samples(signed_abundance(batch, model_cfg), paths, step, start, sample_cfg["project_simplex"],
-                          record, brightness=model_cfg["diffusion"].get("brightness", False))
+                          record, layout=layout, brightness=model_cfg["diffusion"].get("brightness", False))
             start += batch.shape[0]
     elapsed = time.perf_counter() - started
     barrier()  # every process has written its files
     if not main:
         return run_dir
     last = first + count - 1
-    shown_names = [f"{step}_{n}_sample_abu.mat" for n in range(first, min(last, first + MAX_SHEET - 1) + 1)]
-    shown = [read_mat(os.path.join(paths["mat_results"], name))["Abu"] for name in shown_names]
+    named = 0 if layout == "reference" else step
+    shown_names = [f"{named}_{n}_sample_abu.mat" for n in range(first, min(last, first + MAX_SHEET - 1) + 1)]
+    shown = [read_sampled(os.path.join(paths["mat_results"], name), sample_cfg["project_simplex"]) for name in shown_names]
     sheet_path = os.path.join(paths["results"], f"{step}_samples_{first}-{last}.png")
     if labels is not None:  # one row per class
         names = model_cfg["diffusion"]["class_names"]

@@ -44,9 +44,10 @@ from ubf.core.errors import UserError
 from ubf.core.fs import remove_stale_temp_files
 from ubf.core.logs import get_logger, setup_logging
 from ubf.core.previews import save_png
-from ubf.core.signals import StopRequest, ignore_stop_signals, signals_ignored
+from ubf.core.signals import StopRequest, signals_ignored, worker_init
 from ubf.core.tracking import start_tracking
-from ubf.data.abundance_dataset import AbundanceDataset, AbundanceStream, list_abundance_files, training_range
+from ubf.data.abundance_dataset import (AbundanceDataset, AbundanceStream, EpochBatches, list_abundance_files,
+                                        training_range)
 from ubf.models.diffusion import q_sample
 from ubf.models.sr3_unet import count_parameters, init_weights, unet_from_config
 from ubf.pipeline.class_labels import LabelledDataset, drop_labels, training_labels
@@ -55,7 +56,8 @@ from ubf.pipeline.diffusion_sample import (CHECKPOINT_FILE, build_diffusion, che
                                        discard_unused_run_folder, draw_samples, lock_run_folder, new_run_dir,
                                        plain_state_dict, preview_sheet, process_seed, run_dir_of_checkpoint,
                                        run_subdirs, signed_abundance, to_abundance, unlock_run_folder)
-from ubf.pipeline.reference_checkpoints import load_diffusion_resume
+from ubf.pipeline.reference_checkpoints import load_diffusion_checkpoint, load_diffusion_resume
+from ubf.pipeline.unmixing_infer import check_workers
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -139,21 +141,31 @@ def restore_generator(generator: torch.Generator, saved: torch.Tensor, seed: int
 
 
 def step_loss(diffusion, model: torch.nn.Module, shard: torch.Tensor, global_batch: int,
-              generator: torch.Generator) -> torch.Tensor:
-    """This process's loss on its `shard` (n, K, S, S) of a global batch of `global_batch` crops.
+              generator: torch.Generator, rows: slice | None = None) -> torch.Tensor:
+    """This process's loss on its `shard` (n, K, S, S), rows `rows` of a global batch of `global_batch` crops.
 
     The noise levels and the noise of the whole global batch are drawn (in the order
     `GaussianDiffusion.training_loss` draws them, so one process computes exactly that loss) and
-    this process keeps its rows. Summed losses are multiplied by the number of processes so that
-    DDP's average of the gradients is the gradient of the global batch's loss.
+    this process keeps its rows. Summed losses are multiplied by the number of processes, and mean
+    losses by processes * n / global_batch (1 for equal shares), so that DDP's average of the
+    gradients is the gradient of the global batch's loss.
     """
     processes, n = world_size(), shard.shape[0]
-    rows = slice(rank() * n, (rank() + 1) * n)
+    rows = rows if rows is not None else slice(rank() * n, (rank() + 1) * n)
     gamma = diffusion.draw_noise_levels(global_batch, shard.device, generator)[rows]
     noise = torch.randn((global_batch, *shard.shape[1:]), generator=generator, device=shard.device,
                         dtype=shard.dtype)[rows]
     output = model(q_sample(shard, gamma, noise), gamma)
-    return diffusion.loss_from_output(output, shard, noise, gamma, scale=processes)
+    loss = diffusion.loss_from_output(output, shard, noise, gamma, scale=processes)
+    if processes > 1 and not diffusion.loss_type.endswith("_sum") and processes * n != global_batch:
+        loss = loss * (processes * n / global_batch)  # an uneven short last batch of an epoch
+    return loss
+
+
+def per_element(loss: float, loss_type: str, elements: int) -> float:
+    """The logged per-element loss: the back-propagated value for mean losses (l1, l2, *_mean: already
+    divided by b*c*h*w, as the reference's `optimize_parameters`), the sum / b*c*h*w for *_sum."""
+    return loss / elements if loss_type.endswith("_sum") else loss
 
 
 def all_finite(*modules) -> bool:
@@ -183,12 +195,11 @@ def restore_process_rng(state: dict, seed: int) -> None:
 
 
 def save_training_checkpoint(paths: dict, cfg: dict, unet, ema, optimizer, scaler, generator, step: int,
-                             samples_seen: int, num_files: int, seed: int, last_good: str | None) -> str:
+                             samples_seen: int, epoch: int, seed: int, last_good: str | None) -> str:
     """Write `I<step>_E<epoch>.pth` (rank 0; every process must call this) and return its path.
 
     Non-finite weights are never written: the run stops naming the last good checkpoint instead.
     """
-    epoch = samples_seen // num_files
     path = os.path.join(paths["checkpoint"], f"I{step}_E{epoch}.pth")
     rng_ranks = gather_rng_states()
     if not all_finite(unet, ema.model if ema else None):
@@ -249,6 +260,63 @@ def write_preview(cfg: dict, unet, paths: dict, step: int, device: torch.device,
     return path
 
 
+def activation_bytes_per_sample(model_cfg: dict) -> int:
+    """What one training sample's forward pass keeps for the backward pass, roughly: the sum of the outputs
+    of the UNet's layers, measured by a forward pass on the meta device (no memory, no arithmetic).
+    The paper's UNet at 256 x 256: 1.8 GiB per sample in float32."""
+    model_cfg = copy.deepcopy(model_cfg)
+    model_cfg["diffusion"]["class_conditional"] = False  # one embedding vector: nothing next to the feature maps
+    with torch.device("meta"):
+        unet = unet_from_config(model_cfg)
+    total = [0]
+
+    def count(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in unet.modules() if not list(m.children())]
+    size, channels = model_cfg["diffusion"]["image_size"], model_cfg["diffusion"]["channels"]
+    try:
+        with torch.no_grad():
+            unet(torch.zeros(1, channels, size, size, device="meta"), torch.zeros(1, device="meta"))
+    except (RuntimeError, NotImplementedError):  # an operation without a meta kernel: no estimate, no refusal
+        return 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0]
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for training on `device` (CUDA: the device's free memory; CPU: MemAvailable), None if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_batch_memory(model_cfg: dict, batch: int, device: torch.device, half: bool = False) -> None:
+    """Refuse, before anything is allocated, a batch whose activations alone exceed the free memory
+    (on the CPU an out-of-memory run is killed by the system without a word; on CUDA the estimate may
+    pass twice the free memory, as mixed precision and the allocator make it rough there)."""
+    free = available_memory(device)
+    if free is None:
+        return
+    need = activation_bytes_per_sample(model_cfg) * batch // (2 if half else 1)
+    limit = free * (2 if device.type == "cuda" else 1)
+    if need > limit:
+        per_sample = need / batch
+        raise UserError(f"datasets.train.batch_size {batch}: about {need / 2 ** 30:,.1f} GiB of activations "
+                        f"({per_sample / 2 ** 20:,.0f} MiB per sample, estimated), more than the {free / 2 ** 30:,.1f} "
+                        f"GiB free on {device}; at most {max(1, int(limit // per_sample))} fit (lower --batch-size)")
+
+
 def prepare_run_folder(cfg: dict, out_root: str, run_dir: str | None, resume: str | None, start_step: int,
                        seed: int) -> tuple[str, dict, str]:
     """(run folder, its sub-folders, the config file written there); rank 0 only."""
@@ -282,7 +350,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     log = setup_logging(level=logging.INFO if main else logging.WARNING)
     resume = resume or cfg["path"]["resume_state"]
     # a reference *_gen.pth + *_opt.pth pair, else one of our checkpoints
-    state = (load_diffusion_resume(resume, cfg) or load_checkpoint(resume, "diffusion")) if resume else None
+    state = (load_diffusion_resume(resume, cfg) or load_diffusion_checkpoint(resume, training=True)) if resume else None
     from_reference = state is not None and state.get("format") == "reference"
     file_labels = training_labels(cfg, state)  # None unless model.diffusion.class_conditional
     scaled = cfg["model"]["diffusion"].get("abundance_scaling", "none") == "channel_range"
@@ -301,6 +369,11 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     start_step = int(state["step"]) if state else 0
     # the data is checked before a run folder exists, so a failed start leaves none behind
     files = list_abundance_files(data_cfg["dataroot"], data_cfg["data_len"])
+    check_workers(data_cfg["num_workers"], "datasets.train.num_workers")
+    # the reference's batches never exceed the files of an epoch; the stream batching takes batch_size as it is
+    largest = min(global_batch, len(files)) if data_cfg["batching"] == "epoch" else global_batch
+    check_batch_memory(cfg["model"], -(-largest // world_size()), device,
+                       half=amp_dtype(cfg["train"]["amp"]) is not None and device.type == "cuda")
     if scaled and not diff_cfg.get("abundance_range"):
         diff_cfg["abundance_range"] = training_range(files, diff_cfg.get("brightness", False))
         log.info("abundance scaling: each channel's range over the training maps to [-1, 1] (low %s, high %s)",
@@ -318,15 +391,27 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
         lambda: prepare_run_folder(cfg, out_root, run_dir, None if from_reference else resume, start_step, seed))
     if main:
         log = setup_logging(os.path.join(paths["log"], "train.log"))
+    per_epoch = data_cfg["batching"] == "epoch"
+    if state and state.get("samples_seen") is None:  # a reference checkpoint: its next epoch starts afresh
+        state["samples_seen"] = int(state.get("epoch", 0)) * len(files) if per_epoch \
+            else int(state["step"]) * global_batch
     samples_seen = int(state["samples_seen"]) if state else 0
 
+    def make_stream(start: int) -> AbundanceStream:
+        return AbundanceStream(len(files), seed, start=start, flip=data_cfg["flip"], global_batch=global_batch,
+                               rank=rank(), world=world_size(), per_epoch=per_epoch)
+
     def make_loader(start: int, workers: int) -> DataLoader:
-        stream = AbundanceStream(len(files), seed, start=start, flip=data_cfg["flip"], global_batch=global_batch,
-                                 rank=rank(), world=world_size())
         # an own generator keeps the loader from drawing from the global RNG (resume exactness)
-        return DataLoader(dataset, batch_size=batch_size, sampler=stream, num_workers=workers,
+        return DataLoader(dataset, batch_sampler=EpochBatches(make_stream(start)), num_workers=workers,
                           generator=torch.Generator(), pin_memory=device.type == "cuda",
-                          worker_init_fn=ignore_stop_signals if workers else None)
+                          worker_init_fn=worker_init if workers else None)
+
+    plan = make_stream(samples_seen)  # the same batches, sizes only: what each step's noise and rows are
+    if per_epoch and world_size() > 1 and len(files) % global_batch and len(files) % global_batch < world_size():
+        log.info("the last batch of each epoch would hold %d files, fewer than the %d processes: those files "
+                 "are left out of each epoch (their places in the shuffle change every epoch)",
+                 len(files) % global_batch, world_size())
 
     seed_everything(seed)
     unet = unet_from_config(cfg["model"])
@@ -351,14 +436,18 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     generator = torch.Generator(device=device).manual_seed(seed)
     if state is not None:
         unet.load_state_dict(plain_state_dict(state["model"]))
-        optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(plain_state_dict(state["ema"] if state.get("ema") is not None else state["model"]))
-        restore_scaler(scaler, state.get("scaler"))
-        restore_process_rng(state, seed)
-        if state.get("generator") is not None:
-            # the same seed on every process: they all draw the whole global batch's noise
-            restore_generator(generator, state["generator"], (seed * 1_000_003 + start_step) % 2 ** 63, resume)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            restore_scaler(scaler, state.get("scaler"))
+            restore_process_rng(state, seed)
+            if state.get("generator") is not None:
+                # the same seed on every process: they all draw the whole global batch's noise
+                restore_generator(generator, state["generator"], (seed * 1_000_003 + start_step) % 2 ** 63, resume)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise UserError(f"{resume}: its optimizer, scaler or random-generator state cannot be restored "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})") from None
         log.info("resumed from %s at step %d", resume, start_step)
     model = wrap_model(unet, device)
     if train_cfg["compile"]:
@@ -367,10 +456,13 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
 
     n_iter = train_cfg["n_iter"]
     log.info("run folder %s; %d abundance files in %s; UNet %s parameters; device %s%s; seed %d; "
-             "%d process(es) x batch %d", run_dir, len(files), data_cfg["dataroot"], f"{count_parameters(unet):,}",
-             device, f" (AMP {dtype})" if use_amp else "", seed, world_size(), batch_size)
-    per_element = diff_cfg["loss_type"] in ("l1", "l2")
-    numel = global_batch * diff_cfg["channels"] * diff_cfg["image_size"] ** 2
+             "%d process(es) x batch %d%s", run_dir, len(files), data_cfg["dataroot"], f"{count_parameters(unet):,}",
+             device, f" (AMP {dtype})" if use_amp else "", seed, world_size(), batch_size,
+             f" (batches of each epoch: {len(files) // global_batch} x {global_batch}"
+             + (f" + 1 x {len(files) % global_batch}" if len(files) % global_batch else "") + ")"
+             if per_epoch and len(files) >= global_batch else
+             (f" (each epoch is one batch of the {len(files)} files)" if per_epoch else ""))
+    elements_per_sample = diff_cfg["channels"] * diff_cfg["image_size"] ** 2
     step, last_saved, window, window_start = start_step, None, [], time.perf_counter()
     last_good = resume
     loss_log = open(os.path.join(paths["log"], "train_loss.jsonl"), "a", encoding="utf-8") if main else None
@@ -382,7 +474,7 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
 
     def save() -> str:
         return save_training_checkpoint(paths, cfg, unet, ema, optimizer, scaler, generator, step, samples_seen,
-                                        len(files), seed, last_good)
+                                        plan.epoch_of(samples_seen), seed, last_good)
 
     try:
         with StopRequest() as stop, tqdm(total=n_iter, initial=step, desc="train", unit="step",
@@ -396,14 +488,16 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                     # a worker ended anyway (killed by the launcher): read the last batch in this process
                     iterator = iter(make_loader(samples_seen, 0))
                     batch = next(iterator)
+                first, size = plan.batch_at(samples_seen)
+                rows = plan.rows(size)
                 denoiser = model
                 if file_labels is not None:  # (crops, labels); some labels hidden for classifier-free guidance
                     batch, labels = batch
-                    labels = drop_labels(labels, diff_cfg["class_dropout"], global_batch, generator, rank())
+                    labels = drop_labels(labels, diff_cfg["class_dropout"], size, generator, rank(), rows)
                     denoiser = functools.partial(model, class_labels=labels)
                 batch = batch.to(device, non_blocking=True).contiguous(memory_format=layout)
                 with torch.autocast(device_type=device.type, dtype=dtype or torch.float16, enabled=use_amp):
-                    loss = step_loss(diffusion, denoiser, batch, global_batch, generator)
+                    loss = step_loss(diffusion, denoiser, batch, size, generator, rows)
                 # one all-reduce carries the loss and the stop flag: every process decides alike
                 shared = all_reduce_mean(torch.stack([loss.detach().float(),
                                                       torch.tensor(float(stop.requested), device=loss.device)]))
@@ -420,24 +514,24 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
-                samples_seen += global_batch
+                samples_seen = first + size
                 if ema is not None:
                     ema.update(unet, step)
-                window.append(global_loss)
+                window.append((global_loss, per_element(global_loss, diff_cfg["loss_type"], size * elements_per_sample)))
                 bar.update(1)
 
                 if main and (step % train_cfg["print_freq"] == 0 or step == n_iter):
-                    mean = sum(window) / len(window)
+                    mean = sum(value for value, _ in window) / len(window)
                     rate = len(window) / max(time.perf_counter() - window_start, 1e-9)
-                    record = {"step": step, "epoch": samples_seen // len(files), "loss": mean,
-                              "loss_per_element": mean / numel if per_element else mean,
+                    record = {"step": step, "epoch": plan.epoch_of(samples_seen), "loss": mean,
+                              "loss_per_element": sum(value for _, value in window) / len(window),
                               "lr": optimizer.param_groups[0]["lr"], "steps_per_s": rate, "time": time.time()}
                     loss_log.write(json.dumps(record) + "\n")
                     loss_log.flush()
                     tracker.log_scalars(record, step, prefix="train/")
                     log.info("<epoch:%3d, iter:%8d> loss: %.4e (per element %.4e), %.2f steps/s", record["epoch"],
                              step, mean, record["loss_per_element"], rate)
-                    bar.set_postfix(loss=f"{record['loss_per_element']:.4f}")
+                    bar.set_postfix(loss=f"{record['loss_per_element']:.4g}")
                     window, window_start = [], time.perf_counter()
                 if main and train_cfg["preview_samples"] and step % train_cfg["val_freq"] == 0:
                     preview = write_preview(cfg, ema.model if ema else unet, paths, step, device, seed)

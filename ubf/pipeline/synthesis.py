@@ -13,12 +13,18 @@ the synthetic cube is `HSI[h, w] = E @ A[h, w]`. Two choices change the spectra:
 Defaults are the `faithful` profile; `improved` (ubf/core/profiles.py) picks best.pth, `raw` and the simplex.
 Outputs under `out_dir`: `HSI/<name>.mat` (`HSI`, `Abu`, `End` as (C, K, 1, 1) like the reference, or
 (C, K) with `end_layout="matrix"`, `wavelengths` when known), `RGB/<name>.png`, `contact_sheet.png`,
-`spectra.png` and `synthesis.json`.
+`spectra.png` and `synthesis.json`. `layout="reference"` names the cubes as the reference does,
+`0000.mat ...` in `os.listdir` order of the abundance folder, holding `HSI`, `Abu` and `End` only.
+
+One run writes into an output folder at a time (`core.runlock`); hidden temporary files of a killed run
+are removed when the next one starts. Every input is checked (readable, finite, K, its `class`) and every
+synthetic cube is checked finite before it is written, so no NaN file is ever recorded as finished.
 """
 import copy
 import glob
 import json
 import os
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,10 +33,12 @@ from ubf.core.progress import tqdm  # a line every few percent when not on a ter
 
 from ubf.core.color import default_rgb_bands, check_rgb_bands, hsi_to_rgb
 from ubf.core.errors import UserError
-from ubf.core.fs import atomic_output, flat_name, require_folder
+from ubf.core.fs import atomic_output, flat_name, refuse_links_below, remove_stale_temp_files, require_folder
 from ubf.core.logs import get_logger
 from ubf.core.profiles import load_profiled_config
 from ubf.core.previews import grid, save_png, to_uint8
+from ubf.core.runlock import RunLock
+from ubf.core.validate import FLOAT_POSITIVE, Number, check_value
 from ubf.core.simplex import project_to_simplex
 from ubf.core.version import provenance
 from ubf.data.cubes import FORMATS, OUTPUT_FILES, provenance_description, write_cube
@@ -57,6 +65,7 @@ SYNTHESIS_DEFAULTS = {
     "end_layout": "conv",            # "conv": End stored (C, K, 1, 1) as the reference; "matrix": (C, K)
     "rgb": "bands",
     "rgb_bands": None,
+    "layout": "project",             # "project": <sample name>.mat (+ class, wavelengths); "reference": 0000.mat ...
 }
 
 
@@ -65,7 +74,7 @@ def load_synthesis_settings(path: str | None = None, profile: str | None = None,
     """Defaults -> profile -> JSON file (optional) -> flags, checked; records the profile."""
     cfg = load_profiled_config(path, copy.deepcopy(SYNTHESIS_DEFAULTS), "synthesis", profile, overrides)
     choices = {"checkpoint": ("latest", "best"), "endmembers": ("raw", "minmax"), "end_layout": ("conv", "matrix"),
-               "rgb": ("bands", "cie"), "simplex": (True, False)}
+               "rgb": ("bands", "cie"), "simplex": (True, False), "layout": ("project", "reference")}
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             raise UserError(f"{path or 'synthesis settings'}: '{key}' is {cfg[key]!r}, expected one of "
@@ -90,6 +99,7 @@ class SynthesisOptions:
     sensor: str | None = None        # render into a target sensor's bands (ubf/data/sensors.py): preset or file
     variability: float | str | None = None  # ELMM scaling fields (ubf/pipeline/variability.py): strength or "auto"
     variability_scale: float = 16.0  # smoothness of the scaling fields, in pixels
+    layout: str = "project"          # "reference": 0000.mat ... in os.listdir order with HSI, Abu, End only
 
 
 def _newest(paths: list[str]) -> str | None:
@@ -166,7 +176,12 @@ def sample_class(path: str) -> str | None:
 
 def check_abundance_file(path: str, k: int, ckpt: str) -> np.ndarray:
     """The (H, W, K) abundances of one file, refused when unreadable, non-finite or of another K."""
-    abundances = read_sampled_abundances(path)
+    try:
+        abundances = read_sampled_abundances(path)
+    except (zlib.error, ValueError, OSError, EOFError) as err:  # a damaged file the reader did not name
+        what = "zlib.error" if isinstance(err, zlib.error) else type(err).__name__
+        reason = str(err).splitlines()[0][:100] if str(err) else ""
+        raise UserError(f"{path}: not a readable .mat file ({what}: {reason})") from None
     if abundances.shape[2] != k:
         raise UserError(f"{path}: abundances have K = {abundances.shape[2]} endmembers, but {ckpt} has K = {k}")
     return abundances
@@ -200,6 +215,13 @@ def synthesize(abundances: np.ndarray, endmembers: np.ndarray, simplex: bool,
     return a.cpu().numpy(), hsi.cpu().numpy()
 
 
+# Above this std of log scale the "mean-one" fields are no longer near mean one on a finite map (64 x 64,
+# scale 16: mean 0.94 at 1, 0.60 at 2, 0.19 at 3, 1.3e-3 at 5) and underflow to exactly 0 in float32 from
+# about 14 (every factor at 20): `--variability 50` gave all-zero HSIs.
+MAX_VARIABILITY = 3.0
+STRENGTH_RULE = Number(low=0, high=MAX_VARIABILITY)
+
+
 def variability_strength(options: SynthesisOptions, endmembers: np.ndarray, state: dict) -> float:
     """The strength of the ELMM scaling fields: 0 (off), the given number, or measured on the training HSIs."""
     if options.variability in (None, 0, "0", "off"):
@@ -207,14 +229,29 @@ def variability_strength(options: SynthesisOptions, endmembers: np.ndarray, stat
     if str(options.variability) != "auto":
         try:
             strength = float(options.variability)
-        except ValueError:
-            raise UserError(f"--variability {options.variability}: expected auto or a number >= 0") from None
-        if not strength >= 0:
-            raise UserError(f"--variability {options.variability}: expected auto or a number >= 0")
-        return strength
+        except (TypeError, ValueError):
+            raise UserError(f"--variability {options.variability}: expected auto or a number in [0, "
+                            f"{MAX_VARIABILITY:g}]") from None
+        return check_value(strength, STRENGTH_RULE, f"--variability {options.variability}:")
     data = state.get("config", {}).get("data", {})
     folder = options.real or data.get("train")
-    return measure_strength(folder, endmembers, None if options.real else data.get("key"), seed=options.seed)
+    strength = measure_strength(folder, endmembers, None if options.real else data.get("key"), seed=options.seed)
+    if strength > MAX_VARIABILITY:
+        raise UserError(f"--variability auto: the training HSIs' log brightness spreads by {strength:.3g} around the "
+                        f"endmembers, above the {MAX_VARIABILITY:g} the scaling fields can model; pass a number")
+    return strength
+
+
+def check_variability_scale(scale, maps: list[tuple[int, int]]) -> float:
+    """The fields' smoothness: a finite number of pixels > 0, at most the largest side of the maps (a wider
+    Gaussian only makes the wrapped fields constant, and costs time and memory in proportion: 1e9 allocated
+    a kernel of 8e9 taps)."""
+    scale = check_value(scale, FLOAT_POSITIVE, "--variability-scale")
+    side = max((max(h, w) for h, w in maps), default=0)
+    if side and scale > side:
+        raise UserError(f"--variability-scale {scale:g}: larger than the abundance maps ({side} pixels at most); "
+                        "choose a smoothness of at most their side")
+    return scale
 
 
 def render_endmembers(endmembers: np.ndarray, wavelengths, sensor_spec: str, ckpt: str):
@@ -304,11 +341,40 @@ def contact_sheet(previews: list[np.ndarray], min_size: int = 128) -> np.ndarray
     return grid(tiles, columns, gap=2 * factor)
 
 
+OPTION_RULES = {"seed": Number(integer=True, low=0), "max_real_pixels": Number(integer=True, low=1),
+                "variability_scale": FLOAT_POSITIVE}
+
+
+def check_options(options: SynthesisOptions) -> None:
+    """Values that `--set` can give any type: numbers in range, choices among their names (one line each)."""
+    for name, rule in OPTION_RULES.items():
+        setattr(options, name, check_value(getattr(options, name), rule, f"--set {name}:"))
+    for name, allowed in (("layout", ("project", "reference")), ("format", FORMATS), ("rgb", ("bands", "cie")),
+                          ("endmembers", ("raw", "minmax")), ("end_layout", ("conv", "matrix"))):
+        if getattr(options, name) not in allowed:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(options, name)!r}: expected one of "
+                            f"{', '.join(allowed)}")
+    if not isinstance(options.simplex, bool):
+        raise UserError(f"--set simplex: expected true or false, got {options.simplex!r}")
+
+
 def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DEFAULT_OUT,
                   device: torch.device = torch.device("cpu"), options: SynthesisOptions | None = None) -> dict:
-    """Synthesize one HSI per sampled abundance file; returns a summary (also written to synthesis.json)."""
-    options = options or SynthesisOptions()
+    """Synthesize one HSI per sampled abundance file; returns a summary (also written to synthesis.json).
+
+    The output folder is locked for the run (a second writer is refused in one line)."""
+    with RunLock(out_dir, "Synthesis.py"):
+        refuse_links_below(out_dir, [os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")])
+        for folder in (out_dir, os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")):
+            for stale in remove_stale_temp_files(folder):
+                get_logger().info("removed %s, left by an earlier run that was killed while writing", stale)
+        return _run_synthesis(abundance_dir, ckpt, out_dir, device, options or SynthesisOptions())
+
+
+def _run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str, device: torch.device,
+                   options: SynthesisOptions) -> dict:
     log = get_logger()
+    check_options(options)
     if options.rgb not in ("bands", "cie"):
         raise UserError(f"--rgb {options.rgb}: expected bands or cie")
     abundance_dir = abundance_dir or newest_abundance_dir()
@@ -338,7 +404,12 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     else:
         value_range = None  # from the synthetic cubes themselves, once the inputs are checked (below)
 
-    stems = [flat_name(p, abundance_dir) for p in files]
+    if options.layout == "reference":  # the reference's HSSampledata lists os.listdir; outputs str(i).zfill(4)
+        listed = [os.path.join(abundance_dir, n) for n in os.listdir(abundance_dir)]
+        files = sorted(files, key=lambda p: listed.index(p) if p in listed else len(listed))
+        stems = [f"{i:04d}" for i in range(len(files))]
+    else:
+        stems = [flat_name(p, abundance_dir) for p in files]
     hsi_dir, rgb_dir = os.path.join(out_dir, "HSI"), os.path.join(out_dir, "RGB")
     summary_path = os.path.join(out_dir, "synthesis.json")
     contact_path, spectra_path = os.path.join(out_dir, "contact_sheet.png"), os.path.join(out_dir, "spectra.png")
@@ -352,28 +423,30 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
     # every input is checked before the first output is written: a bad file later on leaves nothing half done
     # (the cubes the preview range is taken from are kept from this pass: no second read)
     picks = preview_indices(len(files)) if value_range is None else set()
-    picked = []
+    picked, labels, sizes = [], [], []
     for index, path in enumerate(tqdm(files, desc="checking abundances", unit="file", leave=False)):
         abundances = check_abundance_file(path, k, ckpt)
         read_brightness(path, abundances.shape[:2])  # checked before anything is written
+        labels.append(sample_class(path))
+        sizes.append(abundances.shape[:2])
         if index in picks:
             picked.append(abundances)
+    if strength:
+        check_variability_scale(options.variability_scale, sizes)
     if value_range is None:
         value_range = preview_range(picked, endmembers[rgb_bands], options.simplex, device)
     total, total_sq, count, previews = np.zeros(n_bands), np.zeros(n_bands), 0, []
     variability_rng = np.random.default_rng([options.seed, 1])
-    for path, stem in zip(tqdm(files, desc="synthesis", unit="file"), stems):
+    reference_layout = options.layout == "reference"
+    for path, stem, label in zip(tqdm(files, desc="synthesis", unit="file"), stems, labels):
         abundances = check_abundance_file(path, k, ckpt)
         brightness = read_brightness(path, abundances.shape[:2])
         abundances, hsi = synthesize(abundances, endmembers, options.simplex, device, brightness)
-        if not np.all(np.isfinite(hsi)):
-            raise UserError(f"{path}: the synthetic HSI came out NaN/Inf; nothing written for it")
         end = endmembers[:, :, None, None] if options.end_layout == "conv" else endmembers
         variables = {"HSI": hsi, "Abu": abundances, "End": end}
         if brightness is not None:
             variables["Bright"] = brightness
-        label = sample_class(path)
-        if label:
+        if label and not reference_layout:
             variables["class"] = label
         if strength:
             hsi, factors = apply_variability(abundances, endmembers, strength, options.variability_scale,
@@ -381,7 +454,9 @@ def run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str = DE
             if brightness is not None:
                 hsi = (hsi * brightness[..., None]).astype(np.float32)
             variables.update(HSI=hsi, Scale=factors)
-        if wavelengths is not None:
+        if not np.all(np.isfinite(hsi)):
+            raise UserError(f"{path}: the synthetic HSI came out NaN/Inf; nothing written for it")
+        if wavelengths is not None and not reference_layout:
             variables["wavelengths"] = wavelengths
         write_cube(os.path.join(hsi_dir, stem), options.format, variables, wavelengths, band_names,
                    overwrite=options.overwrite, raster_key="HSI", fwhm=fwhm,

@@ -7,6 +7,7 @@ import copy
 
 from ubf.core.config import apply_overrides, merge_config, read_json_config, set_by_path
 from ubf.core.errors import UserError
+from ubf.core.fs import check_run_name
 from ubf.core.logs import get_logger
 from ubf.core.profiles import apply_profile, resolve_profile
 from ubf.pipeline.unmixing_methods import METHODS, method_values
@@ -70,7 +71,9 @@ UNMIXING_DEFAULTS = {
     # `color_match`: "moments" matches RGB images' channel mean/std to the training inputs'
     # `tile`: 0 runs each image whole through the encoder, as the reference (images above 2048 x 2048 pixels
     # go in tiles of 1024 to bound memory, with a log line); N > 0: overlapping tiles of N x N, blended
-    "infer": {"tile": 0, "overlap": 32, "checkpoint": "latest", "color_match": "none"},
+    # `layout`: "project" (<image name>.mat with a `class` key, GT as R, G, B) or "reference" (0000.mat ... in
+    # os.listdir order with Abu, GT as B, G, R and Y only, as the reference writes them)
+    "infer": {"tile": 0, "overlap": 32, "checkpoint": "latest", "color_match": "none", "layout": "project"},
 }
 
 # Keys of the reference's argparse that a config may mention but this implementation does not need.
@@ -123,12 +126,14 @@ UNMIXING_RULES = {
     "infer.overlap": INT_NONNEGATIVE,
     "infer.checkpoint": ("latest", "best"),
     "infer.color_match": ("none", "moments"),
+    "infer.layout": ("project", "reference"),
 }
 
 
 def validate_unmixing_config(cfg: dict, source: str) -> dict:
     """Refuse wrong types and out-of-range values in one line naming the file and the key."""
     check_config(cfg, UNMIXING_RULES, source)
+    check_run_name(cfg["name"], source)
     for role in ("train", "val", "test"):
         folder = cfg["data"][role]
         if not (folder is None and role != "train") and not isinstance(folder, str):

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 from ubf.core.progress import tqdm  # a line every few percent when not on a terminal
 
-from ubf.core.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
-                             seed_everything)
+from ubf.core.checkpoint import (capture_rng_state, check_rng_state, load_checkpoint, restore_rng_state,
+                                 save_checkpoint, seed_everything)
 from ubf.core.config import save_config
 from ubf.core.distributed import (all_reduce_mean, barrier, distributed_sampler, is_main_process, per_process_batch,
                               strip_module_prefix, world_size, wrap_model)
@@ -30,7 +30,7 @@ from ubf.core.errors import UserError
 from ubf.core.fs import require_folder
 from ubf.core.logs import get_logger, setup_logging
 from ubf.core.metrics import average_metrics, quality_assessment_valid
-from ubf.core.signals import StopRequest, ignore_stop_signals
+from ubf.core.signals import StopRequest, worker_init
 from ubf.core.tracking import start_tracking
 from ubf.data.cubes import list_cube_files
 from ubf.data.hsi_dataset import HSICropDataset
@@ -39,6 +39,7 @@ from ubf.models.unmixing import build_unmixing_model
 from ubf.models.geometric import fcls, nfindr, nnls_abundances, vca
 from ubf.models.unmixing_init import greedy_cone_pixels, linear_simplex_init, orthogonal_vertices
 from ubf.pipeline.unmixing_color import composite_moments
+from ubf.pipeline.unmixing_infer import check_workers
 
 NO_DATA_HELP = ("prepare HSI crops with `python -m ubf.data.prepare chikusei --src HyperspecVNIR_Chikusei_20140729.mat "
                 "--out dataset` (see README, Datasets), pass --train/--val/--test, or run `python demo.py`")
@@ -296,6 +297,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     log = setup_logging(os.path.join(out_dir, "train.log") if main else None,
                         level=logging.INFO if main else logging.WARNING)
     check_data_folders(cfg)
+    check_workers(cfg["data"]["num_workers"], "data.num_workers")
     seed_everything(cfg["train"]["seed"])
     tc = cfg["train"]
     batch_size = per_process_batch(tc["batch_size"])
@@ -310,6 +312,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     progress = {"steps": 0, "losses": [], "seen": 0, "seconds": 0.0}  # of the current epoch
     if resume:
         state = load_checkpoint(resume, "unmixing")
+        check_resume_entries(state, resume)
         if state["out_bands"] != train_set.n_bands:
             raise UserError(f"{resume}: checkpoint has {state['out_bands']} bands, the training data "
                             f"({train_set.files[0]}) has {train_set.n_bands}")
@@ -321,7 +324,11 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             raise UserError(f"{resume}: the checkpoint's network does not fit this config "
                             f"({'; '.join(changed) or 'shapes differ'}); resume without -c to use the checkpoint's "
                             "own config") from None
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise UserError(f"{resume}: its optimizer state does not fit this network "
+                            f"({str(err).splitlines()[0][:100] if str(err) else type(err).__name__})") from None
         start_epoch, best = state["epoch"] + 1, state["best"]
         if state.get("partial"):  # an interrupted epoch: continue after its last finished step
             progress = {key: state["partial"][key] for key in progress}
@@ -365,7 +372,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             sampler.set_epoch(epoch)
             loader = DataLoader(train_set, batch_size=batch_size, sampler=list(sampler)[progress["steps"] * batch_size:],
                                 drop_last=False, num_workers=cfg["data"]["num_workers"],
-                                pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
+                                pin_memory=device.type == "cuda", worker_init_fn=worker_init)
             started = time.perf_counter() - progress["seconds"]
             bar = tqdm(batches(loader, stop), desc=f"epoch {epoch + 1}/{epochs}", total=len(loader), leave=False,
                        dynamic_ncols=True, disable=not main)
@@ -438,6 +445,21 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     if not main:
         return {}
     return test_unmixing(cfg, out_dir, device)
+
+
+RESUME_ENTRIES = ("out_bands", "optimizer", "epoch", "best", "rng", "config")
+
+
+def check_resume_entries(state: dict, path: str) -> None:
+    """A stage-1 checkpoint that training can continue from: the entries `train_unmixing` restores."""
+    missing = [key for key in RESUME_ENTRIES if state.get(key) is None]
+    if missing:
+        raise UserError(f"{path}: not a training checkpoint (no '{missing[0]}'); it can be used by `Unmixing.py infer` "
+                        "and `Synthesis.py`, but training cannot continue from it")
+    check_rng_state(state["rng"], path)
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
+        raise UserError(f"{path}: 'optimizer' is not an optimizer state (no 'state' / 'param_groups')")
 
 
 def save_interrupted(cfg, net, optimizer, epoch, best, train_set, progress, path, resume) -> None:
