@@ -88,7 +88,8 @@ def initialise_from_data(net, cfg: dict, train_set: HSICropDataset) -> str | Non
             raise UserError("model.head_init 'fit' needs endmembers from the data (model.decoder_init other than "
                             "'random')")
         return None
-    inputs, targets = training_pixels(train_set, seed=seed) if init != "distant_pixels" else (None, None)
+    needs_pixels = init != "distant_pixels" or cfg["model"]["head_init"] == "fit"
+    inputs, targets = training_pixels(train_set, seed=seed) if needs_pixels else (None, None)
     with torch.no_grad():
         if init == "distant_pixels":
             endmembers = farthest_pixels(train_set, count, seed=seed)
