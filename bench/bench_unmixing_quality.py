@@ -68,6 +68,11 @@ DEFAULT_SCENES = [
     ("chikusei 282->118", ("paper/chikusei/block_282.mat", "paper/chikusei/block_118.mat"), [53, 33, 14]),
     ("samson left->right", ("hsi/samson.mat",), nearest_bands(np.linspace(401, 889, 156), RGB_NM)),
     ("moffett left->right", ("hsi/moffett.mat",), nearest_bands(400 + 9.7 * np.arange(184), RGB_NM)),
+    # ABU (AVIRIS, no stored wavelengths): the O2 absorption at 760 nm sits at band 42 of the 205-band airport
+    # scenes, i.e. about 365 + 9.6 nm * index, which puts 672/569/471 nm at bands 32/21/11
+    ("abu airport-1->airport-3", ("hsi/abu/abu-airport-1.mat", "hsi/abu/abu-airport-3.mat"), [32, 21, 11]),
+    ("abu beach-1->beach-3", ("hsi/abu/abu-beach-1.mat", "hsi/abu/abu-beach-3.mat"), [32, 21, 11]),
+    ("abu urban-1 left->right", ("hsi/abu/abu-urban-1.mat",), [32, 21, 11]),
 ]
 LINEAR = "linear regression (3 bands + 1)"
 
@@ -215,17 +220,17 @@ def infer(model, x_test: np.ndarray) -> dict:
             "endmembers": model.endmembers().double().numpy()}
 
 
-def config_method(path: str):
-    """An unmixing config trained by the project's training loop on the scene's files (written to a
+def config_method(path: str | None, overrides: dict | None = None):
+    """An unmixing config (or the defaults with `overrides`, e.g. a model.method) trained by the project's training loop on the scene's files (written to a
     scratch folder), validated on the test file, tested at its train.test_checkpoint."""
     def run(scene: Scene, steps: int, seed: int) -> dict:
         with tempfile.TemporaryDirectory(prefix="bench_stage1_") as scratch:
             folders = {role: os.path.join(scratch, role) for role in ("train", "test")}
             write_mat(os.path.join(folders["train"], "scene.mat"), {"Y": scene.raw_train})
             write_mat(os.path.join(folders["test"], "scene.mat"), {"Y": scene.raw_test})
-            cfg = load_unmixing_config(path, {"data.train": folders["train"], "data.val": folders["test"],
-                                              "data.test": folders["test"], "data.bands": scene.bands,
-                                              "train.seed": seed})
+            cfg = load_unmixing_config(path, {**(overrides or {}), "data.train": folders["train"],
+                                              "data.val": folders["test"], "data.test": folders["test"],
+                                              "data.bands": scene.bands, "train.seed": seed})
             run_dir = os.path.join(scratch, "run")
             with Clock() as clock:
                 train_unmixing(cfg, run_dir, torch.device("cpu"))
@@ -261,6 +266,8 @@ METHODS.update({f"variant:{name}": (variant_method(variant), True) for name, var
 
 def method_for(name: str, count: int):
     """(run function, seeded, table label) of a --methods name."""
+    if name.startswith("method:"):  # a stage-1 method of ubf/pipeline/unmixing_methods.py, as Unmixing.py trains it
+        return config_method(None, {"model.method": name[len("method:"):]}), True, f"method {name[len('method:'):]}"
     if name.startswith("config:"):
         return config_method(name[len("config:"):]), True, f"config {os.path.basename(name[len('config:'):])}"
     if name in GEOMETRIC:

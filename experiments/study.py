@@ -1,26 +1,30 @@
-"""The paper's claim in one command: do synthetic HSIs help a downstream task?
+"""Does RGB-derived structure make synthetic HSIs more useful? The paper's claim, measured in one command.
 
-    python experiments/study.py --data ../shared/data/paper [--out experiments/study]
-                                [--profile improved|faithful] [--budget default|small] [--device cpu]
-                                [--protocol pretrain|mix] [--unmixing-config FILE]
+    python experiments/study.py --data ../shared/data [--budget small|default|large] [--out experiments/study]
+                                [--profile improved|faithful] [--stage1-method near_data] [--threads 1] [--plan]
 
-Runs, as a user would, the CLIs of every stage on DIR (HSI crops `.mat` plus RGB image folders, any
-number of them: the sources): stage 1 (`Unmixing.py train`, its reconstruction against the linear
-least-squares map), the abundances of the RGB images (`Unmixing.py infer`), stage 2 (`Diffusion.py`
-train and sample), stage 3 (`Synthesis.py`), then `Evaluate.py generation` (samples against HSIs
-rendered from the DDPM's own training maps, the like-for-like reference) and `Evaluate.py downstream`
-(RGB-to-HSI and HSI denoising, 3 seeds) for the synthetic HSIs and three controls: HSIs rendered
-from the inferred maps themselves (the DDPM's ceiling), random Dirichlet mixtures, and noisy copies
-of the real crops. The downstream models pre-train on each synthetic set and then fine-tune on the
-real crops (`--protocol pretrain`, default) or mix it into the real batches (`mix`); each task's
-real-only arm is trained once and reused for the four sets. Writes `report.md` (with pictures) and
-`report.json` (flat keys) in --out.
+For every scene (Chikusei; with --budget large also the ABU airport scenes, another sensor) the study trains
+stage 1 on the scene's training files (`Unmixing.py train --method`), runs it over the RGB sources of --data
+(AID, RSSCN7, and the Landsat scene and photos cut into 150 x 150 tiles) and cuts the inferred maps into
+abundance sets: the *tiles axis* (aid-5, aid-50, ... the first N of one seeded order of AID) and the *sources
+axis* (mix1/mix2/mix3-210: 210 maps from AID only, AID + RSSCN7, or all three in equal shares). A 64 x 64
+DDPM (config/cpu_DDPM_64.json) learns one set and its samples are one more arm. The controls separate
+"structure" from "RGB-derived structure": noisy copies of the real training files, per-pixel Dirichlet
+mixtures (no structure), and dead-leaves and Gaussian-field maps whose shares, sharpness and blob size match the
+inferred maps (structure no RGB image gave). Each arm pre-trains a downstream UNet (receptive field >= 32 px)
+on HSIs rendered on the fly from its maps and the scene's endmembers, then fine-tunes on the real training
+files (`Evaluate.py downstream --protocol pretrain`); tasks: x4 super-resolution and denoising (spatial), and
+RGB-to-HSI as before. The real-only arm of each (scene, task) is trained once; every arm over the same seeds.
 
-Resumable: every finished step leaves `<step>/done.json`; a rerun skips those steps (delete a
-folder to redo it). The profile picks the stage configs: `improved` (default) uses
-config/cpu_DDPM.json, `faithful` config/demo_DDPM.json; `--profile` is passed to the CLIs that have it.
+Writes `report.md` (tables and the headline plot: downstream gain against tiles and sources, controls as
+lines) and `report.json` (flat keys: `downstream.<task>.<arm>.delta.psnr_mean` / `_std` for the main scene,
+`downstream@<scene>.<task>.<arm>...` for the others, and the keys of the earlier single-scene study).
+Resumable: every finished step leaves `<step>/done.json`; a rerun skips those steps (delete a folder to redo
+it). `--plan` prints what would run and the estimate, and stops. The study's own default profile is
+`improved` (printed at the start); `faithful` runs the reference's stage settings where a CLI has them.
 """
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -29,54 +33,50 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
+from study_plan import (BUDGETS, AbundanceSets, wall_estimate, OTHER_TILE, arm_names, check_sources, estimate_seconds, glob_maps,  # noqa: E402
+                        plan_sets, scene_tasks, shared_scenes, shared_sources)
 from ubf.core.errors import UserError, cli_main  # noqa: E402
 
-BUDGETS = {
-    # ddpm_steps: training steps of the DDPM; samples: synthetic HSIs; downstream_steps: per model
-    "default": {"ddpm_steps": 9000, "samples": 64, "downstream_steps": 600, "seeds": [0, 1, 2]},
-    "small": {"ddpm_steps": 300, "samples": 8, "downstream_steps": 60, "seeds": [0, 1, 2]},
-}
-DDPM_CONFIGS = {"improved": os.path.join("config", "cpu_DDPM.json"), "faithful": os.path.join("config", "demo_DDPM.json")}
-UNMIXING_CONFIG = os.path.join("config", "demo_unmixing.json")
-CONTROLS = ("ddpm", "inferred", "dirichlet", "noisy")
-TASKS = ("rgb2hsi", "denoise")
+DDPM_CONFIG = os.path.join("config", "cpu_DDPM_64.json")
+STAGE1_METHOD = "near_data"
+NOISY_SIGMA, NOISY_COPIES = 0.02, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Stage 1 + 2 + 3, generation and downstream evaluation, one report")
-    parser.add_argument("--data", required=True, help="folder with HSI crops (.mat) and RGB images, e.g. "
-                        "../shared/data/paper")
-    parser.add_argument("--out", default=os.path.join("experiments", "study"), help="output folder (default "
-                        "experiments/study); a rerun there reuses the finished steps")
-    parser.add_argument("--profile", choices=("improved", "faithful"), default="improved",
-                        help="stage settings: improved (default, the measured departures) or faithful (reference)")
+    parser = argparse.ArgumentParser(description="Does RGB-derived structure make synthetic HSIs more useful?")
+    parser.add_argument("--data", required=True, help="the data folder (../shared/data: paper/chikusei, hsi/abu, "
+                        "rgb/aid, rgb/rsscn7, rgb/remote, rgb/natural)")
+    parser.add_argument("--out", default=os.path.join("experiments", "study"),
+                        help="output folder (default experiments/study); a rerun there reuses the finished steps")
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="default",
-                        help="default (under an hour on 2 idle cores) or small (a smoke run)")
-    parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG,
-                        help=f"stage-1 config (default {UNMIXING_CONFIG}: the paper's network, narrower, whose maps "
-                             "a DDPM can learn; config/improved_unmixing.json reconstructs better, with flatter maps)")
-    parser.add_argument("--ddpm-steps", type=int, help="override the budget's DDPM training steps")
-    parser.add_argument("--samples", type=int, help="override the budget's number of synthetic HSIs")
+                        help="small (a smoke run), default (one scene, under an hour on 2 idle cores) or large "
+                             "(the multi-source sweep on two scenes, about 4 hours)")
+    parser.add_argument("--profile", choices=("improved", "faithful"), default="improved",
+                        help="stage settings passed to every CLI: improved (default) or faithful (the reference's)")
+    parser.add_argument("--stage1-method", default=STAGE1_METHOD,
+                        help=f"stage-1 method (Unmixing.py train --method; default {STAGE1_METHOD})")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] for every step (default cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for the DDPM (default torch's)")
-    parser.add_argument("--protocol", choices=("pretrain", "mix"), default="pretrain",
-                        help="how the downstream models use a synthetic set: pretrain on it, then fine-tune on real "
-                             "(default), or mix it into the real batches (Evaluate.py downstream --protocol)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every step (default 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="steps run at once, each a one-thread process (default 2, "
+                        "one per core of a 2-core machine)")
+    parser.add_argument("--plan", action="store_true", help="print the plan and the estimate, run nothing")
     return parser
 
 
 class Study:
-    """Runs the steps in order, each once; `done(name)` records outputs and time of a finished step."""
+    """Runs the steps in order, each once; a finished step leaves `<out>/<name>/done.json` with its record."""
 
-    def __init__(self, out: str, device: str):
-        self.out, self.device = out, device
+    def __init__(self, out: str):
+        self.out = out
         os.makedirs(out, exist_ok=True)
 
-    def folder(self, name: str) -> str:
-        return os.path.join(self.out, name)
+    def folder(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
 
     def finished(self, name: str) -> dict | None:
         path = os.path.join(self.folder(name), "done.json")
@@ -86,7 +86,6 @@ class Study:
             return json.load(f)
 
     def step(self, name: str, work) -> dict:
-        """Run `work()` (returns a JSON-able dict) unless the step is done; returns its record."""
         record = self.finished(name)
         if record is not None:
             print(f"[study] {name}: done earlier ({record.get('seconds', 0):.0f} s), reused", flush=True)
@@ -102,23 +101,13 @@ class Study:
         return record
 
 
-def run_cli(args: list[str]) -> None:
+def run_cli(args: list[str], threads: int) -> None:
     shown = " ".join(os.path.relpath(a, ROOT) if os.path.isabs(a) and a.startswith(ROOT) else a for a in args)
     print(f"$ python {shown}", flush=True)
-    result = subprocess.run([sys.executable] + args, cwd=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    result = subprocess.run([sys.executable] + args, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise UserError(f"failed with exit status {result.returncode}: python {shown}")
-
-
-def profile_flag(script: str, profile: str) -> list[str]:
-    """Every CLI of this checkout takes --profile."""
-    return ["--profile", profile]
-
-
-def downstream_label(task: str, name: str, protocol: str) -> str:
-    """Folder of one downstream step; the protocol is part of it, so a rerun with the other protocol
-    does not reuse these results."""
-    return f"downstream_{task}_{name}" if protocol == "mix" else f"downstream_{protocol}_{task}_{name}"
 
 
 def load_json(path: str) -> dict:
@@ -126,7 +115,13 @@ def load_json(path: str) -> dict:
         return json.load(f)
 
 
-# controls ----------------------------------------------------------------------------------------
+def link(source: str, target: str) -> None:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if not os.path.lexists(target):
+        os.symlink(os.path.abspath(source), target)
+
+
+# controls and helpers (kept from the single-scene study; tests/test_study.py) -------------------------------
 
 def linear_baseline_psnr(train_dir: str, test_dir: str, band_indices) -> float:
     """PSNR on the test crops of the least-squares affine map from the 3 input bands to all bands."""
@@ -158,238 +153,355 @@ def write_dirichlet_abundances(folder: str, count: int, size: int, k: int, seed:
         write_mat(os.path.join(folder, f"dirichlet_{i:04d}.mat"), {"Abu": abundance, "SR": abundance * 2 - 1})
 
 
-def downstream_train_files(real_dir: str, test_fraction: float = 0.5) -> list[str]:
-    """The real files `Evaluate.py downstream` trains on (its split: evaluation.downstream.split_real)."""
-    from ubf.data.hsi_dataset import list_mat_files
-    files = list_mat_files(real_dir)
-    if len(files) == 1:
-        return files
-    order = np.random.default_rng([0, 5]).permutation(len(files))
-    n_test = min(len(files) - 1, max(1, int(round(len(files) * test_fraction))))
-    return sorted(files[i] for i in order[n_test:])
-
-
-def split_data(data_dir: str, out: str) -> dict:
-    """Stage 1 trains on exactly the real crops the downstream task trains on and is tested on the
-    crops it tests on: endmembers learned from a test crop would leak it into every synthetic HSI."""
-    from ubf.data.hsi_dataset import list_mat_files
-    from ubf.data.images import list_images
-    from ubf.cli.demo import link_step_folders
-    crops, images = list_mat_files(data_dir), list_images(data_dir)
-    if not crops or not images:
-        raise UserError(f"{data_dir}: needs .mat HSI crops and RGB images (e.g. chikusei/*.mat, aid/*.jpg)")
-    train = downstream_train_files(data_dir)
-    test = [c for c in crops if c not in train] or train
-    return link_step_folders({"train": train, "val": test, "test": test}, images, out)
-
-
-def write_noisy_copies(real_dir: str, folder: str, sigma: float, copies: int, seed: int) -> None:
-    """Min-max normalised real training crops of the downstream split plus Gaussian noise, `copies`
-    per crop, as synthetic HSIs (never the held-out test crop)."""
+def write_noisy_copies(train_files, folder: str, sigma: float, copies: int, seed: int) -> None:
+    """Min-max normalised real training files plus Gaussian noise, `copies` per file, as synthetic HSIs."""
     from ubf.data.matio import read_hsi, write_mat
     from ubf.data.normalize import minmax
     rng = np.random.default_rng([seed, 23])
-    for path in downstream_train_files(real_dir):
+    for path in train_files:
         cube = minmax(read_hsi(path)[0]).astype(np.float32)
         for c in range(copies):
             noisy = np.clip(cube + rng.normal(0, sigma, cube.shape), 0, 1).astype(np.float32)
-            write_mat(os.path.join(folder, f"{os.path.splitext(os.path.basename(path))[0]}_noisy{c}.mat"),
-                      {"HSI": noisy})
+            write_mat(os.path.join(folder, f"{os.path.splitext(os.path.basename(path))[0]}_noisy{c}.mat"), {"HSI": noisy})
 
 
-def abundance_maps(folder: str) -> list[np.ndarray]:
+def tile_images(images: list[str], folder: str, size: int = OTHER_TILE) -> list[str]:
+    """Non-overlapping size x size tiles (PNG) of each image, row by row; images smaller than a tile are skipped."""
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    tiles = []
+    for path in images:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            stem = os.path.splitext(os.path.basename(path))[0]
+            for top in range(0, rgb.height - size + 1, size):
+                for left in range(0, rgb.width - size + 1, size):
+                    target = os.path.join(folder, f"{stem}_r{top // size}_c{left // size}.png")
+                    if not os.path.isfile(target):
+                        rgb.crop((left, top, left + size, top + size)).save(target)
+                    tiles.append(target)
+    return tiles
+
+
+def link_name(source: str, path: str, data: str) -> str:
+    """A flat, unique file name for one image of a source (its path below --data, separators as '__')."""
+    relative = os.path.relpath(path, data) if not os.path.relpath(path, data).startswith("..") else os.path.basename(path)
+    return f"{source}__" + relative.replace(os.sep, "__")
+
+
+def maps_of(folder: str) -> list[np.ndarray]:
     from ubf.data.matio import read_mat
-    from ubf.evaluation.roughness import as_channels_first
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".mat"))
-    return [as_channels_first(read_mat(os.path.join(folder, f), ["Abu"])["Abu"]).numpy() for f in files]
+    return [read_mat(p, ["Abu"])["Abu"] for p in glob_maps(folder)]
 
 
-# the study ---------------------------------------------------------------------------------------
+# the study ------------------------------------------------------------------------------------------------
 
-def run_study(args) -> dict:
-    budget = dict(BUDGETS[args.budget])
-    if args.ddpm_steps:
-        budget["ddpm_steps"] = args.ddpm_steps
-    if args.samples:
-        budget["samples"] = args.samples
-    out = os.path.abspath(args.out)
-    study = Study(out, args.device)
-    started = time.time()
-    device = ["--device", args.device]
-    print(f"[study] profile {args.profile}{' (default)' if args.profile == 'improved' else ''}, budget "
-          f"{args.budget} ({budget}), output {out}", flush=True)
+def prepare_data(args, study: Study, budget) -> dict:
+    """Scenes and sources of --data, the other images tiled, every set's members as link names."""
+    data = os.path.abspath(args.data)
+    scenes = shared_scenes(data)
+    missing = [s for s in budget.scenes if s not in scenes]
+    if missing:
+        raise UserError(f"{data}: no files for scene(s) {', '.join(missing)} (paper/chikusei/block_118.mat and "
+                        "block_282.mat; hsi/abu/abu-airport-1..3.mat)")
+    sources = shared_sources(data)
+    sources["other"] = tile_images(sources["other"], study.folder("data", "other_tiles"))
+    check_sources(sources, budget)
+    plan = plan_sets(sources, budget.aid_counts, budget.mix_count)
+    names = {}
+    for source, images in sources.items():
+        for path in images:
+            names[path] = link_name(source, path, data)
+    return {"scenes": {s: {"train": list(v.train), "test": list(v.test), "bands": list(v.bands)}
+                       for s, v in scenes.items() if s in budget.scenes},
+            "sets": {name: [names[p] for p in members] for name, members in plan.sets.items()},
+            "images": {names[p]: p for p in plan.images()}}
 
-    unmixing_config = next((os.path.abspath(p) for p in (args.unmixing_config, os.path.join(ROOT, args.unmixing_config))
-                            if os.path.isfile(p)), None)
-    if unmixing_config is None:
-        raise UserError(f"--unmixing-config {args.unmixing_config}: no such file")
-    folders = study.step("data", lambda: split_data(os.path.abspath(args.data), study.out))
 
-    unmixing = study.folder("unmixing")
+def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, plan, jobs: "Jobs") -> dict:
+    """Add the steps of one scene to `jobs` (stage 1, inference, sets, controls, DDPM, downstream arms) with
+    what each needs first; returns where their results will be."""
+    info, threads = data["scenes"][scene], ["--threads", str(args.threads)]
+    device, profile = ["--device", args.device], ["--profile", args.profile]
+    folders = {role: study.folder("data", scene, role) for role in ("train", "test")}
+    for role in ("train", "test"):
+        for path in info[role]:
+            link(path, os.path.join(folders[role], os.path.basename(path)))
+    bands = [str(b) for b in info["bands"]]
+    unmixing = study.folder(f"stage1_{scene}")
     ckpt = os.path.join(unmixing, "checkpoint", "best.pth")
-    study.step("unmixing", lambda: run_cli([
-        os.path.join(ROOT, "Unmixing.py"), "train", "-c", unmixing_config,
-        "--train", folders["train"], "--val", folders["val"], "--test", folders["test"], "--out", unmixing,
-        *device, *profile_flag("Unmixing.py", args.profile)]))
+    stage1 = jobs.add(f"stage1_{scene}", lambda: run_cli([
+        "Unmixing.py", "train", "--method", args.stage1_method, "--train", folders["train"], "--val", folders["test"],
+        "--test", folders["test"], "--bands", *bands, "--out", unmixing, "--no-progress", *device, *threads, *profile],
+        args.threads))
 
     def stage1_quality():
-        report_dir = study.folder("stage1_eval")
-        run_cli([os.path.join(ROOT, "Evaluate.py"), "reconstruction", "--ckpt", ckpt, "--hsi", folders["test"],
-                 "--out", report_dir, "--overwrite", "--no-progress", *device])
+        report_dir = study.folder(f"stage1_eval_{scene}")
+        run_cli(["Evaluate.py", "reconstruction", "--ckpt", ckpt, "--hsi", folders["test"], "--out", report_dir,
+                 "--overwrite", "--no-progress", *device, *threads], args.threads)
         report = load_json(os.path.join(report_dir, "report.json"))
-        bands = [int(b) for b in str(report["band_indices"]).strip("[]").replace(",", " ").split()]
-        return {"psnr": report["psnr"], "sam": report["sam"],
-                "linear_psnr": linear_baseline_psnr(folders["train"], folders["test"], bands)}
-    stage1 = study.step("stage1_eval", stage1_quality)
+        keep = {k: v for k, v in report.items() if (k in ("psnr", "sam") or k.startswith(("contrast.", "endmembers.")))
+                and not isinstance(v, (list, dict))}
+        return {**keep, "linear_psnr": linear_baseline_psnr(folders["train"], folders["test"], info["bands"])}
+    evaluation = jobs.add(f"stage1_eval_{scene}", stage1_quality, [stage1])
 
-    abundances = study.folder("abundances")
-    study.step("abundances", lambda: run_cli([
-        os.path.join(ROOT, "Unmixing.py"), "infer", "--ckpt", ckpt, "--rgb", folders["rgb"], "--out", abundances,
-        *device]))
+    # the sets this scene needs (the main scene: all), their images linked flat and inferred once
+    wanted = [s for s in plan.sets if main or f"inferred_{s}" in budget.other_scene_arms]
+    reference_set = max(wanted, key=lambda s: len(plan.sets[s]))  # the controls match the largest set
+    if not main and f"inferred_{reference_set}" not in budget.other_scene_arms:
+        wanted.append(reference_set)
+    rgb_links = study.folder("data", f"rgb_{scene}")
+    for name in sorted({n for s in wanted for n in plan.sets[s]}):
+        link(data["images"][name], os.path.join(rgb_links, name))
+    abundances = study.folder(f"abundances_{scene}")
+    inferred = jobs.add(f"abundances_{scene}", lambda: run_cli([
+        "Unmixing.py", "infer", "--ckpt", ckpt, "--rgb", rgb_links, "--out", abundances, "--no-recon",
+        "--no-progress", *device, *threads, *profile], args.threads), [stage1])
+    set_dirs = {s: study.folder(f"sets_{scene}", s) for s in wanted}
 
-    ddpm_run = study.folder("ddpm")
-    config = os.path.join(ROOT, DDPM_CONFIGS[args.profile])
-    threads = ["--threads", str(args.threads)] if args.threads else []
-    ddpm = study.step("ddpm", lambda: (run_cli([
-        os.path.join(ROOT, "Diffusion.py"), "-p", "train", "-c", config, "--data", abundances, "--out", ddpm_run,
-        "--run-dir", os.path.join(ddpm_run, "run"), "--n-iter", str(budget["ddpm_steps"]), *device, *threads,
-        *profile_flag("Diffusion.py", args.profile)]), {"steps": budget["ddpm_steps"], "config": config})[1])
+    def link_sets():
+        for set_name in wanted:
+            for name in plan.sets[set_name]:
+                produced = os.path.join(abundances, os.path.splitext(name)[0] + ".mat")
+                if not os.path.isfile(produced):
+                    raise UserError(f"{produced}: not written by the inference step (see its log)")
+                link(produced, os.path.join(set_dirs[set_name], os.path.basename(produced)))
+        return {s: len(glob_maps(d)) for s, d in set_dirs.items()}
+    sets = jobs.add(f"sets_{scene}", link_sets, [inferred])
 
-    def sample():
-        import glob
-        from ubf.pipeline.diffusion_sample import checkpoint_step
-        checkpoints = glob.glob(os.path.join(ddpm_run, "run", "checkpoint", "I*_E*.pth"))
-        last = max(checkpoints, key=checkpoint_step)
-        started_sampling = time.time()
-        run_cli([os.path.join(ROOT, "Diffusion.py"), "-p", "val", "-c", config, "--resume", last, "--run-dir",
-                 os.path.join(ddpm_run, "run"), "--num-samples", str(budget["samples"]), *device, *threads,
-                 *profile_flag("Diffusion.py", args.profile)])
-        return {"checkpoint": last, "seconds_per_sample": (time.time() - started_sampling) / budget["samples"]}
-    sampled = study.step("samples", sample)
-    samples_dir = os.path.join(ddpm_run, "run", "mat_results")
+    arms = {}  # arm -> (kind, folder, the job that makes it)
+    for control in budget.controls:
+        folder = study.folder(f"control_{control}_{scene}")
+        if control == "copies":
+            job = jobs.add(f"control_{control}_{scene}", lambda folder=folder: write_noisy_copies(
+                info["train"], folder, NOISY_SIGMA, NOISY_COPIES, 0))
+        else:
+            job = jobs.add(f"control_{control}_{scene}", lambda control=control, folder=folder: write_control(
+                control, set_dirs[reference_set], folder, budget.control_maps, 0), [sets])
+        arms[f"control_{control}"] = ("hsi" if control == "copies" else "abundances", folder, job)
+    for set_name in wanted:
+        arms[f"inferred_{set_name}"] = ("abundances", set_dirs[set_name], sets)
+    ddpm = {}
+    for set_name in budget.ddpm_sets if main else ():
+        run_dir = study.folder(f"ddpm_{scene}_{set_name}")
+        trained = jobs.add(f"ddpm_{scene}_{set_name}", lambda run_dir=run_dir, set_name=set_name: run_cli([
+            "Diffusion.py", "-p", "train", "-c", DDPM_CONFIG, "--data", set_dirs[set_name], "--out",
+            os.path.join(run_dir, "run"), "--n-iter", str(budget.ddpm_steps), "--no-progress", *device, *threads,
+            *profile], args.threads), [sets])
 
-    def dirichlet():
-        maps = abundance_maps(samples_dir)
-        write_dirichlet_abundances(study.folder("dirichlet_abundances"), len(maps), maps[0].shape[-1],
-                                   maps[0].shape[0], 0)
-    study.step("dirichlet_abundances", dirichlet)
-
-    synth_sources = {"ddpm": samples_dir, "inferred": abundances, "dirichlet": study.folder("dirichlet_abundances")}
-    hsi_dirs = {}
-    for name, source in synth_sources.items():
-        target = study.folder(f"synthesis_{name}")
-        study.step(f"synthesis_{name}", lambda source=source, target=target: run_cli([
-            os.path.join(ROOT, "Synthesis.py"), "--abundances", source, "--ckpt", ckpt, "--out", target,
-            "--overwrite", *device, *profile_flag("Synthesis.py", args.profile)]))
-        hsi_dirs[name] = os.path.join(target, "HSI")
-    real_dir = os.path.abspath(args.data)
-    study.step("noisy_copies", lambda: write_noisy_copies(real_dir, study.folder("noisy_copies"), 0.02, 4, 0))
-    hsi_dirs["noisy"] = study.folder("noisy_copies")
-
-    def generation():
-        from ubf.evaluation.roughness import noisy_fraction
-        report_dir = study.folder("generation")
-        run_cli([os.path.join(ROOT, "Evaluate.py"), "generation", "--real", hsi_dirs["inferred"], "--real-as-is",
-                 "--synthetic", hsi_dirs["ddpm"], "--endmembers", ckpt, "--out", report_dir, "--overwrite",
-                 "--no-progress", "--feature-cache", "none", *device])
-        report = load_json(os.path.join(report_dir, "report.json"))
-        rough = noisy_fraction(np.stack(abundance_maps(samples_dir)), abundance_maps(abundances))
-        keys = ("FD", "FD_half", "FD_real_floor", "precision", "recall", "F_p", "D_b_ncc", "KID",
-                "baseline_dirichlet.FD", "baseline_dirichlet.FD_half", "baseline_dirichlet.precision",
-                "baseline_dirichlet.recall", "baseline_real_copies.D_b_ncc", "baseline_real_copies.FD_half")
-        return {**{k: report.get(k) for k in keys}, **rough}
-    gen = study.step("generation", generation)
+        def sample(run_dir=run_dir):
+            last = max(glob.glob(os.path.join(run_dir, "run", "checkpoint", "I*_E*.pth")),
+                       key=lambda p: int(os.path.basename(p)[1:].split("_")[0]))
+            started = time.time()
+            run_cli(["Diffusion.py", "-p", "val", "-c", DDPM_CONFIG, "--ckpt", last, "--out", os.path.join(run_dir, "run"),
+                     "--num-samples", str(budget.ddpm_samples), "--no-progress", *device, *threads, *profile],
+                    args.threads)
+            return {"checkpoint": last, "seconds_per_sample": (time.time() - started) / budget.ddpm_samples}
+        sampled = jobs.add(f"samples_{scene}_{set_name}", sample, [trained])
+        samples_dir = os.path.join(run_dir, "run", "mat_results")
+        generation = jobs.add(f"generation_{scene}_{set_name}", lambda set_name=set_name, samples_dir=samples_dir:
+                              generation_scores(args, study, scene, ckpt, set_dirs[set_name], samples_dir), [sampled])
+        arms[f"ddpm_{set_name}"] = ("abundances", samples_dir, sampled)
+        ddpm[set_name] = (sampled, generation)
 
     downstream = {}
-    for task in TASKS:
-        for name in CONTROLS:
-            label = downstream_label(task, name, args.protocol)
+    for task in scene_tasks(budget, main):
+        first = None
+        for arm in arm_names(budget, plan, main, task):
+            if arm not in arms:
+                continue
+            kind, folder, made_by = arms[arm]
+            label = f"downstream_{scene}_{task}_{arm}"
 
-            def work(task=task, name=name, label=label):
+            def work(task=task, kind=kind, folder=folder, label=label, first=first):
                 report_dir = study.folder(label)
-                # the real-only arm is the same for every synthetic set of a task: trained once (with the first)
-                first = study.folder(downstream_label(task, CONTROLS[0], args.protocol)) if name != CONTROLS[0] else None
-                reuse = ["--reuse-real-only", os.path.join(first, "report.json")] if first else []
-                run_cli([os.path.join(ROOT, "Evaluate.py"), "downstream", "--real", real_dir,
-                         "--synthetic", hsi_dirs[name], "--task", task, "--steps", str(budget["downstream_steps"]),
-                         "--seeds", *map(str, budget["seeds"]), "--out", report_dir, "--overwrite", "--no-progress",
-                         "--protocol", args.protocol, *reuse, *device])
+                source = ["--abundances", folder, "--endmembers", ckpt] if kind == "abundances" else ["--synthetic", folder]
+                reuse = ["--reuse-real-only", os.path.join(study.folder(first), "report.json")] if first else []
+                run_cli(["Evaluate.py", "downstream", "--real", folders["train"], "--real-test", folders["test"],
+                         *source, "--task", task, "--model", "cnn" if task == "rgb2hsi" else "unet",
+                         "--steps", str(budget.downstream_steps), "--pretrain-steps", str(budget.pretrain_steps),
+                         "--crop", str(budget.crop), "--seeds", *map(str, budget.seeds), "--protocol", "pretrain",
+                         "--rgb-bands", *bands, "--out", report_dir, "--overwrite", "--no-progress",
+                         *(["--eval-every", str(budget.eval_every)] if budget.eval_every else []),
+                         *reuse, *device, *threads, *profile], args.threads)
                 report = load_json(os.path.join(report_dir, "report.json"))
-                return {k: report[k] for k in report if k.startswith(("real_only.", "real_plus_synthetic.", "delta."))
+                return {k: v for k, v in report.items() if k.startswith(("real_only.", "real_plus_synthetic.", "delta."))
                         and k.endswith(("_mean", "_std"))}
-            downstream[(task, name)] = study.step(label, work)
+            downstream[(task, arm)] = jobs.add(label, work, [stage1, made_by] + ([first] if first else []))
+            first = first or label
+    return {"stage1": evaluation, "ddpm": ddpm, "downstream": downstream, "sets": sets, "reference_set": reference_set}
 
-    flat = {"profile": args.profile, "budget": args.budget, "data": os.path.abspath(args.data),
-            "stage1.config": args.unmixing_config,
-            "downstream.protocol": args.protocol,
-            "stage1.psnr": stage1["psnr"], "stage1.sam": stage1["sam"], "stage1.linear_psnr": stage1["linear_psnr"],
-            "ddpm.steps": budget["ddpm_steps"], "ddpm.train_s": ddpm["seconds"],
-            "ddpm.seconds_per_sample": sampled["seconds_per_sample"]}
-    flat.update({f"generation.{k}": v for k, v in gen.items() if k != "seconds"})
-    for (task, name), record in downstream.items():
-        prefix = "downstream." if name == "ddpm" else f"downstream.control_{name}."
-        if task != "rgb2hsi":
-            prefix = f"downstream_{task}." if name == "ddpm" else f"downstream_{task}.control_{name}."
-        flat.update({prefix + k: v for k, v in record.items() if k != "seconds"})
-    flat["timing.total_s"] = sum((study.finished(n) or {}).get("seconds", 0.0) for n in os.listdir(out)
-                                 if os.path.isdir(os.path.join(out, n)))
+
+class Jobs:
+    """Steps with what each needs first, run `workers` at a time (each step is one CLI process with its own
+    threads); a failed step stops the rest once the running ones end. Steps are names of Study steps."""
+
+    def __init__(self, study: Study, workers: int):
+        self.study, self.workers = study, max(1, workers)
+        self.work, self.deps, self.order = {}, {}, []
+
+    def add(self, name: str, work, deps=()) -> str:
+        self.work[name], self.deps[name] = work, [d for d in deps if d]
+        self.order.append(name)
+        return name
+
+    def run(self) -> dict[str, dict]:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        done, running, records, failure = set(), {}, {}, None
+        with ThreadPoolExecutor(self.workers) as pool:
+            while len(done) < len(self.order):
+                if failure is None:
+                    for name in self.order:
+                        if len(running) >= self.workers:
+                            break
+                        if name not in done and name not in running.values() and all(d in done for d in self.deps[name]):
+                            running[pool.submit(self.study.step, name, self.work[name])] = name
+                if not running:
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    try:
+                        records[name] = future.result()
+                        done.add(name)
+                    except Exception as err:  # the others finish; nothing new starts
+                        failure = failure or err
+        if failure is not None:
+            raise failure
+        return records
+
+
+def write_control(kind: str, reference: str, folder: str, count: int, seed: int) -> dict:
+    """Abundance maps of a control: per-pixel Dirichlet (no structure), or dead-leaves / Gaussian fields with
+    the statistics of the reference set's maps (ubf/evaluation/structure_controls.py), the reference's size."""
+    from ubf.evaluation import structure_controls as controls
+    reference_maps = maps_of(reference)
+    size = int(np.median([m.shape[0] for m in reference_maps]))
+    k = reference_maps[0].shape[2]
+    if kind == "dirichlet":
+        write_dirichlet_abundances(folder, count, size, k, seed)
+        return {"size": size, "count": count}
+    brightness = brightness_of(reference)
+    return controls.write_control_maps(kind, reference_maps, folder, count, size, seed, brightness=brightness)
+
+
+def brightness_of(folder: str) -> list[np.ndarray] | None:
+    from ubf.data.matio import mat_keys, read_mat
+    files = glob_maps(folder)
+    if not files or "Bright" not in mat_keys(files[0]):
+        return None
+    return [read_mat(p, ["Bright"])["Bright"] for p in files]
+
+
+def generation_scores(args, study: Study, scene: str, ckpt: str, training_maps: str, samples: str) -> dict:
+    """Samples against HSIs rendered from the DDPM's own training maps (64 of them), the like-for-like reference."""
+    from ubf.evaluation.roughness import as_channels_first, noisy_fraction
+    import torch
+    device, threads = ["--device", args.device], ["--threads", str(args.threads)]
+    subset = study.folder(f"generation_{scene}", "training_maps")
+    for path in glob_maps(training_maps)[:64]:
+        link(path, os.path.join(subset, os.path.basename(path)))
+    rendered = {}
+    for name, source in (("training", subset), ("samples", samples)):
+        target = study.folder(f"generation_{scene}", f"synthesis_{name}")
+        run_cli(["Synthesis.py", "--abundances", source, "--ckpt", ckpt, "--out", target, "--overwrite", *device,
+                 "--profile", args.profile], args.threads)
+        rendered[name] = os.path.join(target, "HSI")
+    report_dir = study.folder(f"generation_{scene}", "report")
+    run_cli(["Evaluate.py", "generation", "--real", rendered["training"], "--real-as-is", "--synthetic",
+             rendered["samples"], "--endmembers", ckpt, "--out", report_dir, "--overwrite", "--no-progress",
+             "--feature-cache", "none", *device, *threads], args.threads)
+    report = load_json(os.path.join(report_dir, "report.json"))
+    keys = ("FD", "FD_half", "FD_real_floor", "precision", "recall", "F_p", "D_b_ncc", "KID",
+            "baseline_dirichlet.FD", "baseline_dirichlet.FD_half", "baseline_dirichlet.precision",
+            "baseline_dirichlet.recall", "baseline_real_copies.D_b_ncc", "baseline_real_copies.FD_half")
+    sampled = [as_channels_first(m).numpy() for m in maps_of(samples)]
+    training = [as_channels_first(m).numpy() for m in maps_of(subset)]
+    rough = noisy_fraction(torch.from_numpy(np.stack(sampled)), training)
+    return {**{k: report.get(k) for k in keys}, **rough}
+
+
+def flat_report(args, budget, results: dict, started: float, out: str) -> dict:
+    """report.json: the new keys per (scene, task, arm) and the keys of the single-scene study."""
+    flat = {"profile": args.profile, "budget": budget.name, "data": os.path.abspath(args.data),
+            "stage1.method": args.stage1_method, "downstream.protocol": "pretrain",
+            "downstream.seeds": list(budget.seeds), "downstream.steps": budget.downstream_steps,
+            "downstream.pretrain_steps": budget.pretrain_steps, "downstream.crop": budget.crop}
+    for index, (scene, result) in enumerate(results.items()):
+        main = index == 0
+        prefix = "downstream" if main else f"downstream@{scene}"
+        stage = "stage1" if main else f"stage1@{scene}"
+        flat.update({f"{stage}.{k}": v for k, v in result["stage1"].items() if k != "seconds"})
+        flat.update({f"sets@{scene}.{k}": v for k, v in result["sets"].items() if k != "seconds"})
+        for set_name, record in result["ddpm"].items():
+            flat[f"ddpm.{set_name}.seconds_per_sample"] = record.get("seconds_per_sample")
+            if main:
+                flat.update({f"generation.{k}": v for k, v in record["generation"].items() if k != "seconds"})
+        for (task, arm), record in result["downstream"].items():
+            flat.update({f"{prefix}.{task}.{arm}.{k}": v for k, v in record.items() if k != "seconds"})
+        # the claim's two arms by their short names: the largest inferred set and the DDPM
+        for (task, arm), record in result["downstream"].items():
+            if arm == f"inferred_{result['reference_set']}":
+                flat.update({f"{prefix}.{task}.inferred.{k}": v for k, v in record.items() if k != "seconds"})
+            if arm.startswith("ddpm_"):
+                flat.update({f"{prefix}.{task}.ddpm.{k}": v for k, v in record.items() if k != "seconds"})
+        if main:  # the single-scene study's keys: rgb2hsi as `downstream.`, the others as `downstream_<task>.`
+            legacy = {"ddpm": "", "inferred": "control_inferred.", "control_dirichlet": "control_dirichlet.",
+                      "control_copies": "control_noisy."}
+            for task in {t for t, _ in result["downstream"]}:
+                for short, suffix in legacy.items():
+                    source = flat_keys(flat, f"{prefix}.{task}.{short}.")
+                    head = "downstream." if task == "rgb2hsi" else f"downstream_{task}."
+                    flat.update({head + suffix + k: v for k, v in source.items()})
+    flat["timing.total_s"] = sum((load_json(p).get("seconds", 0.0)) for p in glob.glob(os.path.join(out, "*", "done.json")))
     flat["timing.this_run_s"] = time.time() - started
-    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(flat, f, indent=2)
-    write_report_md(out, flat, folders)
-    print(f"[study] report: {os.path.join(out, 'report.md')} and report.json", flush=True)
     return flat
 
 
-def _f(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def flat_keys(flat: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
 
 
-def write_report_md(out: str, r: dict, folders: dict) -> None:
-    """report.md: the numbers of report.json as tables, with the pictures the steps drew."""
-    def rel(*parts):
-        return os.path.relpath(os.path.join(out, *parts), out)
-    lines = [f"# Study: do synthetic HSIs help? (profile {r['profile']}, budget {r['budget']})", "",
-             f"Data: `{r['data']}`. Total compute time of all steps: {r['timing.total_s'] / 60:.1f} min.", "",
-             "## Stage 1: reconstruction of held-out crops", "",
-             "| model | PSNR (dB) |", "|---|---|",
-             f"| unmixing network | {_f(r['stage1.psnr'], 2)} |",
-             f"| linear least-squares map (3 bands -> all) | {_f(r['stage1.linear_psnr'], 2)} |", "",
-             "## Samples: training abundance maps (rendered) vs DDPM samples (rendered)", "",
-             f"![inferred]({rel('synthesis_inferred', 'contact_sheet.png')})", "",
-             f"![ddpm]({rel('synthesis_ddpm', 'contact_sheet.png')})", "",
-             "## Generation scores (reference: HSIs rendered from the DDPM's own training maps)", "",
-             "| set | FD | FD_half | precision | recall | D_b_ncc |", "|---|---|---|---|---|---|",
-             f"| DDPM samples | {_f(r.get('generation.FD'))} | {_f(r.get('generation.FD_half'))} | "
-             f"{_f(r.get('generation.precision'))} | {_f(r.get('generation.recall'))} | "
-             f"{_f(r.get('generation.D_b_ncc'))} |",
-             f"| Dirichlet mixtures | {_f(r.get('generation.baseline_dirichlet.FD'))} | "
-             f"{_f(r.get('generation.baseline_dirichlet.FD_half'))} | "
-             f"{_f(r.get('generation.baseline_dirichlet.precision'))} | "
-             f"{_f(r.get('generation.baseline_dirichlet.recall'))} | - |",
-             f"| real copies | - | {_f(r.get('generation.baseline_real_copies.FD_half'))} | - | - | "
-             f"{_f(r.get('generation.baseline_real_copies.D_b_ncc'))} |", "",
-             f"Real-vs-real floor FD {_f(r.get('generation.FD_real_floor'))}. Noisy samples (more high-frequency "
-             f"energy than the noisiest training crop): {_f(r.get('generation.noisy_sample_fraction'), 2)}.", "",
-             f"## Downstream: real only vs real + synthetic (protocol {r.get('downstream.protocol', 'mix')}; "
-             "mean +/- std over seeds)", "",
-             "| task | synthetic set | real only (dB) | real + synthetic (dB) | PSNR difference (dB) | "
-             "SAM difference (deg) |", "|---|---|---|---|---|---|"]
-    for task in TASKS:
-        for name in CONTROLS:
-            prefix = ("downstream." if task == "rgb2hsi" else f"downstream_{task}.") + \
-                ("" if name == "ddpm" else f"control_{name}.")
-            label = {"ddpm": "DDPM samples", "inferred": "inferred maps (ceiling)", "dirichlet": "Dirichlet mixtures",
-                     "noisy": "noisy real copies"}[name]
-            lines.append(f"| {task} | {label} | {_f(r.get(prefix + 'real_only.psnr_mean'), 2)} +/- "
-                         f"{_f(r.get(prefix + 'real_only.psnr_std'), 2)} | "
-                         f"{_f(r.get(prefix + 'real_plus_synthetic.psnr_mean'), 2)} +/- "
-                         f"{_f(r.get(prefix + 'real_plus_synthetic.psnr_std'), 2)} | "
-                         f"{_f(r.get(prefix + 'delta.psnr_mean'), 2)} +/- {_f(r.get(prefix + 'delta.psnr_std'), 2)} | "
-                         f"{_f(r.get(prefix + 'delta.sam_mean'), 2)} +/- {_f(r.get(prefix + 'delta.sam_std'), 2)} |")
-    lines += ["", "Plots: `downstream_*/plots/downstream.png`, `generation/plots/`."]
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+def run_study(args) -> dict:
+    from study_report import write_report
+    budget = BUDGETS[args.budget]
+    out = os.path.abspath(args.out)
+    study = Study(out)
+    started = time.time()
+    print(f"[study] profile {args.profile}{' (the study default)' if args.profile == 'improved' else ''}, budget "
+          f"{budget.name}, stage 1 {args.stage1_method}, output {out}", flush=True)
+    data = study.step("data", lambda: prepare_data(args, study, budget))
+    plan = AbundanceSets({name: members for name, members in data["sets"].items()})
+    band_counts = {"chikusei": 59, "abu-airport": 205}
+    estimate = estimate_seconds(budget, plan, data["scenes"], band_counts)
+    print(f"[study] plan: scenes {', '.join(budget.scenes)}; sets "
+          f"{', '.join(f'{n} ({len(m)})' for n, m in plan.sets.items())}; tasks {', '.join(budget.tasks)}; seeds "
+          f"{list(budget.seeds)}; downstream {budget.pretrain_steps} + {budget.downstream_steps} steps per arm", flush=True)
+    for scene_index, scene in enumerate(budget.scenes):
+        for task in scene_tasks(budget, scene_index == 0):
+            print(f"[study]   {scene} {task}: real only + {', '.join(arm_names(budget, plan, scene_index == 0, task))}",
+                  flush=True)
+    print("[study] estimate, compute on an idle core: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in estimate.items())
+          + f"; wall with --jobs {args.jobs}: about {wall_estimate(estimate, args.jobs) / 60:.0f} min", flush=True)
+    estimate["wall"] = wall_estimate(estimate, args.jobs)
+    if args.plan:
+        return {"estimate": estimate}
+    jobs = Jobs(study, args.jobs)
+    handles = {scene: scene_jobs(args, study, budget, data, scene, index == 0, plan, jobs)
+               for index, scene in enumerate(budget.scenes)}
+    records = jobs.run()
+    results = {scene: {"stage1": records[h["stage1"]], "sets": records[h["sets"]], "reference_set": h["reference_set"],
+                       "ddpm": {s: dict(records[sampled], generation=records[generation])
+                                for s, (sampled, generation) in h["ddpm"].items()},
+                       "downstream": {key: records[name] for key, name in h["downstream"].items()}}
+               for scene, h in handles.items()}
+    flat = flat_report(args, budget, results, started, out)
+    flat.update({f"estimate.{k}_s": v for k, v in estimate.items()})
+    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(flat, f, indent=2)
+    write_report(out, flat, results, budget)
+    print(f"[study] report: {os.path.join(out, 'report.md')} and report.json", flush=True)
+    return flat
 
 
 @cli_main

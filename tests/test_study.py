@@ -59,3 +59,51 @@ def test_noisy_fraction_counts_speckle_only(tmp_path):
     result = noisy_fraction(torch.cat([clean, speckled]), [torch.from_numpy(smooth)])
     assert result["noisy_sample_fraction"] == pytest.approx(0.5)
     assert result["hf_sample_max"] > 10 * result["hf_threshold"]
+
+
+def load_plan():
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import study_plan
+    return study_plan
+
+
+def test_tiles_axis_sets_are_nested_and_mixes_hold_their_count():
+    plan_module = load_plan()
+    sources = {"aid": [f"aid/{i}.jpg" for i in range(60)], "rsscn7": [f"rs/{i}.jpg" for i in range(30)],
+               "other": [f"o/{i}.png" for i in range(4)]}
+    plan = plan_module.plan_sets(sources, (5, 50), 21)
+    assert plan.sets["aid-5"] == plan.sets["aid-50"][:5] and len(set(plan.sets["aid-50"])) == 50
+    assert all(len(plan.sets[f"mix{i}-21"]) == 21 for i in (1, 2, 3))
+    mix3 = plan.sets["mix3-21"]
+    # equal shares of 7, but "other" has 4: topped up by AID (first pool with more), the count holds
+    assert sum(p.startswith("o/") for p in mix3) == 4 and sum(p.startswith("rs/") for p in mix3) == 7
+    assert sum(p.startswith("aid/") for p in mix3) == 10
+    mix2 = plan.sets["mix2-21"]
+    assert sum(p.startswith("aid/") for p in mix2) == 11 and sum(p.startswith("rs/") for p in mix2) == 10
+    assert plan_module.plan_sets(sources, (5, 50), 21).sets == plan.sets  # seeded: the same every run
+
+
+def test_other_images_are_cut_into_whole_tiles(tmp_path):
+    from PIL import Image
+    study = load_study()
+    Image.new("RGB", (320, 160), (10, 20, 30)).save(tmp_path / "wide.png")
+    Image.new("RGB", (100, 100)).save(tmp_path / "small.png")
+    tiles = study.tile_images([str(tmp_path / "wide.png"), str(tmp_path / "small.png")], str(tmp_path / "tiles"), 150)
+    assert [os.path.basename(t) for t in tiles] == ["wide_r0_c0.png", "wide_r0_c1.png"]
+    with Image.open(tiles[1]) as im:
+        assert im.size == (150, 150) and im.getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_estimate_counts_every_training(tmp_path):
+    plan_module = load_plan()
+    budget = plan_module.BUDGETS["default"]
+    plan = plan_module.AbundanceSets({"aid-50": [f"{i}" for i in range(50)]})
+    parts = plan_module.estimate_seconds(budget, plan, {}, {})
+    arms = plan_module.arm_names(budget, plan, True, "denoise")
+    assert arms == ["control_copies", "control_dirichlet", "control_structure", "inferred_aid-50", "ddpm_aid-50"]
+    u = plan_module.UNIT_SECONDS
+    per_task = u["downstream_step_59"] * len(budget.seeds) * (budget.downstream_steps + len(arms) * (
+        budget.downstream_steps + budget.pretrain_steps)) + u["arm_overhead"] * (len(arms) + 1)
+    assert parts["downstream"] == pytest.approx(2 * per_task)
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))

@@ -26,6 +26,7 @@ from ubf.core.validate import FLOAT_POSITIVE, INT_NONNEGATIVE, INT_POSITIVE, fla
 from ubf.core.overrides import add_set_argument, parse_set_values
 from ubf.core.profiles import add_profile_argument
 from ubf.core.version import add_version_argument
+from ubf.pipeline.unmixing_methods import METHODS
 from ubf.pipeline.unmixing_config import UNMIXING_DEFAULTS, load_unmixing_config
 
 DEFAULT_CONFIG = "config/Chikusei_unmixing.json"
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bands", type=flag(INT_NONNEGATIVE), nargs=3, metavar=("R", "G", "B"),
                        help="input band indices (data.bands; default the Chikusei RGB bands 53 33 14)")
     train.add_argument("--key", help="variable name of the cube in .mat files (default: the first of Y, HSI, ...)")
+    train.add_argument("--method", choices=tuple(METHODS), help="stage-1 recipe (model.method; default network, the "
+                       "paper's): " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     train.add_argument("--resume", help="continue training from this checkpoint (latest.pth or interrupted.pth), "
                        "or 'latest': the newest of the run")
     add_device_argument(train)
@@ -115,7 +118,7 @@ def run_train(args) -> None:
         name = args.name or load_unmixing_config(config_path, {})["name"]
         args.resume = newest_run_checkpoint(args.out or os.path.join("experiments", "unmixing", name))
     cfg = load_unmixing_config(config_path, {
-        "name": args.name, "data.train": args.train, "data.val": args.val, "data.test": args.test,
+        "name": args.name, "model.method": args.method, "data.train": args.train, "data.val": args.val, "data.test": args.test,
         "data.key": args.key, "data.bands": args.bands, "train.epochs": args.epochs,
         "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed,
         **parse_set_values(args.set_values, UNMIXING_DEFAULTS)}, profile=args.profile,

@@ -10,6 +10,21 @@ to [-1, 1]; samples are mapped back before anything is written, so files keep th
 import numpy as np
 
 SCALINGS = ("none", "channel_range")
+# A per-pixel brightness factor (stage 1's cone head, `Bright`) travels through stage 2 as one more channel,
+# b / BRIGHTNESS_SCALE in [0, 1] like an abundance (then 2u - 1 or the channel range); brightness near the
+# data's scale is about 1, and above BRIGHTNESS_SCALE it is clipped.
+BRIGHTNESS_SCALE = 4.0
+
+
+def brightness_to_unit(brightness):
+    """Brightness factors (>= 0) -> the [0, 1] channel value stage 2 learns."""
+    return np.clip(np.asarray(brightness, dtype=np.float32) / BRIGHTNESS_SCALE, 0.0, 1.0)
+
+
+def unit_to_brightness(unit):
+    """The [0, 1] channel value of a sample -> a brightness factor (>= 0); numpy or torch."""
+    return unit.clamp(0.0, 1.0) * BRIGHTNESS_SCALE if hasattr(unit, "clamp") else \
+        np.clip(unit, 0.0, 1.0) * BRIGHTNESS_SCALE
 RANGE_MARGIN = 0.05  # the range is widened by this share of its span on each side: samples may overshoot a little
 MIN_SPAN = 1e-3      # a constant channel keeps a span this wide (no division by zero)
 

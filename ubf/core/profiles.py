@@ -20,13 +20,11 @@ DEFAULT_PROFILE = "faithful"
 
 # Measured departures, per stage. Each key is a dotted config path of that stage's defaults.
 IMPROVED: dict[str, dict[str, object]] = {
-    # stage 1 (docs/stage1_quality.md, config/improved_unmixing.json): the linear-simplex head on a per-pixel
-    # encoder, started at the least-squares map, L1 + 0.1 SAD, one-cycle lr, 800 whole-file steps
-    "unmixing": {"model.encoder": "pixel_mlp", "model.simplex": "relu", "model.linear_skip": True,
-                 "model.decoder_init": "linear_simplex", "model.init_margin": 1.0, "loss.sad": 0.1,
-                 "loss.endmember_tv": 0.0, "train.schedule": "onecycle", "train.warmup": 0.3, "train.lr": 3e-3,
-                 "train.epochs": 16, "train.batch_size": 1, "data.samples_per_epoch": 50, "data.crop_size": None,
-                 "data.augment": False},
+    # stage 1 (docs/stage1_quality.md): the near-data method (ubf/pipeline/unmixing_methods.py): endmembers that
+    # are scene pixels (within 8 deg), a brightness cone head started at the NNLS fit, MSE + 0.1 SAD: at least the
+    # linear map's test PSNR with contrasty maps. The reconstruction-first recipe is model.method "improved"
+    # (config/improved_unmixing.json), whose flat maps starved the DDPM.
+    "unmixing": {"model.method": "near_data"},
     "infer": {
         "infer.checkpoint": "best",             # best validation PSNR instead of the final epoch
         "infer.color_match": "moments",         # RGB domain gap: channel mean/std matched to the training composites'

@@ -2,7 +2,9 @@
 
 Every `.mat` file of a folder holds `Abu` (H, W, K) in [0, 1] (or `SR` in [-1, 1], the key of
 sampled abundances). Items are (K, S, S) float32 tensors in [-1, 1], S = image_size: a crop when the
-map is larger than S, optionally flipped.
+map is larger than S, optionally flipped. With `brightness`, each file's per-pixel brightness factor
+`Bright` (H, W) (stage 1's cone head) is one more channel, K + 1, scaled as
+`core.abundance_scaling.brightness_to_unit` says.
 
 All randomness (file order, crop offsets, flips) comes from `AbundanceStream`, which derives it from
 (seed, epoch) alone: the stream can restart at any sample index and continue exactly, whatever the
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ubf.core.abundance_scaling import channel_range, to_model_space
+from ubf.core.abundance_scaling import brightness_to_unit, channel_range, to_model_space
 from ubf.core.errors import UserError
 from ubf.core.fs import require_folder
 from ubf.core.logs import get_logger
@@ -56,10 +58,11 @@ class AbundanceDataset(Dataset):
     K or a too small map fails before training starts.
     """
 
-    def __init__(self, files: list[str], image_size: int, channels: int, value_range=None):
+    def __init__(self, files: list[str], image_size: int, channels: int, value_range=None, brightness: bool = False):
         self.files = list(files)
         self.image_size = image_size
         self.channels = channels
+        self.brightness = brightness
         self.value_range = value_range  # [[low_k], [high_k]]: model.diffusion.abundance_scaling "channel_range"
         self.read(0, 0.0, 0.0)
 
@@ -73,9 +76,9 @@ class AbundanceDataset(Dataset):
             if len(array.shape) != 3:
                 raise UserError(f"{path}: '{array.key}' has shape {array.shape}, expected H x W x K")
             height, width, k = array.shape
-            if k != self.channels:
-                raise UserError(f"{path}: '{array.key}' has K = {k} abundance maps but the config's "
-                                f"model.diffusion.channels is {self.channels}")
+            if k + int(self.brightness) != self.channels:
+                raise UserError(f"{path}: '{array.key}' has K = {k} abundance maps{' (+1 brightness)' if self.brightness else ''}"
+                                f" but the config's model.diffusion.channels is {self.channels}")
             if height < size or width < size:
                 raise UserError(f"{path}: '{array.key}' is {height} x {width}, smaller than "
                                 f"model.diffusion.image_size = {size}")
@@ -83,6 +86,8 @@ class AbundanceDataset(Dataset):
             left = min(int(u_col * (width - size + 1)), width - size)
             crop = np.asarray(array.window(slice(top, top + size), slice(left, left + size)), dtype=np.float32)
             key = array.key
+        if self.brightness:
+            bright = read_brightness(path, (slice(top, top + size), slice(left, left + size)), (height, width))
         if not np.all(np.isfinite(crop)):
             raise UserError(f"{path}: '{key}' contains NaN/Inf values")
         # `SR` (sampled abundances) is stored in [-1, 1] already
@@ -93,6 +98,8 @@ class AbundanceDataset(Dataset):
             expected = "[-1, 1]" if key == "SR" else "[0, 1]"
             raise UserError(f"{path}: '{key}' has values from {span[0]:.3g} to {span[1]:.3g}, far outside {expected}; "
                             "these are not abundances (store abundance maps, e.g. from `Unmixing.py infer`)")
+        if self.brightness:
+            crop = np.concatenate([crop, brightness_to_unit(bright)[..., None] * 2.0 - 1.0], axis=2)
         return to_model_space(crop, self.value_range).astype(np.float32, copy=False)
 
     def __getitem__(self, item) -> torch.Tensor:
@@ -108,13 +115,32 @@ class AbundanceDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
 
 
-def training_range(files: list[str]) -> list[list[float]]:
-    """Per-channel [low, high] of the abundances of every file (`core.abundance_scaling.channel_range`)."""
+def read_brightness(path: str, window, shape) -> np.ndarray:
+    """The `Bright` (h, w) brightness factors of an abundance file inside `window` (rows, cols), checked
+    against the shape of its maps."""
+    with LazyMatArray(path, candidates=("Bright",), hint="model.diffusion.brightness needs the per-pixel brightness "
+                      "'Bright' beside the abundances (a stage-1 model with brightness writes it)") as b:
+        if tuple(b.shape[:2]) != tuple(shape) or len(b.shape) != 2:
+            raise UserError(f"{path}: 'Bright' has shape {b.shape}, expected {shape[0]} x {shape[1]} like the abundances")
+        bright = np.asarray(b.window(*window), dtype=np.float32)
+    if not np.all(np.isfinite(bright)) or bright.min() < 0:
+        raise UserError(f"{path}: 'Bright' holds negative or NaN/Inf values")
+    return bright
+
+
+def training_range(files: list[str], brightness: bool = False) -> list[list[float]]:
+    """Per-channel [low, high] of the abundances (and the brightness channel) of every file
+    (`core.abundance_scaling.channel_range`)."""
     maps = []
     for path in files:
         with LazyMatArray(path, candidates=ABUNDANCE_KEYS, hint=ABUNDANCE_HINT) as array:
             values = np.asarray(array.window(slice(None), slice(None)), dtype=np.float32)
-            maps.append(np.clip((values + 1.0) / 2.0 if array.key == "SR" else values, 0.0, 1.0))
+            values = np.clip((values + 1.0) / 2.0 if array.key == "SR" else values, 0.0, 1.0)
+            shape = array.shape[:2]
+        if brightness:
+            bright = read_brightness(path, (slice(0, shape[0]), slice(0, shape[1])), shape)
+            values = np.concatenate([values, brightness_to_unit(bright)[..., None]], axis=2)
+        maps.append(values)
     return channel_range(maps)
 
 

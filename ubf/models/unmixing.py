@@ -15,6 +15,13 @@ and the reconstruction becomes exp(b) * E a. Sum-to-one abundances can only reac
 inside the convex hull of the K endmembers; this factor lifts that limit while the abundances stay
 on the simplex (the DDPM still models abundances only; synthesis uses a brightness of one).
 
+`brightness="cone"` (with `simplex="relu"`) separates a per-pixel brightness without an extra channel:
+the head's non-negative outputs `c = relu(z)` are split into abundances `a = c / sum(c)` on the simplex and
+a brightness `s = sum(c)`, and the reconstruction is `s * E a = E c`, any non-negative combination of the
+endmembers (a cone instead of their convex hull). With endmembers that are real pixels of the scene this
+reaches the brightness of every pixel while the abundances stay sharp (docs/stage1_quality.md);
+`Unmixing.py infer` stores `s` beside the abundances (`Bright`) and synthesis multiplies it back.
+
 `simplex="relu"` and `linear_skip=True` are the improved head (docs/stage1_quality.md): the encoder's
 K outputs are added to an affine map of the input pixel, `z = B [x; 1] + encoder(x)`, and the
 abundances are `relu(z) / sum(relu(z))`. With `B` set to the barycentric coordinates of a tetrahedron
@@ -130,14 +137,19 @@ class UnmixingAutoencoder(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_bands: int = 59, num_endmembers: int = 5,
                  widths=(32, 64, 128, 96, 48), n_blocks: int = 3, res_scale: float = 0.1,
-                 encoder: str = "sspn", mlp_hidden: int = 64, brightness: bool = False,
+                 encoder: str = "sspn", mlp_hidden: int = 64, brightness: bool | str = False,
                  simplex: str = "softmax", linear_skip: bool = False):
         super().__init__()
-        self.brightness = brightness
+        # False: none (the paper); True or "exp": an extra log-brightness channel; "cone": s = sum relu(z)
+        self.brightness = {False: None, True: "exp", "exp": "exp", "cone": "cone"}.get(brightness, brightness)
+        if self.brightness not in (None, "exp", "cone"):
+            raise ValueError(f"unknown brightness '{brightness}' (false, true/'exp' or 'cone')")
         if simplex not in ("softmax", "relu"):
             raise ValueError(f"unknown simplex head '{simplex}' (softmax or relu)")
+        if self.brightness == "cone" and simplex != "relu":
+            raise ValueError("brightness 'cone' needs simplex 'relu' (the brightness is the sum of relu(z))")
         self.simplex = simplex
-        outputs = num_endmembers + (1 if brightness else 0)
+        outputs = num_endmembers + (1 if self.brightness == "exp" else 0)
         if encoder == "sspn":
             self.encoder = SSPNEncoder(in_channels, list(widths), outputs, n_blocks, res_scale)
         elif encoder == "pixel_mlp":
@@ -182,14 +194,42 @@ class UnmixingAutoencoder(nn.Module):
         """The decoder weight as a (C, K) endmember matrix."""
         return self.decoder.weight[:, :, 0, 0]
 
+    def brightness_of(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """(N, 1, H, W) per-pixel brightness factor of the reconstruction, or None without brightness."""
+        if self.brightness == "exp":
+            return torch.exp(logits[:, self.num_endmembers:].clamp(-10.0, 10.0))
+        if self.brightness == "cone":
+            return (torch.relu(logits[:, :self.num_endmembers]) + 1e-6).sum(dim=1, keepdim=True)
+        return None
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(abundances (N, K, H, W), reconstruction (N, C, H, W))."""
         logits = self.logits(x)
         abundances = self.to_simplex(logits)
         reconstruction = self.decode(abundances)
-        if self.brightness:
-            reconstruction = reconstruction * torch.exp(logits[:, self.num_endmembers:].clamp(-10.0, 10.0))
+        brightness = self.brightness_of(logits)
+        if brightness is not None:
+            reconstruction = reconstruction * brightness
         return abundances, reconstruction
+
+    @property
+    def map_channels(self) -> int:
+        """Channels of `maps`: K abundances, plus one brightness channel when the model separates it."""
+        return self.num_endmembers + (0 if self.brightness is None else 1)
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, K [+1], H, W): the abundances and, with brightness, the brightness factor last."""
+        logits = self.logits(x)
+        abundances, brightness = self.to_simplex(logits), self.brightness_of(logits)
+        return abundances if brightness is None else torch.cat([abundances, brightness], dim=1)
+
+    def unmix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(abundances (N, K, H, W), brightness (N, 1, H, W) or None, reconstruction (N, C, H, W))."""
+        logits = self.logits(x)
+        abundances = self.to_simplex(logits)
+        brightness = self.brightness_of(logits)
+        reconstruction = self.decode(abundances)
+        return abundances, brightness, reconstruction if brightness is None else reconstruction * brightness
 
 
 def build_unmixing_model(model_cfg: dict, in_channels: int, out_bands: int) -> UnmixingAutoencoder:

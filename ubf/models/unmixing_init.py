@@ -4,11 +4,18 @@
 - `orthogonal_vertices`: ATGP / VCA-style vertex search -- each new endmember is the pixel with the
   largest component orthogonal to the span of those already chosen. Under the linear mixing model the
   pure pixels are the vertices of the data simplex, and this picks vertices of the convex hull.
+- `greedy_cone_pixels`: real pixels chosen one at a time for how well non-negative combinations of them
+  (the brightness "cone" model) reconstruct the data: each pick is the candidate that lowers the NNLS
+  residual of an evaluation sample most. Unlike ATGP/VCA/N-FINDR, which take extreme (often rare or noisy)
+  pixels, it takes the pixels that explain the scene, so the endmembers are spectra of the scene and the
+  abundances stay sharp (docs/stage1_quality.md).
 - `linear_simplex_init`: endmembers and an affine abundance map that reproduce the per-pixel linear
   regression (3 bands + 1 -> all bands) with abundances on the simplex, so that training starts at the
   linear bar instead of below it. See `ubf/models/unmixing.py` (`linear_skip`, `simplex="relu"`).
 """
 import numpy as np
+
+from ubf.models.geometric import nnls_abundances
 
 # Outward face normals of a regular tetrahedron centred at the origin (they sum to zero).
 TETRAHEDRON_NORMALS = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64) / np.sqrt(3)
@@ -107,3 +114,44 @@ def linear_simplex_init(inputs: np.ndarray, targets: np.ndarray, count: int, mar
         extra_rows[:, 3] = shares
         mixing = np.concatenate([mixing * (1.0 - extra_share), extra_rows], 0)
     return endmembers.T, mixing
+
+
+def greedy_cone_pixels(pixels: np.ndarray, count: int, seed: int = 0, targets: np.ndarray | None = None,
+                       candidates: int = 300, spread: int = 150, evaluation: int = 1500, sweeps: int = 2) -> np.ndarray:
+    """Indices of `count` rows of (N, C) `pixels` whose non-negative combinations best reconstruct `targets`.
+
+    Candidates: `candidates` random pixels (the common materials), `spread` mutually distant pixels (the rare
+    ones) and the 10 ATGP vertices; the
+    residual is measured on `evaluation` random rows of `targets` (default: the pixels themselves; the
+    linear map's predictions make the cone contain what a 3-band model can predict). Greedy forward
+    selection: each step adds the candidate with the smallest mean squared NNLS residual. Seeded.
+    """
+    pixels = np.asarray(pixels, dtype=np.float64)
+    targets = pixels if targets is None else np.asarray(targets, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    pool = np.unique(np.concatenate([
+        rng.choice(len(pixels), min(candidates, len(pixels)), replace=False),
+        orthogonal_vertices(pixels, min(10, len(pixels))), farthest_points(pixels, min(spread, len(pixels)))]))
+    sample = targets[rng.choice(len(targets), min(evaluation, len(targets)), replace=False)]
+    def residual(indices: list[int]) -> float:
+        ends = pixels[indices].T
+        return float(np.mean((nnls_abundances(sample, ends) @ ends.T - sample) ** 2))
+
+    chosen: list[int] = []
+    for _ in range(count):
+        errors = {int(i): residual(chosen + [int(i)]) for i in pool if int(i) not in chosen}
+        chosen.append(min(errors, key=errors.get))
+    current = residual(chosen)
+    for _ in range(sweeps):
+        improved = False
+        for position in range(count):
+            for index in pool:
+                if int(index) in chosen:
+                    continue
+                trial = chosen[:position] + [int(index)] + chosen[position + 1:]
+                error = residual(trial)
+                if error < current - 1e-15:
+                    chosen, current, improved = trial, error, True
+        if not improved:
+            break
+    return np.array(chosen)

@@ -77,6 +77,9 @@ DIFFUSION_DEFAULTS = {
             # "none": 2a - 1 (reference); "channel_range": each channel's training range stretched to [-1, 1]
             # (ubf/core/abundance_scaling.py); the range is filled in by training and saved with the checkpoint
             "abundance_scaling": "none",
+            # true: the per-pixel brightness `Bright` of the training files is generated as channel K + 1
+            # (channels = K + 1); samples store it as `Bright` and Synthesis.py multiplies it back
+            "brightness": False,
         },
     },
     "train": {
@@ -241,6 +244,7 @@ def validate(cfg: dict, source: str) -> dict:
         ("model.diffusion.loss_weighting", model["diffusion"]["loss_weighting"], LOSS_WEIGHTINGS),
         ("model.diffusion.clipping", model["diffusion"]["clipping"], CLIPPING),
         ("model.diffusion.abundance_scaling", model["diffusion"]["abundance_scaling"], SCALINGS),
+        ("model.diffusion.brightness", model["diffusion"]["brightness"], (False, True)),
         ("sample.sampler", cfg["sample"]["sampler"], SAMPLERS),
         ("train.optimizer.type", str(cfg["train"]["optimizer"]["type"]).lower(), ("adam", "adamw")),
         ("datasets.train.flip", cfg["datasets"]["train"]["flip"], ("none", "horizontal", "both")),

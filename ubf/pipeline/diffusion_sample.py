@@ -29,7 +29,7 @@ from ubf.core.progress import tqdm  # a line every few percent when not on a ter
 
 import torch.distributed as dist
 
-from ubf.core.abundance_scaling import from_model_space
+from ubf.core.abundance_scaling import from_model_space, unit_to_brightness
 from ubf.core.checkpoint import load_checkpoint
 from ubf.core.distributed import barrier, is_distributed, is_main_process, rank, strip_module_prefix, world_size
 from ubf.core.errors import UserError
@@ -310,14 +310,21 @@ def draw_samples(diffusion: GaussianDiffusion, count: int, batch_size: int, devi
 
 
 def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project: bool,
-                  record: dict, classes: list[str] | None = None, layout: str = "project") -> list[str]:
+                  record: dict, classes: list[str] | None = None, layout: str = "project",
+                  brightness: bool = False) -> list[str]:
     """Write a batch (n, K, H, W) as numbered .mat files and PNG strips; return the .mat paths.
     `classes`: each sample's scene class, stored as `class` in its .mat file and index line.
-    `layout="reference"`: the reference's `0_<n>` names and its one key, `SR`."""
+    `layout="reference"`: the reference's `0_<n>` names and its one key, `SR`.
+    `brightness`: the last channel is a brightness factor (model.diffusion.brightness), stored as `Bright`
+    (H, W) and left out of `SR`/`Abu`."""
     if not torch.isfinite(sr).all():
         raise UserError(f"{paths['mat_results']}: the sampler produced NaN/Inf values (samples {start} to "
                         f"{start + sr.shape[0] - 1}); nothing of this batch was written. The checkpoint's weights "
                         "or the sampling settings (sample.eta, steps, beta schedule) are broken")
+    bright = None
+    if brightness:
+        bright = unit_to_brightness((sr[:, -1] + 1.0) / 2.0).numpy().astype(np.float32)
+        sr = sr[:, :-1]
     abundance = to_abundance(sr, project).permute(0, 2, 3, 1).numpy().astype(np.float32)
     sr_hwk = sr.permute(0, 2, 3, 1).numpy().astype(np.float32)
     written = []
@@ -326,7 +333,9 @@ def write_samples(sr: torch.Tensor, paths: dict, step: int, start: int, project:
             stem = f"{0 if layout == 'reference' else step}_{start + i}"
             mat_path = os.path.join(paths["mat_results"], f"{stem}_sample_abu.mat")
             labelled = {"class": classes[i]} if classes else {}
-            variables = {"SR": sr_hwk[i]} if layout == "reference" else {"SR": sr_hwk[i], "Abu": abundance[i], **labelled}
+            extra = {"Bright": bright[i]} if bright is not None else {}
+            variables = {"SR": sr_hwk[i], **extra} if layout == "reference" else \
+                {"SR": sr_hwk[i], "Abu": abundance[i], **extra, **labelled}
             write_mat(mat_path, variables, overwrite=False)
             save_png(abundance_preview(abundance[i], os.path.basename(mat_path)),
                      os.path.join(paths["results"], f"{stem}_sample_preview.png"))
@@ -440,13 +449,14 @@ def _sample_into(cfg, run_dir, paths, first, path, diffusion, step, which, count
             batch = signed_abundance(batch, model_cfg)
             classes = [names[label] for label in mine[:batch.shape[0]]]
             mine = mine[batch.shape[0]:]
-            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record, classes, layout)
+            write_samples(batch, paths, step, start, sample_cfg["project_simplex"], record, classes, layout,
+                          brightness=model_cfg["diffusion"].get("brightness", False))
             start += batch.shape[0]
     elif counts[me]:
         for batch in draw_samples(diffusion, counts[me], sample_cfg["batch_size"], device, sampler, steps, eta,
                                   generator, progress and main):
             write_samples(signed_abundance(batch, model_cfg), paths, step, start, sample_cfg["project_simplex"],
-                          record, layout=layout)
+                          record, layout=layout, brightness=model_cfg["diffusion"].get("brightness", False))
             start += batch.shape[0]
     elapsed = time.perf_counter() - started
     barrier()  # every process has written its files

@@ -375,12 +375,13 @@ def train_diffusion(cfg: dict, out_root: str, device: torch.device, seed: int, r
     check_batch_memory(cfg["model"], -(-largest // world_size()), device,
                        half=amp_dtype(cfg["train"]["amp"]) is not None and device.type == "cuda")
     if scaled and not diff_cfg.get("abundance_range"):
-        diff_cfg["abundance_range"] = training_range(files)
+        diff_cfg["abundance_range"] = training_range(files, diff_cfg.get("brightness", False))
         log.info("abundance scaling: each channel's range over the training maps to [-1, 1] (low %s, high %s)",
                  " ".join(f"{v:.3f}" for v in diff_cfg["abundance_range"][0]),
                  " ".join(f"{v:.3f}" for v in diff_cfg["abundance_range"][1]))
     dataset = AbundanceDataset(files, diff_cfg["image_size"], diff_cfg["channels"],
-                               diff_cfg.get("abundance_range") if scaled else None)
+                               diff_cfg.get("abundance_range") if scaled else None,
+                               brightness=diff_cfg.get("brightness", False))
     if file_labels is not None:
         dataset = LabelledDataset(dataset, file_labels)
         log.info("class-conditional: %d classes (%s), label dropout %s", len(diff_cfg["class_names"]),

@@ -187,14 +187,31 @@ def check_abundance_file(path: str, k: int, ckpt: str) -> np.ndarray:
     return abundances
 
 
+def read_brightness(path: str, shape) -> np.ndarray | None:
+    """The per-pixel brightness factor `Bright` (H, W) of an abundance file (stage 1's cone head, or a
+    stage-2 sample of a model with brightness), or None when the file has none (brightness one)."""
+    if not path.endswith(".mat") or "Bright" not in mat_keys(path):
+        return None
+    bright = np.asarray(read_mat(path, ["Bright"])["Bright"], dtype=np.float32)
+    if bright.shape != tuple(shape):
+        raise UserError(f"{path}: 'Bright' has shape {bright.shape}, the abundances {tuple(shape)}")
+    if not np.all(np.isfinite(bright)) or bright.min() < 0:
+        raise UserError(f"{path}: 'Bright' holds negative or NaN/Inf values")
+    return bright
+
+
 def synthesize(abundances: np.ndarray, endmembers: np.ndarray, simplex: bool,
-               device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, K) abundances, (C, K) endmembers -> (abundances used (H, W, K), HSI (H, W, C)), float32."""
+               device: torch.device = torch.device("cpu"),
+               brightness: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, K) abundances, (C, K) endmembers [, (H, W) brightness] -> (abundances used (H, W, K),
+    HSI (H, W, C)), float32: HSI = brightness * E a (brightness one when None)."""
     a = torch.from_numpy(np.ascontiguousarray(abundances, dtype=np.float32)).to(device)
     e = torch.from_numpy(np.ascontiguousarray(endmembers, dtype=np.float32)).to(device)
     if simplex:
         a = project_to_simplex(a, dim=-1)
     hsi = a @ e.T
+    if brightness is not None:
+        hsi = hsi * torch.from_numpy(np.ascontiguousarray(brightness, dtype=np.float32)).to(device)[..., None]
     return a.cpu().numpy(), hsi.cpu().numpy()
 
 
@@ -409,6 +426,7 @@ def _run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str, de
     picked, labels, sizes = [], [], []
     for index, path in enumerate(tqdm(files, desc="checking abundances", unit="file", leave=False)):
         abundances = check_abundance_file(path, k, ckpt)
+        read_brightness(path, abundances.shape[:2])  # checked before anything is written
         labels.append(sample_class(path))
         sizes.append(abundances.shape[:2])
         if index in picks:
@@ -422,14 +440,19 @@ def _run_synthesis(abundance_dir: str | None, ckpt: str | None, out_dir: str, de
     reference_layout = options.layout == "reference"
     for path, stem, label in zip(tqdm(files, desc="synthesis", unit="file"), stems, labels):
         abundances = check_abundance_file(path, k, ckpt)
-        abundances, hsi = synthesize(abundances, endmembers, options.simplex, device)
+        brightness = read_brightness(path, abundances.shape[:2])
+        abundances, hsi = synthesize(abundances, endmembers, options.simplex, device, brightness)
         end = endmembers[:, :, None, None] if options.end_layout == "conv" else endmembers
         variables = {"HSI": hsi, "Abu": abundances, "End": end}
+        if brightness is not None:
+            variables["Bright"] = brightness
         if label and not reference_layout:
             variables["class"] = label
         if strength:
             hsi, factors = apply_variability(abundances, endmembers, strength, options.variability_scale,
                                              variability_rng)
+            if brightness is not None:
+                hsi = (hsi * brightness[..., None]).astype(np.float32)
             variables.update(HSI=hsi, Scale=factors)
         if not np.all(np.isfinite(hsi)):
             raise UserError(f"{path}: the synthetic HSI came out NaN/Inf; nothing written for it")

@@ -5,11 +5,12 @@ One config file serves `Unmixing.py train` (profile stage "unmixing") and `Unmix
 """
 import copy
 
-from ubf.core.config import apply_overrides, merge_config
+from ubf.core.config import apply_overrides, merge_config, read_json_config, set_by_path
 from ubf.core.errors import UserError
 from ubf.core.fs import check_run_name
 from ubf.core.logs import get_logger
-from ubf.core.profiles import apply_profile, load_profiled_config, resolve_profile
+from ubf.core.profiles import apply_profile, resolve_profile
+from ubf.pipeline.unmixing_methods import METHODS, method_values
 from ubf.core.validate import (FLOAT_NONNEGATIVE, FLOAT_POSITIVE, INT_ANY, INT_NONNEGATIVE, INT_POSITIVE, Number,
                            check_config, optional)
 
@@ -29,19 +30,26 @@ UNMIXING_DEFAULTS = {
         "num_workers": 0,
     },
     "model": {
+        "method": "network",            # a named recipe (ubf/pipeline/unmixing_methods.py); "network" is the paper's
         "num_endmembers": 5,
         "encoder": "sspn",              # "sspn" (paper) or "pixel_mlp" (departure, see README)
         "widths": [32, 64, 128, 96, 48],
         "n_blocks": 3,
         "res_scale": 0.1,
         "mlp_hidden": 64,
-        "decoder_init": "random",       # "random" (paper), "distant_pixels", "vertices" or "linear_simplex" (departures)
-        "brightness": False,            # True: a per-pixel brightness factor on the reconstruction (departure)
+        "decoder_init": "random",       # "random" (paper), "distant_pixels", "vertices", "linear_simplex", "vca",
+                                        # "nfindr" or "greedy_pixels" (departures, docs/stage1_quality.md)
+        "head_init": "none",            # "fit": the affine head B [x; 1] fitted to the FCLS (or, with brightness
+                                        # "cone", NNLS) abundances of the training pixels under the initial endmembers
+        "brightness": False,            # True/"exp": a per-pixel brightness factor; "cone": s = sum relu(z) (departures)
         "simplex": "softmax",           # "softmax" (paper) or "relu": relu(z) / sum relu(z) (departure)
         "linear_skip": False,           # True: z = B [x; 1] + encoder(x), B from decoder_init linear_simplex
         "init_margin": 1.0,             # linear_simplex: how far the tetrahedron's faces sit beyond the data (x their distance)
     },
-    "loss": {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015, "spectral_tv": 0.0},
+    # mse and near_data are departures: near_data weights a hinge on each endmember's angle to its nearest
+    # training pixel beyond near_data_angle degrees (ubf/models/losses.py)
+    "loss": {"charbonnier": 1.0, "sad": 0.1, "endmember_tv": 0.015, "spectral_tv": 0.0, "mse": 0.0,
+             "near_data": 0.0, "near_data_angle": 8.0},
     "train": {
         "epochs": 40,
         "batch_size": 16,
@@ -56,6 +64,8 @@ UNMIXING_DEFAULTS = {
         "test_checkpoint": "latest",    # test metrics of the final epoch (the reference); "best": best.pth
         "schedule": "step",             # "step" (the reference) or "onecycle": warm-up then cosine, per step
         "warmup": 0.3,                  # onecycle: share of the steps spent rising to train.lr
+        "endmember_lr_scale": 1.0,      # the decoder's (endmembers') learning rate is train.lr times this
+        "freeze_endmembers": False,     # True: the decoder keeps its initial endmembers (geometric methods)
     },
     # `checkpoint`: which file of a run folder infer uses: "latest" (the final epoch, as the reference) or "best"
     # `color_match`: "moments" matches RGB images' channel mean/std to the training inputs'
@@ -77,14 +87,16 @@ UNMIXING_RULES = {
     "data.augment": bool,
     "data.samples_per_epoch": optional(INT_POSITIVE),
     "data.num_workers": INT_NONNEGATIVE,
+    "model.method": tuple(METHODS),
     "model.num_endmembers": INT_POSITIVE,
     "model.encoder": ("sspn", "pixel_mlp"),
     "model.widths": ("list", INT_POSITIVE),
     "model.n_blocks": INT_NONNEGATIVE,
     "model.res_scale": Number(),
     "model.mlp_hidden": INT_POSITIVE,
-    "model.decoder_init": ("random", "distant_pixels", "vertices", "linear_simplex"),
-    "model.brightness": bool,
+    "model.decoder_init": ("random", "distant_pixels", "vertices", "linear_simplex", "vca", "nfindr", "greedy_pixels"),
+    "model.head_init": ("none", "fit"),
+    "model.brightness": (False, True, "exp", "cone"),
     "model.simplex": ("softmax", "relu"),
     "model.linear_skip": bool,
     "model.init_margin": FLOAT_NONNEGATIVE,
@@ -92,6 +104,9 @@ UNMIXING_RULES = {
     "loss.sad": FLOAT_NONNEGATIVE,
     "loss.endmember_tv": FLOAT_NONNEGATIVE,
     "loss.spectral_tv": FLOAT_NONNEGATIVE,
+    "loss.mse": FLOAT_NONNEGATIVE,
+    "loss.near_data": FLOAT_NONNEGATIVE,
+    "loss.near_data_angle": Number(low=0, high=90),
     "train.epochs": INT_POSITIVE,
     "train.batch_size": INT_POSITIVE,
     "train.lr": FLOAT_POSITIVE,
@@ -105,6 +120,8 @@ UNMIXING_RULES = {
     "train.test_checkpoint": ("latest", "best"),
     "train.schedule": ("step", "onecycle"),
     "train.warmup": Number(low=0, high=1),
+    "train.endmember_lr_scale": FLOAT_NONNEGATIVE,
+    "train.freeze_endmembers": bool,
     "infer.tile": INT_NONNEGATIVE,
     "infer.overlap": INT_NONNEGATIVE,
     "infer.checkpoint": ("latest", "best"),
@@ -131,7 +148,8 @@ def validate_unmixing_config(cfg: dict, source: str) -> dict:
                         f"got {bands!r}")
     if cfg["data"]["key"] is not None and not isinstance(cfg["data"]["key"], str):
         raise UserError(f"{source}: 'data.key' must be a variable name, got {cfg['data']['key']!r}")
-    if cfg["model"]["linear_skip"] and cfg["model"]["decoder_init"] != "linear_simplex":
+    if (cfg["model"]["linear_skip"] and cfg["model"]["decoder_init"] != "linear_simplex"
+            and cfg["model"]["head_init"] == "none"):
         get_logger().warning("%s: model.linear_skip without model.decoder_init 'linear_simplex' starts the skip at "
                              "zero; the improved recipe needs both (did a config value beat part of the profile? "
                              "config/improved_unmixing.json has the whole recipe)", source)
@@ -145,12 +163,22 @@ def load_unmixing_config(path: str | None, overrides: dict | None = None, profil
                          stage: str = "unmixing", base: dict | None = None) -> dict:
     """The resolved config of `Unmixing.py train` (stage "unmixing") or `infer` (stage "infer"), validated.
 
-    Defaults -> profile -> `base` (a checkpoint's config, for --resume without -c) -> the file -> flags.
+    Defaults -> profile -> method (`model.method` of the flags, else of the file, else of the profile) ->
+    `base` (a checkpoint's config, for --resume without -c) -> the file -> flags.
     """
     free_form = ("data.bands", "data.wavelengths")
     if base is None:
-        cfg = load_profiled_config(path, copy.deepcopy(UNMIXING_DEFAULTS), stage, profile, overrides,
-                                   known_unused=KNOWN_UNUSED, free_form=free_form)
+        user = read_json_config(path) if path else {}
+        name = resolve_profile(profile, user, path or "config")
+        layered = apply_profile(UNMIXING_DEFAULTS, stage, name)
+        method = (overrides or {}).get("model.method") or user.get("model", {}).get("method") \
+            or layered["model"]["method"]
+        for dotted, value in method_values(method, f"{path or 'config'}: 'model.method'").items():
+            set_by_path(layered, dotted, value)
+        layered["model"]["method"] = method
+        cfg = merge_config(layered, user, source=path or "defaults", known_unused=KNOWN_UNUSED, free_form=free_form)
+        cfg["profile"] = name
+        cfg = apply_overrides(cfg, overrides or {})
     else:
         name = resolve_profile(profile, base, "the checkpoint's config")
         cfg = merge_config(apply_profile(UNMIXING_DEFAULTS, stage, name), base, source="the checkpoint's config",

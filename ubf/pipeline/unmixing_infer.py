@@ -86,7 +86,8 @@ FALLBACK_TILE = 1024
 @torch.inference_mode()
 def tile_infer(model: UnmixingAutoencoder, image: torch.Tensor, device: torch.device, tile: int = 0,
                overlap: int = 32, tile_batch: int = 1, channels_last: bool = False) -> torch.Tensor:
-    """(3, H, W) input -> (K, H, W) abundances on the CPU: the whole image at once (`tile` 0, the
+    """(3, H, W) input -> (K [+1], H, W) abundances (and the brightness factor last, for a model with
+    brightness: `UnmixingAutoencoder.maps`) on the CPU: the whole image at once (`tile` 0, the
     reference's way; above WHOLE_IMAGE_MAX_PIXELS in tiles of FALLBACK_TILE), else tile by tile.
 
     All tiles share one shape, so `tile_batch` of them can go through the network together;
@@ -99,7 +100,7 @@ def tile_infer(model: UnmixingAutoencoder, image: torch.Tensor, device: torch.de
         batch = batch.to(device)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return model.abundances(batch).float().cpu()
+        return model.maps(batch).float().cpu()
 
     if tile == 0:
         if height * width <= WHOLE_IMAGE_MAX_PIXELS:
@@ -109,7 +110,7 @@ def tile_infer(model: UnmixingAutoencoder, image: torch.Tensor, device: torch.de
         tile, overlap = FALLBACK_TILE, min(max(overlap, 1), FALLBACK_TILE // 4)
     if height <= tile and width <= tile:
         return run(image[None])[0]
-    total = torch.zeros(model.num_endmembers, height, width)
+    total = torch.zeros(model.map_channels, height, width)
     weight_sum = torch.zeros(height, width)
     corners = [(top, left) for top in tile_starts(height, tile, overlap) for left in tile_starts(width, tile, overlap)]
     weights = blend_window(min(tile, height), min(tile, width), overlap)
@@ -266,6 +267,10 @@ def write_abundances(out_path: str, fmt: str, variables: dict, kind: str, path: 
     else:
         georef = raster_georef(path)
     names = [f"endmember {k + 1}" for k in range(abu.shape[2])]
+    if "Bright" in variables:  # the brightness factor as one more band of the raster
+        bright = variables["Bright"][..., None] if nodata is None else np.where(
+            scene.valid[..., None], variables["Bright"][..., None], np.float32(ABUNDANCE_NODATA))
+        abu, names = np.concatenate([abu, bright.astype(np.float32)], axis=2), names + ["brightness"]
     return write_cube(base, fmt, {"Abu": abu}, band_names=names, raster_key="Abu", nodata=nodata, georef=georef,
                       description=provenance_description(f"abundances (K = {abu.shape[2]}) of {os.path.basename(path)} "
                                              f"by the unmixing checkpoint {os.path.basename(ckpt)}"))
@@ -518,15 +523,22 @@ def _infer_into(model, state, ckpt, rgb_dirs, hsi_dirs, out_dir, device, tile, o
             if isinstance(decoded, UserError):
                 raise decoded
             image, ground_truth = decoded
-            abundances = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
-            abu = abundances.permute(1, 2, 0).numpy().astype(np.float32)
+            maps = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
+            maps = maps.permute(1, 2, 0).numpy().astype(np.float32)
+            abu = maps[:, :, :model.num_endmembers]
             if kind == "rgb" and layout == "reference":
                 ground_truth = ground_truth[..., ::-1]  # cv2.imread's B, G, R, as the reference stores GT
             variables = {"Abu": abu, "GT": np.ascontiguousarray(ground_truth, dtype=np.float32)}
             if layout != "reference":
                 variables["class"] = class_name_of(path)
+            brightness = maps[:, :, model.num_endmembers] if maps.shape[2] > model.num_endmembers else None
+            if brightness is not None:  # the per-pixel brightness factor (the cone head's sum): synthesis multiplies it
+                variables["Bright"] = brightness
             if save_reconstruction:
-                variables["Y"] = np.clip(abu @ endmembers.numpy().T, 0.0, 1.0).astype(np.float32)
+                recon = abu @ endmembers.numpy().T
+                if brightness is not None:
+                    recon = recon * brightness[:, :, None]
+                variables["Y"] = np.clip(recon, 0.0, 1.0).astype(np.float32)
             write_abundances(staged_main, fmt, checked(variables, path), kind, path, ckpt, key, model.out_bands)
             save_png(abundance_preview(abu, os.path.basename(mat_path)), staged[-1])
         except UserError as err:

@@ -36,7 +36,8 @@ from ubf.data.cubes import list_cube_files
 from ubf.data.hsi_dataset import HSICropDataset
 from ubf.models.losses import unmixing_loss
 from ubf.models.unmixing import build_unmixing_model
-from ubf.models.unmixing_init import linear_simplex_init, orthogonal_vertices
+from ubf.models.geometric import fcls, nfindr, nnls_abundances, vca
+from ubf.models.unmixing_init import greedy_cone_pixels, linear_simplex_init, orthogonal_vertices
 from ubf.pipeline.unmixing_color import composite_moments
 from ubf.pipeline.unmixing_infer import check_workers
 
@@ -79,14 +80,16 @@ def training_pixels(dataset: HSICropDataset, max_pixels: int = 20000, seed: int 
 
 
 def initialise_from_data(net, cfg: dict, train_set: HSICropDataset) -> str | None:
-    """Set the decoder (and the affine head) from training pixels per `model.decoder_init`; says what it did."""
+    """Set the decoder (and the affine head) from training pixels per `model.decoder_init` and
+    `model.head_init`; says what it did."""
     init, count, seed = cfg["model"]["decoder_init"], net.num_endmembers, cfg["train"]["seed"]
     if init == "random":
+        if cfg["model"]["head_init"] != "none":
+            raise UserError("model.head_init 'fit' needs endmembers from the data (model.decoder_init other than "
+                            "'random')")
         return None
-    if init not in ("distant_pixels", "vertices", "linear_simplex"):
-        raise UserError(f"model.decoder_init must be 'random', 'distant_pixels', 'vertices' or 'linear_simplex', "
-                        f"got '{init}'")
-    inputs, targets = training_pixels(train_set, seed=seed) if init != "distant_pixels" else (None, None)
+    needs_pixels = init != "distant_pixels" or cfg["model"]["head_init"] == "fit"
+    inputs, targets = training_pixels(train_set, seed=seed) if needs_pixels else (None, None)
     with torch.no_grad():
         if init == "distant_pixels":
             endmembers = farthest_pixels(train_set, count, seed=seed)
@@ -101,10 +104,68 @@ def initialise_from_data(net, cfg: dict, train_set: HSICropDataset) -> str | Non
             net.skip.bias[:count] = torch.from_numpy(mixing[:, 3]).float()
             what = "the per-pixel linear regression in simplex form (tetrahedron around the training inputs)"
         else:
-            endmembers = targets[orthogonal_vertices(targets, count)].T
-            what = f"{count} vertex training pixels (orthogonal projections, ATGP)"
+            endmembers, what = ENDMEMBER_PICKERS[init](inputs, targets, count, seed)
         net.decoder.weight.copy_(torch.from_numpy(np.ascontiguousarray(endmembers)).float()[:, :, None, None])
+        if cfg["model"]["head_init"] == "fit":
+            what += "; " + fit_head(net, inputs, targets, np.asarray(endmembers, dtype=np.float64))
     return what
+
+
+def _linear_predictions(inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """What the per-pixel affine map from the 3 bands predicts for each training pixel (least squares)."""
+    design = np.concatenate([inputs, np.ones((len(inputs), 1))], 1)
+    coef, *_ = np.linalg.lstsq(design, targets, rcond=None)
+    return design @ coef
+
+
+# decoder_init name -> (inputs (N, 3), targets (N, C), K, seed) -> (endmembers (C, K), what was done)
+ENDMEMBER_PICKERS = {
+    "vertices": lambda x, y, k, seed: (y[orthogonal_vertices(y, k)].T,
+                                       f"{k} vertex training pixels (orthogonal projections, ATGP)"),
+    "vca": lambda x, y, k, seed: (vca(y, k, seed=seed)[0], f"{k} training pixels found by VCA"),
+    "nfindr": lambda x, y, k, seed: (nfindr(y, k, seed=seed)[0], f"{k} training pixels found by N-FINDR"),
+    "greedy_pixels": lambda x, y, k, seed: (
+        y[greedy_cone_pixels(y, k, seed=seed, targets=_linear_predictions(x, y))].T,
+        f"{k} training pixels whose non-negative combinations best reconstruct the linear map's predictions"),
+}
+
+
+def fit_head(net, inputs: np.ndarray, targets: np.ndarray, endmembers: np.ndarray) -> str:
+    """Start the affine head B [x; 1] at the least-squares fit of the training pixels' abundances under
+    the initial endmembers: FCLS on the simplex, or NNLS (abundances times brightness) for the cone head."""
+    if net.skip is None or net.simplex != "relu":
+        raise UserError("model.head_init 'fit' needs model.linear_skip true and model.simplex 'relu'")
+    cone = net.brightness == "cone"
+    solved = (nnls_abundances if cone else fcls)(targets, endmembers)
+    design = np.concatenate([inputs, np.ones((len(inputs), 1))], 1)
+    coef, *_ = np.linalg.lstsq(design, solved, rcond=None)  # (4, K)
+    count = net.num_endmembers
+    net.skip.weight[:count, :, 0, 0] = torch.from_numpy(coef[:3].T).float()
+    net.skip.bias[:count] = torch.from_numpy(coef[3]).float()
+    return f"affine head fitted to the {'NNLS' if cone else 'FCLS'} abundances of {len(targets)} training pixels"
+
+
+def parameter_groups(net, train_cfg: dict) -> list[dict]:
+    """Adam groups: the endmembers (decoder) at train.lr x train.endmember_lr_scale, or frozen
+    (train.freeze_endmembers), and every other parameter at train.lr; by default one group (the reference's
+    optimizer, and checkpoints of earlier runs resume). `lr_scale` is kept per group."""
+    if not train_cfg["freeze_endmembers"] and train_cfg["endmember_lr_scale"] == 1.0:
+        return [{"params": list(net.parameters()), "lr": train_cfg["lr"], "lr_scale": 1.0}]  # one group, as before
+    decoder = [net.decoder.weight]
+    if train_cfg["freeze_endmembers"]:
+        net.decoder.weight.requires_grad_(False)
+    others = [p for name, p in net.named_parameters() if not name.startswith("decoder.")]
+    groups = [{"params": others, "lr_scale": 1.0}]
+    if not train_cfg["freeze_endmembers"]:
+        groups.append({"params": decoder, "lr_scale": train_cfg["endmember_lr_scale"]})
+    for group in groups:
+        group["lr"] = train_cfg["lr"] * group["lr_scale"]
+    return groups
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def check_data_folders(cfg: dict) -> None:
@@ -245,7 +306,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     val_set = make_dataset(cfg, "val", training=False) if cfg["data"]["val"] and main else None
     net = build_unmixing_model(cfg["model"], 3, train_set.n_bands)
     input_moments = composite_moments([training_pixels(train_set, seed=tc["seed"])[0]]) if main else None
-    optimizer = torch.optim.Adam(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
+    optimizer = torch.optim.Adam(parameter_groups(net, tc), lr=tc["lr"], weight_decay=tc["weight_decay"])
     ckpt_dir = os.path.join(out_dir, "checkpoint")
     interrupted_path = os.path.join(ckpt_dir, "interrupted.pth")
     start_epoch, best = 0, {"PSNR": -math.inf, "epoch": None}
@@ -283,6 +344,9 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
             log.info("decoder initialised from %s", what)
     net.to(device).train()
     optimizer_to(optimizer, device)
+    # the near-data hinge measures the endmembers against a fixed sample of training pixels
+    data_pixels = (torch.from_numpy(training_pixels(train_set, max_pixels=4000, seed=tc["seed"] + 1)[1]).float()
+                   .to(device) if cfg["loss"].get("near_data") else None)
     model = wrap_model(net, device)
     sampler = distributed_sampler(train_set, seed=tc["seed"])
     if main:
@@ -304,8 +368,7 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
             lr = step_lr(tc["lr"], epoch, tc["lr_step_epochs"], tc["lr_gamma"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rate(optimizer, lr)
             train_set.epoch = epoch
             sampler.set_epoch(epoch)
             loader = DataLoader(train_set, batch_size=batch_size, sampler=list(sampler)[progress["steps"] * batch_size:],
@@ -322,10 +385,10 @@ def train_unmixing(cfg: dict, out_dir: str, device: torch.device, resume: str | 
                 valid = valid.to(device, non_blocking=True)  # 0 at no-data pixels: kept out of the loss
                 if tc["schedule"] == "onecycle":
                     lr = one_cycle_lr(tc["lr"], epoch * steps_per_epoch + step, epochs * steps_per_epoch, tc["warmup"])
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
+                    set_learning_rate(optimizer, lr)
                 _, recon = model(x)
-                loss, terms = unmixing_loss(recon, y, net.decoder.weight, cfg["loss"], valid=valid)
+                loss, terms = unmixing_loss(recon, y, net.decoder.weight, cfg["loss"], valid=valid,
+                                            data_pixels=data_pixels)
                 # one all-reduce carries the loss and the stop flag, so every process stops at the same step
                 shared = all_reduce_mean(torch.stack([loss.detach().float(),
                                                       torch.tensor(float(stop.requested), device=loss.device)]))
