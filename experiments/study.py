@@ -1,27 +1,29 @@
 """Does RGB-derived structure make synthetic HSIs more useful? The paper's claim, measured in one command.
 
     python experiments/study.py --data ../shared/data [--budget small|default|large] [--out experiments/study]
-                                [--profile improved|faithful] [--stage1-method near_data] [--threads 1] [--plan]
+                                [--profile improved|faithful] [--stage1-method near_data] [--jobs 2] [--plan]
 
 For every scene (Chikusei; with --budget large also the ABU airport scenes, another sensor) the study trains
 stage 1 on the scene's training files (`Unmixing.py train --method`), runs it over the RGB sources of --data
 (AID, RSSCN7, and the Landsat scene and photos cut into 150 x 150 tiles) and cuts the inferred maps into
 abundance sets: the *tiles axis* (aid-5, aid-50, ... the first N of one seeded order of AID) and the *sources
-axis* (mix1/mix2/mix3-210: 210 maps from AID only, AID + RSSCN7, or all three in equal shares). A 64 x 64
-DDPM (config/cpu_DDPM_64.json) learns one set and its samples are one more arm. The controls separate
-"structure" from "RGB-derived structure": noisy copies of the real training files, per-pixel Dirichlet
-mixtures (no structure), and dead-leaves and Gaussian-field maps whose shares, sharpness and blob size match the
-inferred maps (structure no RGB image gave). Each arm pre-trains a downstream UNet (receptive field >= 32 px)
-on HSIs rendered on the fly from its maps and the scene's endmembers, then fine-tunes on the real training
-files (`Evaluate.py downstream --protocol pretrain`); tasks: x4 super-resolution and denoising (spatial), and
-RGB-to-HSI as before. The real-only arm of each (scene, task) is trained once; every arm over the same seeds.
+axis* (mix2/mix3-N: N maps from AID + RSSCN7, or all three, in equal shares; aid-N is the one-source point).
+A 64 x 64 DDPM (config/cpu_DDPM_64.json) learns one set and its samples are one more arm. The controls separate
+"structure" from "RGB-derived structure": per-pixel Dirichlet mixtures (no structure) and dead-leaves maps
+whose shares, sharpness and blob size match the inferred maps (structure no RGB image gave); Gaussian-field
+maps and noisy copies of the real training files are budget options. Each arm pre-trains a downstream UNet
+(receptive field >= 32 px) on HSIs rendered on the fly from its maps and the scene's endmembers, then
+fine-tunes on the real training files (`Evaluate.py downstream --protocol pretrain --real-test`); tasks: x4
+super-resolution and denoising (spatial), and RGB-to-HSI where a budget asks. The real-only arm of each
+(scene, task) is trained once; every arm over the same seeds. docs/study.md has the design and the results.
 
 Writes `report.md` (tables and the headline plot: downstream gain against tiles and sources, controls as
 lines) and `report.json` (flat keys: `downstream.<task>.<arm>.delta.psnr_mean` / `_std` for the main scene,
 `downstream@<scene>.<task>.<arm>...` for the others, and the keys of the earlier single-scene study).
 Resumable: every finished step leaves `<step>/done.json`; a rerun skips those steps (delete a folder to redo
-it). `--plan` prints what would run and the estimate, and stops. The study's own default profile is
-`improved` (printed at the start); `faithful` runs the reference's stage settings where a CLI has them.
+it), and `--budget large` in the folder of a finished default run reuses all of it. `--plan` prints what
+would run and the estimate, and stops. The study's own default profile is `improved` (printed at the start);
+`faithful` runs the reference's stage settings where a CLI has them.
 """
 import argparse
 import glob
@@ -144,13 +146,19 @@ def linear_baseline_psnr(train_dir: str, test_dir: str, band_indices) -> float:
     return float(np.mean(scores))
 
 
-def write_dirichlet_abundances(folder: str, count: int, size: int, k: int, seed: int) -> None:
-    """`count` maps of i.i.d. Dirichlet(1) abundances (no spatial structure) as sampled-abundance files."""
+def write_dirichlet_abundances(folder: str, count: int, size: int, k: int, seed: int, brightness_pool=None) -> None:
+    """`count` maps of i.i.d. Dirichlet(1) abundances (no spatial structure) as sampled-abundance files; with
+    `brightness_pool` (the pooled Bright values of the inferred maps) each pixel also draws a brightness from
+    it independently, so the control keeps the maps' brightness distribution but not its structure."""
     from ubf.data.matio import write_mat
     rng = np.random.default_rng([seed, 17])
+    os.makedirs(folder, exist_ok=True)
     for i in range(count):
         abundance = rng.dirichlet(np.ones(k), size=(size, size)).astype(np.float32)
-        write_mat(os.path.join(folder, f"dirichlet_{i:04d}.mat"), {"Abu": abundance, "SR": abundance * 2 - 1})
+        variables = {"Abu": abundance, "SR": abundance * 2 - 1}
+        if brightness_pool is not None:
+            variables["Bright"] = rng.choice(np.asarray(brightness_pool, np.float32).ravel(), size=(size, size))
+        write_mat(os.path.join(folder, f"dirichlet_{i:04d}.mat"), variables)
 
 
 def write_noisy_copies(train_files, folder: str, sigma: float, copies: int, seed: int) -> None:
@@ -247,7 +255,8 @@ def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, p
 
     # the sets this scene needs (the main scene: all), their images linked flat and inferred once
     wanted = [s for s in plan.sets if main or f"inferred_{s}" in budget.other_scene_arms]
-    reference_set = max(wanted, key=lambda s: len(plan.sets[s]))  # the controls match the largest set
+    # the controls match the DDPM's training set (the same in every budget, so a control step is reused)
+    reference_set = next((s for s in budget.ddpm_sets if s in plan.sets), max(wanted, key=lambda s: len(plan.sets[s])))
     if not main and f"inferred_{reference_set}" not in budget.other_scene_arms:
         wanted.append(reference_set)
     rgb_links = study.folder("data", f"rgb_{scene}")
@@ -371,26 +380,27 @@ class Jobs:
         return records
 
 
+CONTROL_KINDS = {"structure": "dead_leaves", "gaussian": "gaussian_field"}  # study arm -> structure_controls
+
+
 def write_control(kind: str, reference: str, folder: str, count: int, seed: int) -> dict:
-    """Abundance maps of a control: per-pixel Dirichlet (no structure), or dead-leaves / Gaussian fields with
-    the statistics of the reference set's maps (ubf/evaluation/structure_controls.py), the reference's size."""
-    from ubf.evaluation import structure_controls as controls
-    reference_maps = maps_of(reference)
+    """Abundance maps of a control: per-pixel Dirichlet (no structure), or dead-leaves ("structure") /
+    Gaussian-field maps with the statistics of the reference set's maps (ubf/evaluation/structure_controls.py),
+    at the reference's size, with a matched brightness where the reference has one."""
+    from ubf.evaluation.structure_controls import read_abundance_maps, write_control_set
+    reference_maps, brightness = read_abundance_maps(reference)
     size = int(np.median([m.shape[0] for m in reference_maps]))
     k = reference_maps[0].shape[2]
     if kind == "dirichlet":
-        write_dirichlet_abundances(folder, count, size, k, seed)
-        return {"size": size, "count": count}
-    brightness = brightness_of(reference)
-    return controls.write_control_maps(kind, reference_maps, folder, count, size, seed, brightness=brightness)
-
-
-def brightness_of(folder: str) -> list[np.ndarray] | None:
-    from ubf.data.matio import mat_keys, read_mat
-    files = glob_maps(folder)
-    if not files or "Bright" not in mat_keys(files[0]):
-        return None
-    return [read_mat(p, ["Bright"])["Bright"] for p in files]
+        pool = None if brightness is None else np.concatenate([b.ravel() for b in brightness])
+        write_dirichlet_abundances(folder, count, size, k, seed, brightness_pool=pool)
+        return {"size": size, "count": count, "brightness": brightness is not None}
+    summary = write_control_set(CONTROL_KINDS[kind], reference_maps, folder, count, size, seed,
+                                brightness=brightness, overwrite=True)
+    return {"size": size, "count": count, "correlation_length": summary["generated"]["correlation_length"],
+            "mean_max": summary["generated"]["mean_max"],
+            "source_correlation_length": summary["source"]["correlation_length"],
+            "source_mean_max": summary["source"]["mean_max"]}
 
 
 def generation_scores(args, study: Study, scene: str, ckpt: str, training_maps: str, samples: str) -> dict:
@@ -453,8 +463,29 @@ def flat_report(args, budget, results: dict, started: float, out: str) -> dict:
                     source = flat_keys(flat, f"{prefix}.{task}.{short}.")
                     head = "downstream." if task == "rgb2hsi" else f"downstream_{task}."
                     flat.update({head + suffix + k: v for k, v in source.items()})
+        flat.update(paired_differences(out, scene, prefix, result["downstream"], budget.seeds))
     flat["timing.total_s"] = sum((load_json(p).get("seconds", 0.0)) for p in glob.glob(os.path.join(out, "*", "done.json")))
     flat["timing.this_run_s"] = time.time() - started
+    return flat
+
+
+def paired_differences(out: str, scene: str, prefix: str, downstream: dict, seeds) -> dict:
+    """`<prefix>.<task>.<arm>.vs_<control>.psnr_mean/_std`: per seed, the RGB-derived arm's test PSNR minus
+    the control's (both fine-tuned from the same seed on the same real files), mean and std over seeds: the
+    claim's test, tighter than comparing two gains whose real-only arm is shared."""
+    flat = {}
+    for task in sorted({t for t, _ in downstream}):
+        arms = [a for t, a in downstream if t == task]
+        controls = [a for a in arms if a.startswith("control_")]
+        for arm in (a for a in arms if a.startswith(("inferred_", "ddpm_"))):
+            mine = load_json(os.path.join(out, f"downstream_{scene}_{task}_{arm}", "report.json"))
+            for control in controls:
+                theirs = load_json(os.path.join(out, f"downstream_{scene}_{task}_{control}", "report.json"))
+                values = [mine[f"real_plus_synthetic.seed{s}.psnr"] - theirs[f"real_plus_synthetic.seed{s}.psnr"]
+                          for s in seeds]
+                flat[f"{prefix}.{task}.{arm}.vs_{control}.psnr_mean"] = float(np.mean(values))
+                flat[f"{prefix}.{task}.{arm}.vs_{control}.psnr_std"] = float(np.std(values))
+                flat[f"{prefix}.{task}.{arm}.vs_{control}.seeds_ahead"] = int(sum(v > 0 for v in values))
     return flat
 
 

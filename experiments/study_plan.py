@@ -47,30 +47,30 @@ class Budget:
     eval_every: int = 0
 
 
+# The budgets share their step settings (crop, steps, seeds, control maps, the DDPM set), so `large` run in the
+# folder of a finished `default` reuses every step of it and adds the rest (study.py: a step is its folder).
 BUDGETS = {
     "small": Budget("small", ("chikusei",), ("denoise", "sr4"), (5,), None, ("aid-5",), 200, 8, 30, 30, (0, 1),
                     crop=32, control_maps=8, eval_every=10),
-    "default": Budget("default", ("chikusei",), ("denoise", "sr4"), (50,), None, ("aid-50",), 2000, 64, 800, 400,
-                      (0, 1, 2), eval_every=100, control_maps=64),
-    "large": Budget("large", ("chikusei", "abu-airport"), ("denoise", "sr4"), (5, 50, 500, 1500), 210,
-                    ("aid-1500",), 6000, 210, 1000, 500, (0, 1, 2), eval_every=100,
-                    controls=("copies", "dirichlet", "structure", "gaussian"),
-                    other_scene_arms=("control_copies", "control_dirichlet", "control_structure",
-                                      "inferred_mix3-210"),
-                    other_scene_tasks=("denoise", "sr4"),
-                    rgb2hsi_arms=("control_copies", "control_dirichlet", "control_structure", "inferred_aid-1500",
-                                  "ddpm_aid-1500")),
+    "default": Budget("default", ("chikusei",), ("denoise", "sr4"), (50,), None, ("aid-50",), 3000, 64, 800, 400,
+                      (0, 1, 2), crop=48, controls=("dirichlet", "structure"), control_maps=64, eval_every=100),
+    "large": Budget("large", ("chikusei", "abu-airport"), ("denoise", "sr4"), (5, 50, 500, 1500), 500,
+                    ("aid-50",), 3000, 64, 800, 400, (0, 1, 2), crop=48, controls=("dirichlet", "structure"),
+                    control_maps=64, eval_every=100,
+                    other_scene_arms=("control_dirichlet", "control_structure", "inferred_mix3-500"),
+                    other_scene_tasks=("denoise",)),
 }
 
-# Idle-machine seconds of the unit costs (2-core CPU, one thread; docs/generation.md "Study at scale" measured
-# them): the estimate printed before a run starts is sum(count x cost).
+# Idle-machine seconds of the unit costs (2-core CPU, one thread per process; measured with bench-like runs
+# of train_arm on 2026-12-03, the same figures with one or two processes at once): the estimate printed
+# before a run starts is sum(count x cost).
 UNIT_SECONDS = {
-    "downstream_step_59": 0.08,    # UNet, batch 8, crop 64, C = 59
-    "downstream_step_205": 0.20,   # the same at C = 205
+    "downstream_step_59": 0.086,   # UNet width 16, batch 8, crop 48, C = 59 (denoise 0.093, sr4 0.079; crop 64: 0.17)
+    "downstream_step_205": 0.16,   # the same at C = 205 (crop 64: denoise 0.30, sr4 0.34)
     "rgb2hsi_step_59": 0.03,       # the small CNN of the RGB-to-HSI task
-    "ddpm_step_64": 0.40,          # config/cpu_DDPM_64.json, batch 8
-    "sample_64": 1.5,              # one 64 x 64 sample, ancestral, 1000 steps
-    "stage1": 120.0,               # one near-data stage-1 training (800 steps, greedy endmembers)
+    "ddpm_step_64": 0.18,          # config/cpu_DDPM_64.json, batch 8 (200 steps in 35 s beside another job)
+    "sample_64": 7.0,              # one 64 x 64 sample, ancestral, 1000 steps, batches of 16 (8 took 83 s)
+    "stage1": 240.0,               # one near-data stage-1 training (16 x 50 whole-file steps, greedy endmembers)
     "infer_image": 0.05,           # one 150 x 150 image through a per-pixel stage 1
     "arm_overhead": 10.0,          # loading a set, testing, writing a report
 }
@@ -136,7 +136,8 @@ class AbundanceSets:
 def plan_sets(sources: dict[str, list[str]], aid_counts, mix_count: int | None, seed: int = 0) -> AbundanceSets:
     """The tiles axis (AID only: the first N of one seeded order, so aid-5 lies in aid-50 ...) and the
     sources axis at a fixed count: mix1 (AID), mix2 (AID + RSSCN7 in equal shares) and mix3 (AID, RSSCN7 and
-    the other tiles in equal shares; a source with too few files is topped up by the others, so the count holds)."""
+    the other tiles in equal shares; a source with too few files is topped up by the others, so the count holds).
+    When the count is on the tiles axis, that AID set is the one-source point and mix1 is not made twice."""
     aid = seeded_order(sources["aid"], seed)
     plan = AbundanceSets()
     for n in aid_counts:
@@ -146,6 +147,8 @@ def plan_sets(sources: dict[str, list[str]], aid_counts, mix_count: int | None, 
     if mix_count:
         pools = {name: seeded_order(sources[name], seed + 1) for name in ("aid", "rsscn7", "other")}
         for label, names in (("mix1", ("aid",)), ("mix2", ("aid", "rsscn7")), ("mix3", ("aid", "rsscn7", "other"))):
+            if label == "mix1" and mix_count in aid_counts:
+                continue
             plan.sets[f"{label}-{mix_count}"] = fixed_count_mix(pools, names, mix_count)
     return plan
 

@@ -60,8 +60,9 @@ def headline_plot(path: str, flat: dict, results: dict) -> None:
                 name = arm.partition("_")[2]
                 style = dict(marker=markers.get(name.split("-")[0], "*"), markersize=9, capsize=3, linestyle="none",
                              color="tab:green" if mix else "tab:orange")
-                label = {"mix1": "210 maps: AID", "mix2": "210 maps: AID + RSSCN7",
-                         "mix3": "210 maps: AID + RSSCN7 + others"}.get(name.split("-")[0], f"DDPM samples ({name})")
+                count = set_count(name)
+                label = {"mix1": f"{count} maps: AID", "mix2": f"{count} maps: AID + RSSCN7",
+                         "mix3": f"{count} maps: AID + RSSCN7 + others"}.get(name.split("-")[0], f"DDPM samples ({name})")
                 ax.errorbar([set_count(name)], [mean], yerr=[std], label=label, **style)
         for arm in arms:
             if arm in CONTROL_LABELS:
@@ -90,6 +91,38 @@ def headline_plot(path: str, flat: dict, results: dict) -> None:
     fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(labels) // 3), 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def verdict(ahead: int | None, seeds: int) -> str:
+    """'ahead' when the RGB-derived arm is ahead of the control on every seed, 'behind' when on none,
+    else 'overlapping' (the spreads do not separate the arms at this scale)."""
+    if ahead is None:
+        return "-"
+    return "ahead" if ahead == seeds else "behind" if ahead == 0 else "overlapping"
+
+
+def claim_table(flat: dict, result: dict, prefix: str, seeds: int) -> list[str]:
+    """Per task: each RGB-derived arm's PSNR minus each control's, paired by seed (mean +/- std, seeds ahead)."""
+    lines = []
+    for task in sorted({t for t, _ in result["downstream"]}, key=list(TASK_LABELS).index):
+        arms = [a for t, a in result["downstream"] if t == task]
+        controls = [a for a in arms if a.startswith("control_")]
+        derived = [a for a in arms if a.startswith(("inferred_", "ddpm_"))]
+        if not controls or not derived:
+            continue
+        lines += [f"#### {TASK_LABELS.get(task, task)}: RGB-derived arms against the controls (paired by seed)", "",
+                  "| arm | " + " | ".join(f"minus {CONTROL_LABELS.get(c, c)} (dB)" for c in controls) + " |",
+                  "|---|" + "---|" * len(controls)]
+        for arm in derived:
+            cells = []
+            for control in controls:
+                key = f"{prefix}.{task}.{arm}.vs_{control}."
+                ahead = flat.get(key + "seeds_ahead")
+                cells.append(f"{_f(flat.get(key + 'psnr_mean'))} +/- {_f(flat.get(key + 'psnr_std'))} "
+                             f"({verdict(ahead, seeds)}, {ahead if ahead is not None else '-'}/{seeds} seeds)")
+            lines.append(f"| {arm_label(arm)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def write_report(out: str, flat: dict, results: dict, budget) -> None:
@@ -128,6 +161,7 @@ def write_report(out: str, flat: dict, results: dict, budget) -> None:
                              f"{_f(flat.get(key + 'delta.psnr_mean'))} +/- {_f(flat.get(key + 'delta.psnr_std'))} | "
                              f"{_f(flat.get(key + 'delta.sam_mean'))} +/- {_f(flat.get(key + 'delta.sam_std'))} |")
             lines.append("")
+        lines += claim_table(flat, result, prefix, len(flat.get("downstream.seeds", [])))
         for set_name, record in result["ddpm"].items():
             g = record.get("generation", {})
             lines += [f"DDPM on {set_name}: FD_half {_f(g.get('FD_half'), 3)} (Dirichlet "

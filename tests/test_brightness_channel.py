@@ -100,3 +100,24 @@ def test_infer_writes_the_cone_heads_brightness(tmp_path):
     np.testing.assert_allclose(saved["Y"], np.clip(saved["Bright"][..., None] * (saved["Abu"] @ net.endmembers()
                                                    .detach().numpy().T), 0, 1), rtol=1e-5, atol=1e-6)
     assert brightness_to_unit(np.array([BRIGHTNESS_SCALE * 2]))[0] == 1.0  # clipped, not wrapped
+
+
+def test_reconstruction_score_of_a_brightness_model_multiplies_the_brightness():
+    """Evaluate.py reconstruction's reconstruct(): brightness x (E a), computed here from the cone head's
+    definition (c = relu(z), a = c / sum c, brightness = sum c); the abundances it returns are the K maps."""
+    from ubf.evaluation.reconstruction import reconstruct
+    torch.manual_seed(1)
+    net = UnmixingAutoencoder(out_bands=6, num_endmembers=3, encoder="pixel_mlp", mlp_hidden=16, simplex="relu",
+                              linear_skip=True, brightness="cone")
+    with torch.no_grad():
+        net.skip.weight.normal_()
+        net.skip.bias.fill_(0.5)
+        net.decoder.weight.uniform_(0.1, 1.0)
+    image = np.random.default_rng(3).uniform(0, 1, (8, 9, 3)).astype(np.float32)
+    recon, abundances = reconstruct(net.eval(), image, torch.device("cpu"), 0, 0)
+    with torch.no_grad():
+        c = torch.relu(net.logits(torch.from_numpy(image.transpose(2, 0, 1))[None]))[0] + 1e-6
+    expected = np.einsum("ck,khw->hwc", net.endmembers().detach().numpy(), c.numpy())
+    assert abundances.shape == (8, 9, 3)
+    np.testing.assert_allclose(abundances.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(recon, expected, rtol=1e-4, atol=1e-6)

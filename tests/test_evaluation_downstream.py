@@ -159,3 +159,28 @@ def test_real_only_arm_is_reused_only_when_it_would_be_the_same(tmp_path):
     assert Evaluate.main(["downstream", "--synthetic", str(syn_b), "--out", str(tmp_path / "other"), "--steps", "4",
                           *common, "--reuse-real-only", str(tmp_path / "first" / "report.json")]) == 0
     assert "real_only_from" not in json.load(open(tmp_path / "other" / "report.json"))
+
+
+def test_real_test_folder_tests_on_another_scene_and_trains_on_every_real_file(tmp_path, capsys):
+    """--real-test: both --real files train, the --real-test file (another block) alone tests."""
+    whole = {n: read_hsi(shared_path("paper", "chikusei", n))[0] for n in ("block_118.mat", "block_282.mat")}
+    real_dir, test_dir, synthetic_dir = tmp_path / "real", tmp_path / "test", tmp_path / "synthetic"
+    write_mat(str(real_dir / "a.mat"), {"Y": whole["block_118.mat"][:32, :32]})
+    write_mat(str(real_dir / "b.mat"), {"Y": whole["block_118.mat"][32:64, :32]})
+    write_mat(str(test_dir / "c.mat"), {"Y": whole["block_282.mat"][:32, :32]})
+    write_mat(str(synthetic_dir / "s.mat"), {"HSI": np.clip(whole["block_118.mat"][64:96, :32], 0, None)})
+    out = str(tmp_path / "out")
+    assert Evaluate.main(["downstream", "--real", str(real_dir), "--real-test", str(test_dir), "--synthetic",
+                          str(synthetic_dir), "--out", out, "--steps", "2", "--crop", "16", "--batch-size", "2",
+                          "--seeds", "0", "--no-progress", "--device", "cpu"]) == 0
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["n_test_images"] == 1 and "a.mat, b.mat" in report["split"] and "c.mat" in report["split"]
+    assert report["real_test_dir"] == os.path.abspath(test_dir)
+    # a file in both folders (here through a link) is refused before anything is written
+    os.symlink(str(real_dir / "b.mat"), str(test_dir / "b.mat"))
+    with pytest.raises(SystemExit) as stop:
+        Evaluate.main(["downstream", "--real", str(real_dir), "--real-test", str(test_dir), "--synthetic",
+                       str(synthetic_dir), "--out", str(tmp_path / "out2"), "--steps", "2", "--crop", "16",
+                       "--seeds", "0", "--no-progress", "--device", "cpu"])
+    assert stop.value.code == 2 and "b.mat: in both --real and --real-test" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out2" / "report.json")

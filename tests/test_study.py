@@ -40,12 +40,18 @@ def test_dirichlet_maps_are_on_the_simplex(tmp_path):
     study = load_study()
     study.write_dirichlet_abundances(str(tmp_path), 3, 8, 5, 0)
     files = sorted(os.listdir(tmp_path))
-    assert len(files) == 3
+    assert len(files) == 3 and "Bright" not in read_mat(str(tmp_path / files[0]))
     abundance = read_mat(str(tmp_path / files[0]))["Abu"]
     assert abundance.shape == (8, 8, 5) and abundance.min() >= 0
     np.testing.assert_allclose(abundance.sum(-1), 1.0, atol=1e-5)
     # i.i.d. Dirichlet(1) over K = 5: each mean 1/5
     assert abs(abundance.mean() - 0.2) < 0.05
+    # with a brightness pool, each pixel's brightness is one of the pool's values, drawn independently
+    pool = np.array([0.5, 2.0], dtype=np.float32)
+    study.write_dirichlet_abundances(str(tmp_path / "b"), 2, 16, 5, 0, brightness_pool=pool)
+    bright = read_mat(str(tmp_path / "b" / "dirichlet_0000.mat"))["Bright"]
+    assert bright.shape == (16, 16) and set(np.unique(bright)) == {0.5, 2.0}
+    assert 0.3 < (bright == 2.0).mean() < 0.7
 
 
 def test_noisy_fraction_counts_speckle_only(tmp_path):
@@ -82,6 +88,20 @@ def test_tiles_axis_sets_are_nested_and_mixes_hold_their_count():
     mix2 = plan.sets["mix2-21"]
     assert sum(p.startswith("aid/") for p in mix2) == 11 and sum(p.startswith("rs/") for p in mix2) == 10
     assert plan_module.plan_sets(sources, (5, 50), 21).sets == plan.sets  # seeded: the same every run
+    # a count on the tiles axis: that AID set is the one-source point, no mix1 beside it
+    on_axis = plan_module.plan_sets(sources, (5, 21), 21).sets
+    assert "mix1-21" not in on_axis and {"aid-21", "mix2-21", "mix3-21"} <= set(on_axis)
+
+
+def test_large_budget_reuses_every_step_of_the_default_one():
+    """A step is its folder: the large budget must run every default step with the same settings."""
+    plan_module = load_plan()
+    default, large = plan_module.BUDGETS["default"], plan_module.BUDGETS["large"]
+    for name in ("crop", "downstream_steps", "pretrain_steps", "seeds", "control_maps", "ddpm_steps",
+                 "ddpm_samples", "eval_every"):
+        assert getattr(default, name) == getattr(large, name), name
+    assert set(default.controls) <= set(large.controls) and set(default.aid_counts) <= set(large.aid_counts)
+    assert set(default.ddpm_sets) <= set(large.ddpm_sets) and set(default.tasks) <= set(large.tasks)
 
 
 def test_other_images_are_cut_into_whole_tiles(tmp_path):
@@ -101,9 +121,31 @@ def test_estimate_counts_every_training(tmp_path):
     plan = plan_module.AbundanceSets({"aid-50": [f"{i}" for i in range(50)]})
     parts = plan_module.estimate_seconds(budget, plan, {}, {})
     arms = plan_module.arm_names(budget, plan, True, "denoise")
-    assert arms == ["control_copies", "control_dirichlet", "control_structure", "inferred_aid-50", "ddpm_aid-50"]
+    assert arms == ["control_dirichlet", "control_structure", "inferred_aid-50", "ddpm_aid-50"]
     u = plan_module.UNIT_SECONDS
     per_task = u["downstream_step_59"] * len(budget.seeds) * (budget.downstream_steps + len(arms) * (
         budget.downstream_steps + budget.pretrain_steps)) + u["arm_overhead"] * (len(arms) + 1)
     assert parts["downstream"] == pytest.approx(2 * per_task)
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+
+
+def test_paired_differences_subtract_the_controls_psnr_seed_by_seed(tmp_path):
+    """Hand-made per-arm reports: inferred minus dirichlet per seed is (+0.3, +0.1, -0.1) -> mean 0.1,
+    population std 0.163, 2 of 3 seeds ahead ('overlapping'); a control is never compared with itself."""
+    import json
+    study = load_study()
+    psnr = {"inferred_aid-5": (30.3, 30.1, 29.9), "control_dirichlet": (30.0, 30.0, 30.0)}
+    for arm, values in psnr.items():
+        folder = tmp_path / f"downstream_sc_denoise_{arm}"
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps({f"real_plus_synthetic.seed{s}.psnr": v
+                                                        for s, v in zip((0, 1, 2), values)}))
+    flat = study.paired_differences(str(tmp_path), "sc", "downstream",
+                                    {("denoise", "control_dirichlet"): {}, ("denoise", "inferred_aid-5"): {}}, (0, 1, 2))
+    key = "downstream.denoise.inferred_aid-5.vs_control_dirichlet."
+    assert flat[key + "psnr_mean"] == pytest.approx(0.1)
+    assert flat[key + "psnr_std"] == pytest.approx(np.std([0.3, 0.1, -0.1]))
+    assert flat[key + "seeds_ahead"] == 2 and len(flat) == 3
+    import study_report
+    assert study_report.verdict(2, 3) == "overlapping" and study_report.verdict(3, 3) == "ahead"
+    assert study_report.verdict(0, 3) == "behind"

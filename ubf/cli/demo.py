@@ -34,9 +34,10 @@ from ubf.core.version import add_version_argument
 # the folder `ubf` is imported from: the steps run as `python -m ubf.cli.<stage>` and must import the same copy
 IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUT = os.path.join("experiments", "demo")
-# stage 1 under both profiles: the paper's network, narrowed for a CPU, with every key the profile could
-# change written out (the improved recipe's low-contrast abundance maps starve the demo's DDPM: see the config)
-UNMIXING_CONFIG = os.path.join("config", "demo_unmixing.json")
+# stage 1 per profile: improved runs the near-data method (endmembers that are scene pixels, contrasty maps
+# with a brightness channel); faithful the paper's network, narrowed for a CPU, every key written out
+UNMIXING_CONFIGS = {"improved": os.path.join("config", "demo_near_data.json"),
+                    "faithful": os.path.join("config", "demo_unmixing.json")}
 DDPM_CONFIG = os.path.join("config", "demo_DDPM.json")
 OWNED = ("data", "unmixing", "abundances", "ddpm", "synthesis", "reference", "generation", "timings.json")
 
@@ -50,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(parser)
     parser.add_argument("--samples", type=flag(INT_POSITIVE), default=8,
                         help="abundance maps to sample = synthetic HSIs (default 8)")
-    parser.add_argument("--unmixing-config", default=UNMIXING_CONFIG,
-                        help=f"stage-1 config (default {UNMIXING_CONFIG}; config/improved_unmixing.json: the "
-                             "improved stage-1 recipe; built-in configs are found by name from any folder)")
+    parser.add_argument("--unmixing-config", default=None,
+                        help=f"stage-1 config (default {UNMIXING_CONFIGS['improved']} with --profile improved, "
+                             f"{UNMIXING_CONFIGS['faithful']} with faithful; built-in configs are found by name "
+                             "from any folder)")
     parser.add_argument("--ddpm-config", default=DDPM_CONFIG, help=f"stage-2 config (default {DDPM_CONFIG})")
     add_seed_argument(parser, default=0, what="the demo data")
     parser.add_argument("--size", type=flag(Number(integer=True, low=8, high=1024)), default=64,
@@ -219,7 +221,8 @@ def print_generation_scores(report_path: str, paths: dict) -> None:
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    unmixing_config, ddpm_config = (resolve_config(c) for c in (args.unmixing_config, args.ddpm_config))
+    chosen = args.unmixing_config or UNMIXING_CONFIGS[args.profile]
+    unmixing_config, ddpm_config = (resolve_config(c) for c in (chosen, args.ddpm_config))
     for config in (unmixing_config, ddpm_config):
         if not os.path.isfile(config):
             raise UserError(f"{config}: demo config not found")
@@ -268,13 +271,15 @@ def run_demo(args, out: str, unmixing_config: str, ddpm_config: str) -> None:
     timings["unmixing infer"] = run_step(3, total, "stage 1: abundances of the external RGB images", stage_command(
         "unmixing", "infer", "--ckpt", paths["checkpoint"], "--rgb", folders["rgb"], "--out", paths["abundances"],
         *shared_flags))
-    # stage 2 keeps the reference's layout: a <name>_<timestamp> run below --root
+    # stage 2 keeps the reference's layout: a <name>_<timestamp> run below --root; maps with a brightness
+    # (the near-data method) have it generated as one more channel
+    ddpm_sets = brightness_settings(paths["abundances"])
     timings["diffusion train"] = run_step(4, total, "stage 2: train the abundance DDPM", stage_command(
         "diffusion", "-p", "train", "-c", ddpm_config, "--data", paths["abundances"], "--root", paths["ddpm"],
-        *shared_flags))
+        *ddpm_sets, *shared_flags))
     timings["diffusion sample"] = run_step(5, total, "stage 2: sample new abundance maps", stage_command(
         "diffusion", "-p", "val", "-c", ddpm_config, "--ckpt", "latest", "--root", paths["ddpm"],
-        "--num-samples", str(args.samples), *shared_flags))
+        "--num-samples", str(args.samples), *ddpm_sets, *shared_flags))
     from ubf.pipeline.synthesis import newest_abundance_dir
     paths["samples"] = newest_abundance_dir(paths["ddpm"])
     timings["synthesis"] = run_step(6, total, "stage 3: synthesize HSIs", stage_command(
@@ -291,6 +296,20 @@ def run_demo(args, out: str, unmixing_config: str, ddpm_config: str) -> None:
         "--out", paths["generation"], "--feature-cache", "none", *shared_flags,
         *([] if args.no_progress else ["--no-progress"])))
     report(out, timings, paths)
+
+
+def brightness_settings(abundance_dir: str) -> list[str]:
+    """`--set` flags that make stage 2 generate the maps' brightness as channel K + 1 when the inferred
+    files carry one (`Bright`), else none."""
+    import glob
+    from ubf.data.matio import mat_keys, read_mat
+    files = sorted(glob.glob(os.path.join(abundance_dir, "**", "*.mat"), recursive=True))
+    if not files or "Bright" not in mat_keys(files[0]):
+        return []
+    channels = read_mat(files[0], ["Abu"])["Abu"].shape[-1] + 1
+    print(f"  the maps carry a brightness: stage 2 generates it as channel {channels}")
+    return ["--set", "model.diffusion.brightness=true", f"model.unet.in_channel={channels}",
+            f"model.unet.out_channel={channels}", f"model.diffusion.channels={channels}"]
 
 
 if __name__ == "__main__":

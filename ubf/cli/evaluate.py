@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("downstream", help="a downstream task (RGB-to-HSI, denoising, x4 super-resolution) trained "
                           "on real vs real+synthetic")
     down.add_argument("--real", required=True, help="folder of real HSIs (.mat, ENVI or TIFF; train and held-out "
-                      "test)")
+                      "test, unless --real-test names the test files)")
+    down.add_argument("--real-test", metavar="DIR", default=None,
+                      help="folder of real HSIs to test on (another scene of the same sensor); then every --real "
+                           "file trains and --test-fraction is not used")
     which = down.add_mutually_exclusive_group(required=True)
     which.add_argument("--synthetic", help="folder of synthetic HSIs (.mat, ENVI or TIFF)")
     which.add_argument("--abundances", help="folder of abundance .mat files (Abu of Unmixing.py infer, or SR of "
@@ -190,7 +193,8 @@ def run_downstream_command(args, device) -> None:
         skip=args.skip,
         eval_every=args.eval_every, endmember_mode=rendering["endmembers"], simplex=rendering["simplex"])
     run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress,
-                   args.reuse_real_only, abundance_dir=args.abundances, endmembers=args.endmembers)
+                   args.reuse_real_only, abundance_dir=args.abundances, endmembers=args.endmembers,
+                   real_test_dir=args.real_test)
 
 
 def rendering_settings(args) -> dict:

@@ -107,8 +107,14 @@ def load_pairs(files: list[str], band_indices, real: bool, key: str | None,
     return pairs
 
 
-def split_real(files: list[str], settings: DownstreamSettings, seed: int = 0):
-    """(train pairs, test pairs, description): held-out files, or the right part of a single file."""
+def split_real(files: list[str], settings: DownstreamSettings, seed: int = 0, test_files: list[str] | None = None):
+    """(train pairs, test pairs, description): held-out files, or the right part of a single file; with
+    `test_files` (another scene or folder) every file of `files` trains and every test file tests."""
+    if test_files is not None:
+        return (load_pairs(sorted(files), settings.bands, True, settings.key),
+                load_pairs(sorted(test_files), settings.bands, True, settings.key),
+                f"train files: {', '.join(map(os.path.basename, sorted(files)))}; "
+                f"test files (--real-test): {', '.join(map(os.path.basename, sorted(test_files)))}")
     if len(files) == 1:
         cube, _ = read_cube(files[0], settings.key)
         width = cube.shape[1]
@@ -304,7 +310,7 @@ def reusable_real_only(path: str, report: dict, seeds: list[int]) -> dict | None
             earlier = json.load(f)
     except (OSError, ValueError):
         return None
-    same = all(earlier.get(k) == report.get(k) for k in ("real_dir", "split"))
+    same = all(earlier.get(k) == report.get(k) for k in ("real_dir", "real_test_dir", "split"))
     same = same and all(earlier.get(f"settings.{k}", earlier_default(earlier, f"settings.{k}")) ==
                         report.get(f"settings.{k}") for k in REAL_ONLY_SETTINGS)
     if report.get("settings.eval_every"):
@@ -348,12 +354,13 @@ def load_synthetic(synthetic_dir: str | None, abundance_dir: str | None, endmemb
 def run_downstream(real_dir: str, synthetic_dir: str | None, out_dir: str, settings: DownstreamSettings,
                    device: torch.device, overwrite: bool = False, progress: bool = True,
                    reuse_real_only: str | None = None, abundance_dir: str | None = None,
-                   endmembers: str | None = None) -> dict:
+                   endmembers: str | None = None, real_test_dir: str | None = None) -> dict:
     """Train both arms for every seed, test on held-out real data, write report.json and summary.md.
     The synthetic set is the HSI folder `synthetic_dir`, or the abundance folder `abundance_dir` rendered
     with the endmembers of the unmixing checkpoint `endmembers`.
     `reuse_real_only`: an earlier report.json whose real-only arm is taken over when it was trained on
-    the same real data with the same settings (several synthetic sets against one real-only arm)."""
+    the same real data with the same settings (several synthetic sets against one real-only arm).
+    `real_test_dir`: test on these files (another scene) and train on every file of `real_dir`."""
     log = get_logger()
     check_out_dir(out_dir, overwrite)
     started = time.time()
@@ -366,12 +373,23 @@ def run_downstream(real_dir: str, synthetic_dir: str | None, out_dir: str, setti
     first, wavelengths = read_cube(real_files[0], settings.key)
     settings.bands = resolve_bands(settings.bands, first.shape[2], wavelengths) if settings.bands is not None \
         else default_bands(first.shape[2])
-    train_pairs, test_pairs, split = split_real(real_files, settings)
+    test_files = None
+    if real_test_dir is not None:
+        test_files = hsi_files(real_test_dir, "real test")
+        shared = {os.path.realpath(p) for p in test_files} & {os.path.realpath(p) for p in real_files}
+        if shared:
+            raise UserError(f"{sorted(shared)[0]}: in both --real and --real-test (a model is never tested on a file "
+                            "it trained on)")
+        test_bands = read_cube(test_files[0], settings.key)[0].shape[2]
+        if test_bands != first.shape[2]:
+            raise UserError(f"{test_files[0]}: {test_bands} bands, but the real training set has {first.shape[2]}")
+    train_pairs, test_pairs, split = split_real(real_files, settings, test_files=test_files)
     synthetic, synthetic_where, synthetic_text = load_synthetic(synthetic_dir, abundance_dir, endmembers, settings,
                                                                 first.shape[2])
     log.info("downstream %s, model %s (width %d, %s skip path): %s; %s; bands %s; seeds %s", task.describe(),
              settings.model, settings.width, settings.skip, split, synthetic_text, settings.bands, settings.seeds)
-    report = {"real_dir": os.path.abspath(real_dir), "synthetic_dir": synthetic_where, "split": split,
+    report = {"real_dir": os.path.abspath(real_dir),
+              **({"real_test_dir": os.path.abspath(real_test_dir)} if real_test_dir else {}), "synthetic_dir": synthetic_where, "split": split,
               "task_description": task.describe(), "synthetic_set": synthetic_text, "n_synthetic_files": len(synthetic), "n_test_images": len(test_pairs)}
     if abundance_dir is not None:
         report["endmembers"] = os.path.abspath(endmembers)

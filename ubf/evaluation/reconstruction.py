@@ -37,11 +37,15 @@ REFERENCE_ENDMEMBER_KEYS = ("GT", "M", "End_GT")
 
 @torch.no_grad()
 def reconstruct(model, model_input: np.ndarray, device, tile: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) input -> (reconstruction (H, W, C), abundances (H, W, K)) as float32 numpy."""
+    """(H, W, 3) input -> (reconstruction (H, W, C), abundances (H, W, K)) as float32 numpy. A model with a
+    brightness channel (tile_infer gives it last) reconstructs brightness x (E a); the abundances are the K maps."""
     from ubf.pipeline.unmixing_infer import tile_infer
     image = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
-    abundances = tile_infer(model, image, device, tile, overlap)
+    maps = tile_infer(model, image, device, tile, overlap)
+    abundances = maps[:model.num_endmembers]
     recon = model.decode(abundances[None].to(device))[0].float().cpu()
+    if maps.shape[0] > model.num_endmembers:
+        recon = recon * maps[model.num_endmembers:]
     return recon.permute(1, 2, 0).numpy(), abundances.permute(1, 2, 0).numpy()
 
 
