@@ -47,6 +47,10 @@ from ubf.core.errors import UserError, cli_main  # noqa: E402
 DDPM_CONFIG = os.path.join("config", "cpu_DDPM_64.json")
 STAGE1_METHOD = "near_data"
 NOISY_SIGMA, NOISY_COPIES = 0.02, 4
+# fine-tuning after pre-training at 0.3 x the learning rate: at 1 x a pre-trained UNet's test output blew up on a
+# corner of the test crop late in fine-tuning (1 seed of 3; 37.6 dB at fine-tuning step 500, -14.1 dB at the
+# end, predictions down to -316) with small, steady gradients and weights; at 0.3 x it stayed smooth (docs/study.md)
+FINETUNE_LR_SCALE = 0.3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,20 +91,32 @@ class Study:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
 
-    def step(self, name: str, work) -> dict:
+    def step(self, name: str, work, key: str | None = None) -> dict:
+        """Run `work` once; `key` names what the step covers (e.g. the images a set needs): a finished step
+        with another key is run again (its work adds what is missing, e.g. infer skips the done images)."""
         record = self.finished(name)
-        if record is not None:
+        if record is not None and record.get("key") == key:
             print(f"[study] {name}: done earlier ({record.get('seconds', 0):.0f} s), reused", flush=True)
             return record
+        if record is not None:
+            print(f"[study] {name}: done earlier for other inputs, run again for this budget's", flush=True)
         os.makedirs(self.folder(name), exist_ok=True)
         print(f"[study] {name} ...", flush=True)
         started = time.time()
         record = dict(work() or {})
         record["seconds"] = time.time() - started
+        if key is not None:
+            record["key"] = key
         with open(os.path.join(self.folder(name), "done.json"), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
         print(f"[study] {name}: {record['seconds']:.0f} s", flush=True)
         return record
+
+
+def content_key(names) -> str:
+    """A short digest of a list of names (what a step covers), order-free."""
+    import hashlib
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
 
 
 def run_cli(args: list[str], threads: int) -> None:
@@ -265,7 +281,7 @@ def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, p
     abundances = study.folder(f"abundances_{scene}")
     inferred = jobs.add(f"abundances_{scene}", lambda: run_cli([
         "Unmixing.py", "infer", "--ckpt", ckpt, "--rgb", rgb_links, "--out", abundances, "--no-recon",
-        "--no-progress", *device, *threads, *profile], args.threads), [stage1])
+        "--no-progress", *device, *threads, *profile], args.threads), [stage1], key=content_key(os.listdir(rgb_links)))
     set_dirs = {s: study.folder(f"sets_{scene}", s) for s in wanted}
 
     def link_sets():
@@ -276,7 +292,7 @@ def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, p
                     raise UserError(f"{produced}: not written by the inference step (see its log)")
                 link(produced, os.path.join(set_dirs[set_name], os.path.basename(produced)))
         return {s: len(glob_maps(d)) for s, d in set_dirs.items()}
-    sets = jobs.add(f"sets_{scene}", link_sets, [inferred])
+    sets = jobs.add(f"sets_{scene}", link_sets, [inferred], key=content_key(wanted))
 
     arms = {}  # arm -> (kind, folder, the job that makes it)
     for control in budget.controls:
@@ -330,6 +346,7 @@ def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, p
                          *source, "--task", task, "--model", "cnn" if task == "rgb2hsi" else "unet",
                          "--steps", str(budget.downstream_steps), "--pretrain-steps", str(budget.pretrain_steps),
                          "--crop", str(budget.crop), "--seeds", *map(str, budget.seeds), "--protocol", "pretrain",
+                         "--finetune-lr-scale", str(FINETUNE_LR_SCALE),
                          "--rgb-bands", *bands, "--out", report_dir, "--overwrite", "--no-progress",
                          *(["--eval-every", str(budget.eval_every)] if budget.eval_every else []),
                          *reuse, *device, *threads, *profile], args.threads)
@@ -347,10 +364,10 @@ class Jobs:
 
     def __init__(self, study: Study, workers: int):
         self.study, self.workers = study, max(1, workers)
-        self.work, self.deps, self.order = {}, {}, []
+        self.work, self.deps, self.keys, self.order = {}, {}, {}, []
 
-    def add(self, name: str, work, deps=()) -> str:
-        self.work[name], self.deps[name] = work, [d for d in deps if d]
+    def add(self, name: str, work, deps=(), key: str | None = None) -> str:
+        self.work[name], self.deps[name], self.keys[name] = work, [d for d in deps if d], key
         self.order.append(name)
         return name
 
@@ -364,7 +381,7 @@ class Jobs:
                         if len(running) >= self.workers:
                             break
                         if name not in done and name not in running.values() and all(d in done for d in self.deps[name]):
-                            running[pool.submit(self.study.step, name, self.work[name])] = name
+                            running[pool.submit(self.study.step, name, self.work[name], self.keys[name])] = name
                 if not running:
                     break
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -436,7 +453,8 @@ def flat_report(args, budget, results: dict, started: float, out: str) -> dict:
     flat = {"profile": args.profile, "budget": budget.name, "data": os.path.abspath(args.data),
             "stage1.method": args.stage1_method, "downstream.protocol": "pretrain",
             "downstream.seeds": list(budget.seeds), "downstream.steps": budget.downstream_steps,
-            "downstream.pretrain_steps": budget.pretrain_steps, "downstream.crop": budget.crop}
+            "downstream.pretrain_steps": budget.pretrain_steps, "downstream.crop": budget.crop,
+            "downstream.finetune_lr_scale": FINETUNE_LR_SCALE}
     for index, (scene, result) in enumerate(results.items()):
         main = index == 0
         prefix = "downstream" if main else f"downstream@{scene}"
@@ -501,7 +519,8 @@ def run_study(args) -> dict:
     started = time.time()
     print(f"[study] profile {args.profile}{' (the study default)' if args.profile == 'improved' else ''}, budget "
           f"{budget.name}, stage 1 {args.stage1_method}, output {out}", flush=True)
-    data = study.step("data", lambda: prepare_data(args, study, budget))
+    data = study.step("data", lambda: prepare_data(args, study, budget),
+                      key=f"aid {list(budget.aid_counts)} mix {budget.mix_count} scenes {list(budget.scenes)}")
     plan = AbundanceSets({name: members for name, members in data["sets"].items()})
     band_counts = {"chikusei": 59, "abu-airport": 205}
     estimate = estimate_seconds(budget, plan, data["scenes"], band_counts)

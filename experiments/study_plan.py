@@ -44,6 +44,8 @@ class Budget:
     other_scene_tasks: tuple[str, ...] = ()
     rgb2hsi_arms: tuple[str, ...] = ()       # the RGB-to-HSI task (kept as it was) gets these arms only
     control_maps: int = 210                  # maps in each abundance control
+    sweep_tasks: tuple[str, ...] = ()        # main scene: tasks that get the sweep's sets (the tiles and sources
+                                             # axes); the others keep the controls, the DDPM's set and the DDPM
     eval_every: int = 0
 
 
@@ -56,7 +58,7 @@ BUDGETS = {
                       (0, 1, 2), crop=48, controls=("dirichlet", "structure"), control_maps=64, eval_every=100),
     "large": Budget("large", ("chikusei", "abu-airport"), ("denoise", "sr4"), (5, 50, 500, 1500), 500,
                     ("aid-50",), 3000, 64, 800, 400, (0, 1, 2), crop=48, controls=("dirichlet", "structure"),
-                    control_maps=64, eval_every=100,
+                    control_maps=64, eval_every=100, sweep_tasks=("denoise",),
                     other_scene_arms=("control_dirichlet", "control_structure", "inferred_mix3-500"),
                     other_scene_tasks=("denoise",)),
 }
@@ -174,6 +176,9 @@ def arm_names(budget: Budget, plan: AbundanceSets, main: bool, task: str) -> lis
     if task == "rgb2hsi":
         return [a for a in every if a in budget.rgb2hsi_arms]
     if main:
+        if budget.sweep_tasks and task not in budget.sweep_tasks:
+            kept = {f"inferred_{s}" for s in budget.ddpm_sets}
+            return [a for a in every if not a.startswith("inferred_") or a in kept]
         return every
     return [a for a in every if a in budget.other_scene_arms]
 

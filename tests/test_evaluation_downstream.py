@@ -184,3 +184,31 @@ def test_real_test_folder_tests_on_another_scene_and_trains_on_every_real_file(t
                        "--seeds", "0", "--no-progress", "--device", "cpu"])
     assert stop.value.code == 2 and "b.mat: in both --real and --real-test" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out2" / "report.json")
+
+
+def test_fine_tuning_learning_rate_scale_and_gradient_clipping(monkeypatch):
+    """finetune_lr_scale: the real-data phase after pre-training starts at lr x scale (the pre-training
+    phase and a real-only arm at lr); grad_clip: every step clips the gradient's norm to the given value."""
+    import torch
+    from ubf.evaluation import downstream
+    started, clipped = [], []
+
+    class RecordingAdam(torch.optim.Adam):
+        def __init__(self, params, lr):
+            started.append(lr)
+            super().__init__(params, lr=lr)
+
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm):
+        clipped.append(max_norm)
+        return real_clip(params, max_norm)
+    monkeypatch.setattr(downstream.torch.optim, "Adam", RecordingAdam)
+    monkeypatch.setattr(downstream.torch.nn.utils, "clip_grad_norm_", recording_clip)
+    cubes = smooth_cubes(2, np.random.default_rng(1))
+    pairs = [(c[..., :3], c) for c in cubes]
+    settings = DownstreamSettings(seeds=[0], steps=3, pretrain_steps=2, batch=2, crop=16, protocol="pretrain",
+                                  lr=1e-3, finetune_lr_scale=0.3, grad_clip=0.5)
+    downstream.train_arm(pairs[:1], pairs[1:], settings, 0, torch.device("cpu"), False)
+    downstream.train_arm(pairs[:1], None, settings, 0, torch.device("cpu"), False)
+    assert started == pytest.approx([1e-3, 3e-4, 1e-3]) and clipped == [0.5] * (2 + 3 + 3)

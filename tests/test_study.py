@@ -149,3 +149,15 @@ def test_paired_differences_subtract_the_controls_psnr_seed_by_seed(tmp_path):
     import study_report
     assert study_report.verdict(2, 3) == "overlapping" and study_report.verdict(3, 3) == "ahead"
     assert study_report.verdict(0, 3) == "behind"
+
+
+def test_a_step_is_reused_only_for_the_same_key(tmp_path):
+    """A larger budget in the same folder: a step finished for other inputs (another key) runs again."""
+    study_module = load_study()
+    study = study_module.Study(str(tmp_path))
+    calls = []
+    assert study.step("s", lambda: calls.append(1) or {"n": 1}, key="a")["n"] == 1
+    study.step("s", lambda: calls.append(2) or {"n": 2}, key="a")  # same key: reused
+    assert calls == [1]
+    assert study.step("s", lambda: calls.append(3) or {"n": 3}, key="b")["n"] == 3 and calls == [1, 3]
+    assert study_module.content_key(["x", "y"]) == study_module.content_key(["y", "x"]) != study_module.content_key(["x"])

@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--crop", type=flag(INT_POSITIVE), default=32, help="training crop side (default 32)")
     down.add_argument("--lr", "--learning_rate", dest="lr", type=flag(FLOAT_POSITIVE), default=None,
                       help="learning rate (default: 2e-3 for cnn and pixel, 1e-3 for unet)")
+    down.add_argument("--grad-clip", type=flag(FLOAT_POSITIVE), default=None, metavar="NORM",
+                      help="clip the gradient's global norm to NORM every step (default: no clipping)")
+    down.add_argument("--finetune-lr-scale", type=flag(FLOAT_POSITIVE), default=1.0, metavar="X",
+                      help="--protocol pretrain: fine-tune on the real files at the learning rate x X (default 1)")
     down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
                       help="share of each batch drawn from the synthetic set in arm (b) (default 0.5)")
     down.add_argument("--task", choices=tuple(TASKS), default="rgb2hsi",
@@ -190,7 +194,7 @@ def run_downstream_command(args, device) -> None:
         synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key, task=args.task,
         noise_sigma=args.noise_sigma, synthetic_norm=args.synthetic_norm, protocol=args.protocol,
         pretrain_steps=args.pretrain_steps, blur_sigma=args.blur_sigma, model=args.model, width=args.width,
-        skip=args.skip,
+        skip=args.skip, grad_clip=args.grad_clip, finetune_lr_scale=args.finetune_lr_scale,
         eval_every=args.eval_every, endmember_mode=rendering["endmembers"], simplex=rendering["simplex"])
     run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress,
                    args.reuse_real_only, abundance_dir=args.abundances, endmembers=args.endmembers,

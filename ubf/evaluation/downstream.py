@@ -79,6 +79,8 @@ class DownstreamSettings:
     synthetic_norm: str = "minmax"  # or "as_is": synthetic targets unscaled (see the module docstring)
     protocol: str = "mix"           # or "pretrain": synthetic only for pretrain_steps, then real for steps
     pretrain_steps: int | None = None  # None: the same as steps
+    grad_clip: float | None = None  # clip the gradient's global norm to this (None: no clipping)
+    finetune_lr_scale: float = 1.0  # protocol pretrain: the fine-tuning learning rate is lr x this
     endmember_mode: str = "minmax"  # abundance sets: Synthesis.py --endmembers (minmax, the reference, or raw)
     simplex: bool = False           # abundance sets: Synthesis.py --simplex
 
@@ -210,16 +212,16 @@ def train_arm(train_pairs, synthetic_pairs, settings: DownstreamSettings, seed: 
     use_synthetic = synthetic_pairs is not None and len(synthetic_pairs) > 0 and settings.synthetic_fraction > 0
     _fit(model, task, train_pairs, synthetic_pairs if use_synthetic else None, settings.synthetic_fraction,
          settings.steps, settings, rng, noise_gen, device, f"seed {seed} {'real+syn' if use_synthetic else 'real'}",
-         progress, curve, last=True)
+         progress, curve, last=True, lr_scale=settings.finetune_lr_scale if pretrain else 1.0)
     return model.eval()
 
 
 def _fit(model, task, train_pairs, synthetic_pairs, synthetic_fraction: float, steps: int,
          settings: DownstreamSettings, rng: np.random.Generator, noise_gen: torch.Generator, device, label: str,
-         progress: bool, curve: Curve | None = None, last: bool = True) -> None:
-    """`steps` Adam steps with a cosine schedule of their own; each crop from `synthetic_pairs` with
-    probability `synthetic_fraction`, else from `train_pairs` (crop sources)."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr or default_lr(settings.model))
+         progress: bool, curve: Curve | None = None, last: bool = True, lr_scale: float = 1.0) -> None:
+    """`steps` Adam steps with a cosine schedule of their own (from lr x `lr_scale`); each crop from
+    `synthetic_pairs` with probability `synthetic_fraction`, else from `train_pairs` (crop sources)."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=(settings.lr or default_lr(settings.model)) * lr_scale)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
     model.train()
     bar = tqdm(range(steps), desc=label, disable=not progress, dynamic_ncols=True, leave=False)
@@ -236,6 +238,8 @@ def _fit(model, task, train_pairs, synthetic_pairs, synthetic_fraction: float, s
         loss = F.l1_loss(model(x), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimiser.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -291,7 +295,7 @@ def input_scores(test_pairs, settings: DownstreamSettings) -> dict[str, float] |
 
 # settings that decide the real-only arm: equal in two runs, equal real-only models (same seed, same data)
 REAL_ONLY_SETTINGS = ("steps", "batch", "crop", "lr", "width", "blocks", "test_fraction", "bands", "key", "task",
-                      "noise_sigma", "model", "blur_sigma", "skip")
+                      "noise_sigma", "model", "blur_sigma", "skip", "grad_clip")
 
 
 def earlier_default(earlier: dict, key: str):
