@@ -74,15 +74,21 @@ def test_synthesis_multiplies_the_brightness(tmp_path):
     np.testing.assert_allclose(hsi, bright[..., None] * (abundance @ ends.T), rtol=1e-5, atol=1e-6)
 
 
-def test_infer_writes_the_cone_heads_brightness(tmp_path):
-    from PIL import Image
-    torch.manual_seed(0)
-    net = UnmixingAutoencoder(out_bands=6, num_endmembers=3, encoder="pixel_mlp", mlp_hidden=128, simplex="relu",
+def cone_model(seed: int, hidden: int) -> UnmixingAutoencoder:
+    """A per-pixel cone-head model (K = 3, 6 bands) with a non-trivial head and positive endmembers."""
+    torch.manual_seed(seed)
+    net = UnmixingAutoencoder(out_bands=6, num_endmembers=3, encoder="pixel_mlp", mlp_hidden=hidden, simplex="relu",
                               linear_skip=True, brightness="cone")
     with torch.no_grad():
         net.skip.weight.normal_()
         net.skip.bias.fill_(0.5)
         net.decoder.weight.uniform_(0.1, 1.0)
+    return net
+
+
+def test_infer_writes_the_cone_heads_brightness(tmp_path):
+    from PIL import Image
+    net = cone_model(seed=0, hidden=128)
     cfg = load_unmixing_config(None, {"model.method": "near_data"})
     cfg["model"]["num_endmembers"] = 3
     ckpt = str(tmp_path / "u.pth")
@@ -106,13 +112,7 @@ def test_reconstruction_score_of_a_brightness_model_multiplies_the_brightness():
     """Evaluate.py reconstruction's reconstruct(): brightness x (E a), computed here from the cone head's
     definition (c = relu(z), a = c / sum c, brightness = sum c); the abundances it returns are the K maps."""
     from ubf.evaluation.reconstruction import reconstruct
-    torch.manual_seed(1)
-    net = UnmixingAutoencoder(out_bands=6, num_endmembers=3, encoder="pixel_mlp", mlp_hidden=16, simplex="relu",
-                              linear_skip=True, brightness="cone")
-    with torch.no_grad():
-        net.skip.weight.normal_()
-        net.skip.bias.fill_(0.5)
-        net.decoder.weight.uniform_(0.1, 1.0)
+    net = cone_model(seed=1, hidden=16)
     image = np.random.default_rng(3).uniform(0, 1, (8, 9, 3)).astype(np.float32)
     recon, abundances = reconstruct(net.eval(), image, torch.device("cpu"), 0, 0)
     with torch.no_grad():
