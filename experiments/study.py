@@ -46,6 +46,9 @@ from ubf.core.errors import UserError, cli_main  # noqa: E402
 
 DDPM_CONFIG = os.path.join("config", "cpu_DDPM_64.json")
 STAGE1_METHOD = "near_data"
+# stage 1 chooses no epoch: its only held-out crop is the test crop, so the final one-cycle epoch is used
+# (studies before this key validated on the test crop and kept the best epoch there, a selection leak)
+STAGE1_KEY = "final-epoch"
 NOISY_SIGMA, NOISY_COPIES = 0.02, 4
 # fine-tuning after pre-training at 0.3 x the learning rate: at 1 x a pre-trained UNet's test output blew up on a
 # corner of the test crop late in fine-tuning (1 seed of 3; 37.6 dB at fine-tuning step 500, -14.1 dB at the
@@ -111,6 +114,16 @@ class Study:
             json.dump(record, f, indent=2)
         print(f"[study] {name}: {record['seconds']:.0f} s", flush=True)
         return record
+
+
+def refuse_earlier_stage1(study: Study, scenes) -> None:
+    """A folder whose stage 1 was chosen on the test crop (studies before STAGE1_KEY) is not continued:
+    every map, set and downstream score in it comes from that model, and infer would reuse its maps."""
+    for scene in scenes:
+        earlier = study.finished(f"stage1_{scene}")
+        if earlier is not None and earlier.get("key") != STAGE1_KEY:
+            raise UserError(f"{study.folder(f'stage1_{scene}')}: made by an earlier study that chose stage 1's "
+                            "epoch on the test crop; its maps and results cannot be reused: start a new --out")
 
 
 def content_key(names) -> str:
@@ -253,11 +266,11 @@ def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, p
             link(path, os.path.join(folders[role], os.path.basename(path)))
     bands = [str(b) for b in info["bands"]]
     unmixing = study.folder(f"stage1_{scene}")
-    ckpt = os.path.join(unmixing, "checkpoint", "best.pth")
+    ckpt = os.path.join(unmixing, "checkpoint", "latest.pth")
     stage1 = jobs.add(f"stage1_{scene}", lambda: run_cli([
-        "Unmixing.py", "train", "--method", args.stage1_method, "--train", folders["train"], "--val", folders["test"],
+        "Unmixing.py", "train", "--method", args.stage1_method, "--train", folders["train"], "--no-val",
         "--test", folders["test"], "--bands", *bands, "--out", unmixing, "--no-progress", *device, *threads, *profile],
-        args.threads))
+        args.threads), key=STAGE1_KEY)
 
     def stage1_quality():
         report_dir = study.folder(f"stage1_eval_{scene}")
@@ -516,6 +529,7 @@ def run_study(args) -> dict:
     budget = BUDGETS[args.budget]
     out = os.path.abspath(args.out)
     study = Study(out)
+    refuse_earlier_stage1(study, budget.scenes)
     started = time.time()
     print(f"[study] profile {args.profile}{' (the study default)' if args.profile == 'improved' else ''}, budget "
           f"{budget.name}, stage 1 {args.stage1_method}, output {out}", flush=True)

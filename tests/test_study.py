@@ -161,3 +161,17 @@ def test_a_step_is_reused_only_for_the_same_key(tmp_path):
     assert calls == [1]
     assert study.step("s", lambda: calls.append(3) or {"n": 3}, key="b")["n"] == 3 and calls == [1, 3]
     assert study_module.content_key(["x", "y"]) == study_module.content_key(["y", "x"]) != study_module.content_key(["x"])
+
+
+def test_a_folder_whose_stage1_chose_its_epoch_on_the_test_crop_is_refused(tmp_path):
+    """Older studies validated stage 1 on the test crop and kept the best epoch there; their maps must not be
+    mixed into a new run (infer would reuse them), so such a folder is refused in one line."""
+    study_module = load_study()
+    study = study_module.Study(str(tmp_path))
+    study_module.refuse_earlier_stage1(study, ["chikusei"])  # nothing there yet: fine
+    study.step("stage1_chikusei", lambda: {}, key=study_module.STAGE1_KEY)
+    study_module.refuse_earlier_stage1(study, ["chikusei"])  # made by this version: fine
+    (tmp_path / "stage1_abu-airport").mkdir()
+    (tmp_path / "stage1_abu-airport" / "done.json").write_text('{"seconds": 140.2}')  # an earlier study's record
+    with pytest.raises(study_module.UserError, match="stage1_abu-airport: made by an earlier study"):
+        study_module.refuse_earlier_stage1(study, ["chikusei", "abu-airport"])

@@ -92,3 +92,24 @@ def test_band_count_mismatch_on_resume(tmp_path):
     with pytest.raises(UserError, match="checkpoint has 31 bands, the training data .* has 59"):
         train_unmixing(tiny_config(folders, epochs=2), str(tmp_path / "run2"), torch.device("cpu"),
                        resume=str(tmp_path / "other.pth"))
+
+
+def test_no_val_keeps_the_final_epoch_as_best(tmp_path, capsys):
+    """--no-val (the study: the scene's only held-out crop is the test crop) picks no epoch: best.pth is the
+    last finished epoch, no validation is scored, and the saved config says there was no val split."""
+    folders = crop_folders(tmp_path)
+    run = tmp_path / "run"
+    unmixing_main(["train", "--train", folders["train"], "--no-val", "--test", folders["test"], "--out", str(run),
+                   "--epochs", "3", "--no-progress", "--set", "data.crop_size=32", "data.samples_per_epoch=8",
+                   "train.batch_size=4", "model.widths=[8,8]", "model.n_blocks=1"])
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and not any("val_PSNR" in r for r in records)
+    best = load_checkpoint(str(run / "checkpoint" / "best.pth"), "unmixing")
+    latest = load_checkpoint(str(run / "checkpoint" / "latest.pth"), "unmixing")
+    assert best["epoch"] == latest["epoch"] == 2  # zero-based: the third epoch
+    assert all(torch.equal(best["model"][k], latest["model"][k]) for k in latest["model"])
+    assert json.load(open(run / "config.json"))["data"]["val"] is None
+    with pytest.raises(SystemExit) as exit_info:
+        unmixing_main(["train", "--train", folders["train"], "--no-val", "--val", folders["test"],
+                       "--out", str(tmp_path / "other")])
+    assert exit_info.value.code == 2 and "--no-val and --val" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Stage 1 CLI: train the RGB-to-abundance unmixing network, or infer abundances of image folders.
 
-    python Unmixing.py train [-c config/Chikusei_unmixing.json] [--train DIR] [--val DIR] [--test DIR] [--out DIR]
+    python Unmixing.py train [-c config/Chikusei_unmixing.json] [--train DIR] [--val DIR | --no-val] [--test DIR] [--out DIR]
     torchrun --nproc_per_node N Unmixing.py train ...   (DDP: train.batch_size is the global batch)
     python Unmixing.py infer [--ckpt CKPT] [--rgb DIR ...] [--hsi DIR ...] [--out DIR] [--tile N] [--overlap M]
     either: [--device D] [--threads N] [--no-progress] [--profile faithful|improved] [--set KEY=VALUE ...]
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "name from any folder; a built-in config of the same name when the path does not exist)")
     train.add_argument("--train", help="folder of training HSI crops (.mat, ENVI or TIFF; default dataset/trains)")
     train.add_argument("--val", help="folder of validation crops (default dataset/evals)")
+    train.add_argument("--no-val", action="store_true",
+                       help="no validation split: best.pth follows every epoch, so it is the final one (for a scene "
+                            "whose only held-out crop is the test crop: choosing the epoch there leaks the test)")
     train.add_argument("--test", help="folder of test crops (default dataset/tests)")
     train.add_argument("--out", "--save_dir", dest="out", help="run folder (default experiments/unmixing/<name>)")
     train.add_argument("--name", "--dataset_name", dest="name", help="run name (default from the config)")
@@ -123,6 +126,10 @@ def run_train(args) -> None:
         "train.batch_size": args.batch_size, "train.lr": args.lr, "train.seed": args.seed,
         **parse_set_values(args.set_values, UNMIXING_DEFAULTS)}, profile=args.profile,
         **({"base": checkpoint_config(args.resume)} if args.resume and not args.config else {}))
+    if args.no_val:
+        if args.val:
+            raise UserError(f"--no-val and --val {args.val}: give one of them")
+        cfg["data"]["val"] = None
     out_dir = args.out or os.path.join("experiments", "unmixing", cfg["name"])
     found = [path for path in (os.path.join(out_dir, "checkpoint", name) for name in ("interrupted.pth", "latest.pth"))
              if os.path.exists(path)]
