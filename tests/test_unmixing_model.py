@@ -63,3 +63,31 @@ def test_brightness_option_scales_the_mixture_and_keeps_abundances_on_the_simple
     expected = model.endmembers() @ abundances[0, :, 1, 2] * torch.exp(logits[0, 4, 1, 2])
     torch.testing.assert_close(recon[0, :, 1, 2], expected)
     assert model.encoder.net[-1].out_channels == 5 and model.num_endmembers == 4
+
+
+@pytest.mark.parametrize("brightness,simplex", [(False, "softmax"), ("exp", "softmax"), ("cone", "relu")])
+def test_split_maps_gives_what_forward_reconstructs_from_in_either_layout(brightness, simplex):
+    torch.manual_seed(1)
+    model = UnmixingAutoencoder(out_bands=6, num_endmembers=3, encoder="pixel_mlp", brightness=brightness,
+                                simplex=simplex)
+    x = torch.rand(1, 3, 4, 5)
+    with torch.no_grad():
+        abundances, recon = model(x)
+        maps = model.maps(x)[0]
+    for layout, axis in ((maps, 0), (maps.permute(1, 2, 0).numpy(), 2)):
+        split_abundances, split_brightness = model.split_maps(layout, channel_axis=axis)
+        split_abundances = torch.as_tensor(split_abundances)
+        if axis == 2:
+            split_abundances = split_abundances.permute(2, 0, 1)
+        torch.testing.assert_close(split_abundances, abundances[0])
+        # the reconstruction rebuilt by hand from the split: E a, times the brightness where there is one
+        rebuilt = torch.einsum("ck,khw->chw", model.endmembers(), split_abundances)
+        if brightness:
+            assert split_brightness is not None and split_brightness.shape[axis] == 1
+            factor = torch.as_tensor(split_brightness)
+            rebuilt = rebuilt * (factor.permute(2, 0, 1) if axis == 2 else factor)
+        else:
+            assert split_brightness is None
+        torch.testing.assert_close(rebuilt, recon[0].detach())
+    with pytest.raises(ValueError, match="channels"):
+        model.split_maps(maps[:2], channel_axis=0)

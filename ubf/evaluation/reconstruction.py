@@ -42,10 +42,10 @@ def reconstruct(model, model_input: np.ndarray, device, tile: int, overlap: int)
     from ubf.pipeline.unmixing_infer import tile_infer
     image = torch.from_numpy(np.ascontiguousarray(model_input.transpose(2, 0, 1)))
     maps = tile_infer(model, image, device, tile, overlap)
-    abundances = maps[:model.num_endmembers]
+    abundances, brightness = model.split_maps(maps, channel_axis=0)
     recon = model.decode(abundances[None].to(device))[0].float().cpu()
-    if maps.shape[0] > model.num_endmembers:
-        recon = recon * maps[model.num_endmembers:]
+    if brightness is not None:
+        recon = recon * brightness
     return recon.permute(1, 2, 0).numpy(), abundances.permute(1, 2, 0).numpy()
 
 

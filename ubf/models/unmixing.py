@@ -223,6 +223,22 @@ class UnmixingAutoencoder(nn.Module):
         abundances, brightness = self.to_simplex(logits), self.brightness_of(logits)
         return abundances if brightness is None else torch.cat([abundances, brightness], dim=1)
 
+    def split_maps(self, maps, channel_axis: int = 0):
+        """Split what `maps` gives into (abundances, brightness or None) along `channel_axis` (0 for one
+        (K [+1], H, W) map, 2 for an (H, W, K [+1]) array): one place knows that the brightness comes last.
+        Works on tensors and numpy arrays alike; the brightness keeps its axis (length one)."""
+        count = self.num_endmembers
+        if maps.shape[channel_axis] not in (count, count + 1):
+            raise ValueError(f"maps have {maps.shape[channel_axis]} channels on axis {channel_axis}; "
+                             f"this model gives {self.map_channels}")
+        index = [slice(None)] * maps.ndim
+        index[channel_axis] = slice(0, count)
+        abundances = maps[tuple(index)]
+        if maps.shape[channel_axis] == count:
+            return abundances, None
+        index[channel_axis] = slice(count, count + 1)
+        return abundances, maps[tuple(index)]
+
     def unmix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(abundances (N, K, H, W), brightness (N, 1, H, W) or None, reconstruction (N, C, H, W))."""
         logits = self.logits(x)

@@ -525,13 +525,13 @@ def _infer_into(model, state, ckpt, rgb_dirs, hsi_dirs, out_dir, device, tile, o
             image, ground_truth = decoded
             maps = tile_infer(model, image, device, tile, overlap, tile_batch, channels_last)
             maps = maps.permute(1, 2, 0).numpy().astype(np.float32)
-            abu = maps[:, :, :model.num_endmembers]
+            abu, brightness = model.split_maps(maps, channel_axis=2)
+            brightness = None if brightness is None else brightness[:, :, 0]
             if kind == "rgb" and layout == "reference":
                 ground_truth = ground_truth[..., ::-1]  # cv2.imread's B, G, R, as the reference stores GT
             variables = {"Abu": abu, "GT": np.ascontiguousarray(ground_truth, dtype=np.float32)}
             if layout != "reference":
                 variables["class"] = class_name_of(path)
-            brightness = maps[:, :, model.num_endmembers] if maps.shape[2] > model.num_endmembers else None
             if brightness is not None:  # the per-pixel brightness factor (the cone head's sum): synthesis multiplies it
                 variables["Bright"] = brightness
             if save_reconstruction:
