@@ -125,6 +125,14 @@ def claim_table(flat: dict, result: dict, prefix: str, seeds: int) -> list[str]:
     return lines
 
 
+def set_summary(sets: dict) -> str:
+    """'aid-5 (5 maps), ...' from a sets step's record: only the sets (a map count each), not the step's
+    bookkeeping beside them (its seconds, the key of what it covered)."""
+    counts = {name: count for name, count in sets.items()
+              if isinstance(count, int) and not isinstance(count, bool) and name not in ("seconds", "key")}
+    return ", ".join(f"{name} ({count} maps)" for name, count in counts.items())
+
+
 def write_report(out: str, flat: dict, results: dict, budget) -> None:
     headline = os.path.join(out, "gain_vs_sources.png")
     headline_plot(headline, flat, results)
@@ -145,7 +153,7 @@ def write_report(out: str, flat: dict, results: dict, budget) -> None:
                   f"Stage 1 on the test files: PSNR {_f(flat.get(stage + '.psnr'))} dB (linear map "
                   f"{_f(flat.get(stage + '.linear_psnr'))} dB), mean largest abundance "
                   f"{_f(flat.get(stage + '.contrast.max_abundance_mean'), 3)}. Sets: "
-                  + ", ".join(f"{k} ({v} maps)" for k, v in result["sets"].items() if k != "seconds") + ".", ""]
+                  + set_summary(result["sets"]) + ".", ""]
         for task in sorted({t for t, _ in result["downstream"]}, key=list(TASK_LABELS).index):
             lines += [f"### {TASK_LABELS.get(task, task)}", "",
                       "| pre-training set | real only (dB) | with pre-training (dB) | PSNR gain (dB) | SAM change (deg) |",

@@ -129,6 +129,17 @@ def test_estimate_counts_every_training(tmp_path):
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 
+def test_wall_estimate_shares_compute_at_the_measured_efficiency_but_waits_for_the_ddpm_chain():
+    """Measured idle (2026-12-03): 73.4 min of compute took 38.2 min wall on two workers; a chain of serial
+    steps (stage 1 -> inference -> DDPM training -> sampling) bounds the wall time from below."""
+    plan_module = load_plan()
+    parts = {"stage 1": 240, "inference": 0, "DDPM training": 540, "DDPM sampling": 420, "total": 73.4 * 60}
+    assert plan_module.wall_estimate(parts, 2) / 60 == pytest.approx(38.2, abs=0.5)
+    assert plan_module.wall_estimate(parts, 1) == pytest.approx(73.4 * 60)
+    serial = dict(parts, **{"DDPM training": 3000})
+    assert plan_module.wall_estimate(serial, 2) == pytest.approx(240 + 3000 + 420)
+
+
 def test_paired_differences_subtract_the_controls_psnr_seed_by_seed(tmp_path):
     """Hand-made per-arm reports: inferred minus dirichlet per seed is (+0.3, +0.1, -0.1) -> mean 0.1,
     population std 0.163, 2 of 3 seeds ahead ('overlapping'); a control is never compared with itself."""
@@ -149,6 +160,15 @@ def test_paired_differences_subtract_the_controls_psnr_seed_by_seed(tmp_path):
     import study_report
     assert study_report.verdict(2, 3) == "overlapping" and study_report.verdict(3, 3) == "ahead"
     assert study_report.verdict(0, 3) == "behind"
+
+
+def test_report_lists_the_sets_and_not_the_steps_bookkeeping():
+    """A sets step's done.json carries its seconds and the key of what it covered beside the map counts;
+    the report of a large run once listed 'key (323eecb3721b6b7a maps)' among the sets."""
+    load_study()
+    import study_report
+    record = {"aid-5": 5, "mix3-500": 500, "seconds": 12.5, "key": "323eecb3721b6b7a"}
+    assert study_report.set_summary(record) == "aid-5 (5 maps), mix3-500 (500 maps)"
 
 
 def test_a_step_is_reused_only_for_the_same_key(tmp_path):
