@@ -195,3 +195,34 @@ def test_a_folder_whose_stage1_chose_its_epoch_on_the_test_crop_is_refused(tmp_p
     (tmp_path / "stage1_abu-airport" / "done.json").write_text('{"seconds": 140.2}')  # an earlier study's record
     with pytest.raises(study_module.UserError, match="stage1_abu-airport: made by an earlier study"):
         study_module.refuse_earlier_stage1(study, ["chikusei", "abu-airport"])
+
+
+def test_more_seeds_pool_the_studys_seeds_with_the_extra_ones(tmp_path):
+    """Seeds 0-1 in the study's folders, 2-3 in more_seeds/: real only 36 on every seed; structure
+    gains (1, -1, 1, -1), inferred gains (0, 0, 0, 0.4): inferred - structure = (-1, 1, -1, 1.4), mean 0.1,
+    sample std 1.28 -> standard error 0.64, 2 of 4 seeds ahead."""
+    import json
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import study_more_seeds_report as pool
+    gains = {"control_dirichlet": (0.0, 0.0, 0.0, 0.0), "control_structure": (1.0, -1.0, 1.0, -1.0),
+             "inferred_aid-50": (0.0, 0.0, 0.0, 0.4)}
+    for arm, values in gains.items():
+        for folder, seeds in ((tmp_path / f"downstream_chikusei_denoise_{arm}", (0, 1)),
+                              (tmp_path / "more_seeds" / f"{arm}_s2-3", (2, 3))):
+            folder.mkdir(parents=True)
+            report = {f"real_plus_synthetic.seed{s}.psnr": 36.0 + values[s] for s in seeds}
+            report.update({f"real_only.seed{s}.psnr": 36.0 for s in seeds})
+            (folder / "report.json").write_text(json.dumps(report))
+    result = pool.pooled(str(tmp_path))
+    assert result["real_only"]["n"] == 4 and result["control_structure"]["mean"] == pytest.approx(0.0)
+    pair = result["inferred_aid-50-control_structure"]
+    assert pair["mean"] == pytest.approx(0.1) and pair["n"] == 4 and pair["ahead"] == 2
+    assert pair["stderr"] == pytest.approx(np.std([-1, 1, -1, 1.4], ddof=1) / 2)
+    pool.write_report(str(tmp_path / "more_seeds"), result)
+    assert "| inferred_aid-50 - control_structure | 4 | +0.10" in (tmp_path / "more_seeds" / "report.md").read_text()
+    (tmp_path / "more_seeds" / "inferred_aid-50_s3-3").mkdir()
+    (tmp_path / "more_seeds" / "inferred_aid-50_s3-3" / "report.json").write_text(
+        json.dumps({"real_plus_synthetic.seed3.psnr": 36.0}))
+    with pytest.raises(SystemExit, match="seed 3"):
+        pool.pooled(str(tmp_path))
