@@ -4,7 +4,7 @@ With three seeds the arms' differences are inside the seed-to-seed spread; poole
 paired difference (same seed, same real data) gets a standard error std / sqrt(n) that can separate them.
 Writes <study>/more_seeds/report.md, report.json and seeds.png (every seed's gain per arm).
 
-    python experiments/study_more_seeds_report.py /work/study_run
+    python experiments/study_more_seeds_report.py STUDY_DIR      # the --out folder of experiments/study.py
 """
 import argparse
 import glob
