@@ -2,6 +2,7 @@
 
     python experiments/study.py --data ../shared/data [--budget small|default|large] [--out experiments/study]
                                 [--profile improved|faithful] [--stage1-method near_data] [--jobs 2] [--plan]
+    python experiments/study.py --out STUDY --more-seeds FIRST LAST [--jobs 2]   # more seeds of a finished study
 
 For every scene (Chikusei; with --budget large also the ABU airport scenes, another sensor) the study trains
 stage 1 on the scene's training files (`Unmixing.py train --method`), runs it over the RGB sources of --data
@@ -40,8 +41,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from study_plan import (BUDGETS, AbundanceSets, wall_estimate, OTHER_TILE, arm_names, check_sources, estimate_seconds, glob_maps,  # noqa: E402
-                        plan_sets, scene_tasks, shared_scenes, shared_sources)
+from study_plan import (BUDGETS, OTHER_TILE, UNIT_SECONDS, AbundanceSets,  # noqa: E402
+                        arm_names, check_sources, estimate_seconds, glob_maps, plan_sets, scene_tasks, shared_scenes,
+                        shared_sources, wall_estimate)
 from ubf.core.errors import UserError, cli_main  # noqa: E402
 
 DDPM_CONFIG = os.path.join("config", "cpu_DDPM_64.json")
@@ -54,12 +56,13 @@ NOISY_SIGMA, NOISY_COPIES = 0.02, 4
 # corner of the test crop late in fine-tuning (1 seed of 3; 37.6 dB at fine-tuning step 500, -14.1 dB at the
 # end, predictions down to -316) with small, steady gradients and weights; at 0.3 x it stayed smooth (docs/study.md)
 FINETUNE_LR_SCALE = 0.3
+BAND_COUNTS = {"chikusei": 59, "abu-airport": 205}  # the scenes' channels, for the estimate's step costs
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Does RGB-derived structure make synthetic HSIs more useful?")
-    parser.add_argument("--data", required=True, help="the data folder (../shared/data: paper/chikusei, hsi/abu, "
-                        "rgb/aid, rgb/rsscn7, rgb/remote, rgb/natural)")
+    parser.add_argument("--data", help="the data folder, needed except with --more-seeds (../shared/data: "
+                        "paper/chikusei, hsi/abu, rgb/aid, rgb/rsscn7, rgb/remote, rgb/natural)")
     parser.add_argument("--out", default=os.path.join("experiments", "study"),
                         help="output folder (default experiments/study); a rerun there reuses the finished steps")
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="default",
@@ -74,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=2, help="steps run at once, each a one-thread process (default 2, "
                         "one per core of a 2-core machine)")
     parser.add_argument("--plan", action="store_true", help="print the plan and the estimate, run nothing")
+    parser.add_argument("--more-seeds", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                        help="in the finished study at --out (same --budget), run seeds FIRST..LAST of the main "
+                             "scene's denoising arms with the study's settings (--jobs workers) and pool them "
+                             "with the study's seeds into <out>/more_seeds/report.md")
     return parser
 
 
@@ -255,6 +262,33 @@ def prepare_data(args, study: Study, budget) -> dict:
             "images": {names[p]: p for p in plan.images()}}
 
 
+def control_reference_set(budget, plan, wanted) -> str:
+    """The set the controls match: the DDPM's training set (the same in every budget, so a control step is
+    reused), else the largest set the scene has."""
+    return next((s for s in budget.ddpm_sets if s in plan.sets), max(wanted, key=lambda s: len(plan.sets[s])))
+
+
+def arm_source(kind: str, folder: str, ckpt: str) -> list[str]:
+    """Evaluate.py downstream's arguments naming an arm's synthetic data: abundance maps rendered with the
+    scene's stage-1 endmembers, or finished HSIs (the noisy-copies control)."""
+    return ["--abundances", folder, "--endmembers", ckpt] if kind == "abundances" else ["--synthetic", folder]
+
+
+def downstream_argv(budget, folders: dict, source: list[str], task: str, bands, seeds, out: str,
+                    reuse_real_only: str | None, args) -> list[str]:
+    """The one `Evaluate.py downstream` command line of an arm: the budget's steps, crop and evaluation, the
+    pre-train-then-fine-tune protocol and the stage settings of --device/--threads/--profile. The study's
+    arms and --more-seeds both build theirs here, so extra seeds run exactly the study's settings."""
+    return ["Evaluate.py", "downstream", "--real", folders["train"], "--real-test", folders["test"], *source,
+            "--task", task, "--model", "cnn" if task == "rgb2hsi" else "unet",
+            "--steps", str(budget.downstream_steps), "--pretrain-steps", str(budget.pretrain_steps),
+            "--crop", str(budget.crop), "--seeds", *map(str, seeds), "--protocol", "pretrain",
+            "--finetune-lr-scale", str(FINETUNE_LR_SCALE), "--rgb-bands", *map(str, bands), "--out", out,
+            "--overwrite", "--no-progress", *(["--eval-every", str(budget.eval_every)] if budget.eval_every else []),
+            *(["--reuse-real-only", reuse_real_only] if reuse_real_only else []),
+            "--device", args.device, "--threads", str(args.threads), "--profile", args.profile]
+
+
 def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, plan, jobs: "Jobs") -> dict:
     """Add the steps of one scene to `jobs` (stage 1, inference, sets, controls, DDPM, downstream arms) with
     what each needs first; returns where their results will be."""
@@ -285,7 +319,7 @@ def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, p
     # the sets this scene needs (the main scene: all), their images linked flat and inferred once
     wanted = [s for s in plan.sets if main or f"inferred_{s}" in budget.other_scene_arms]
     # the controls match the DDPM's training set (the same in every budget, so a control step is reused)
-    reference_set = next((s for s in budget.ddpm_sets if s in plan.sets), max(wanted, key=lambda s: len(plan.sets[s])))
+    reference_set = control_reference_set(budget, plan, wanted)
     if not main and f"inferred_{reference_set}" not in budget.other_scene_arms:
         wanted.append(reference_set)
     rgb_links = study.folder("data", f"rgb_{scene}")
@@ -353,16 +387,9 @@ def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, p
 
             def work(task=task, kind=kind, folder=folder, label=label, first=first):
                 report_dir = study.folder(label)
-                source = ["--abundances", folder, "--endmembers", ckpt] if kind == "abundances" else ["--synthetic", folder]
-                reuse = ["--reuse-real-only", os.path.join(study.folder(first), "report.json")] if first else []
-                run_cli(["Evaluate.py", "downstream", "--real", folders["train"], "--real-test", folders["test"],
-                         *source, "--task", task, "--model", "cnn" if task == "rgb2hsi" else "unet",
-                         "--steps", str(budget.downstream_steps), "--pretrain-steps", str(budget.pretrain_steps),
-                         "--crop", str(budget.crop), "--seeds", *map(str, budget.seeds), "--protocol", "pretrain",
-                         "--finetune-lr-scale", str(FINETUNE_LR_SCALE),
-                         "--rgb-bands", *bands, "--out", report_dir, "--overwrite", "--no-progress",
-                         *(["--eval-every", str(budget.eval_every)] if budget.eval_every else []),
-                         *reuse, *device, *threads, *profile], args.threads)
+                reuse = os.path.join(study.folder(first), "report.json") if first else None
+                run_cli(downstream_argv(budget, folders, arm_source(kind, folder, ckpt), task, bands, budget.seeds,
+                                        report_dir, reuse, args), args.threads)
                 report = load_json(os.path.join(report_dir, "report.json"))
                 return {k: v for k, v in report.items() if k.startswith(("real_only.", "real_plus_synthetic.", "delta."))
                         and k.endswith(("_mean", "_std"))}
@@ -504,16 +531,20 @@ def paired_differences(out: str, scene: str, prefix: str, downstream: dict, seed
     """`<prefix>.<task>.<arm>.vs_<control>.psnr_mean/_std`: per seed, the RGB-derived arm's test PSNR minus
     the control's (both fine-tuned from the same seed on the same real files), mean and std over seeds: the
     claim's test, tighter than comparing two gains whose real-only arm is shared."""
+    from study_more_seeds_report import seed_values  # the one reader of a report's per-seed scores
+
+    def scores(arm):
+        return seed_values(load_json(os.path.join(out, f"downstream_{scene}_{task}_{arm}", "report.json")),
+                           "real_plus_synthetic")
     flat = {}
     for task in sorted({t for t, _ in downstream}):
         arms = [a for t, a in downstream if t == task]
         controls = [a for a in arms if a.startswith("control_")]
         for arm in (a for a in arms if a.startswith(("inferred_", "ddpm_"))):
-            mine = load_json(os.path.join(out, f"downstream_{scene}_{task}_{arm}", "report.json"))
+            mine = scores(arm)
             for control in controls:
-                theirs = load_json(os.path.join(out, f"downstream_{scene}_{task}_{control}", "report.json"))
-                values = [mine[f"real_plus_synthetic.seed{s}.psnr"] - theirs[f"real_plus_synthetic.seed{s}.psnr"]
-                          for s in seeds]
+                theirs = scores(control)
+                values = [mine[s] - theirs[s] for s in seeds]
                 flat[f"{prefix}.{task}.{arm}.vs_{control}.psnr_mean"] = float(np.mean(values))
                 flat[f"{prefix}.{task}.{arm}.vs_{control}.psnr_std"] = float(np.std(values))
                 flat[f"{prefix}.{task}.{arm}.vs_{control}.seeds_ahead"] = int(sum(v > 0 for v in values))
@@ -536,8 +567,7 @@ def run_study(args) -> dict:
     data = study.step("data", lambda: prepare_data(args, study, budget),
                       key=f"aid {list(budget.aid_counts)} mix {budget.mix_count} scenes {list(budget.scenes)}")
     plan = AbundanceSets({name: members for name, members in data["sets"].items()})
-    band_counts = {"chikusei": 59, "abu-airport": 205}
-    estimate = estimate_seconds(budget, plan, data["scenes"], band_counts)
+    estimate = estimate_seconds(budget, plan, data["scenes"], BAND_COUNTS)
     print(f"[study] plan: scenes {', '.join(budget.scenes)}; sets "
           f"{', '.join(f'{n} ({len(m)})' for n, m in plan.sets.items())}; tasks {', '.join(budget.tasks)}; seeds "
           f"{list(budget.seeds)}; downstream {budget.pretrain_steps} + {budget.downstream_steps} steps per arm", flush=True)
@@ -568,9 +598,106 @@ def run_study(args) -> dict:
     return flat
 
 
+def more_seeds_chunks(first: int, last: int, jobs: int) -> list[list[int]]:
+    """Seeds first..last as up to `jobs` contiguous runs, one worker each (their folders are named by them)."""
+    if last < first:
+        raise UserError(f"--more-seeds {first} {last}: the last seed is before the first")
+    seeds = list(range(first, last + 1))
+    return [list(map(int, chunk)) for chunk in np.array_split(seeds, min(max(1, jobs), len(seeds)))]
+
+
+def run_more_seeds(args, first: int, last: int) -> dict:
+    """More seeds of the main scene's denoising arms in a finished study folder: the real-only arm, every
+    control and the inferred set the controls match, with the study's own downstream command line
+    (downstream_argv), each (arm, run of seeds) into `<out>/more_seeds/<arm>_s<a>-<b>`, then all seeds pooled
+    (study_more_seeds_report.py: gains and paired differences with standard errors). Resumable: a folder
+    with its report is kept; seeds another report of the arm already holds are refused, not run twice."""
+    import study_more_seeds_report as pool
+    budget = BUDGETS[args.budget]
+    out = os.path.abspath(args.out)
+    study = Study(out)
+    scene, task = budget.scenes[0], pool.TASK
+    data = study.finished("data")
+    if data is None or scene not in data.get("scenes", {}):
+        raise UserError(f"{study.folder('data')}: no finished study with scene {scene} here (run "
+                        f"experiments/study.py --out {args.out} --budget {budget.name} first)")
+    refuse_earlier_stage1(study, [scene])
+    plan = AbundanceSets(dict(data["sets"]))
+    reference_set = control_reference_set(budget, plan, list(plan.sets))
+    arms = {f"control_{c}": ("hsi" if c == "copies" else "abundances", study.folder(f"control_{c}_{scene}"),
+                             f"control_{c}_{scene}") for c in budget.controls}
+    arms[f"inferred_{reference_set}"] = ("abundances", study.folder(f"sets_{scene}", reference_set), f"sets_{scene}")
+    for made_by in [f"stage1_{scene}"] + [step for _, _, step in arms.values()]:
+        if study.finished(made_by) is None:
+            raise UserError(f"{study.folder(made_by)}: not finished; finish the study (--budget {budget.name}) first")
+    for arm in arms:  # the extra seeds pool with the study's own only when both ran the same training
+        own = study.folder(f"downstream_{scene}_{task}_{arm}", "report.json")
+        if not os.path.isfile(own):
+            raise UserError(f"{own}: not found; finish the study (--budget {budget.name}) first")
+        ran = load_json(own)
+        wanted = {"steps": budget.downstream_steps, "pretrain_steps": budget.pretrain_steps, "crop": budget.crop}
+        if any(ran.get(f"settings.{k}") != v for k, v in wanted.items()):
+            raise UserError(f"{own}: made with other downstream settings than --budget {budget.name}'s "
+                            f"({', '.join(f'{k} {v}' for k, v in wanted.items())}): pass the study's --budget")
+    info = data["scenes"][scene]
+    folders = {role: study.folder("data", scene, role) for role in ("train", "test")}
+    ckpt = os.path.join(study.folder(f"stage1_{scene}"), "checkpoint", "latest.pth")
+    chunks = more_seeds_chunks(first, last, args.jobs)
+    planned = {f"{arm}_s{c[0]}-{c[-1]}" for c in chunks for arm in arms}
+    for arm in arms:
+        for seed, where in pool.seed_owners(out, arm, scene).items():
+            label = os.path.basename(os.path.dirname(where))
+            if first <= seed <= last and label not in planned:
+                raise UserError(f"{where}: already holds seed {seed} of {arm}; ask for seeds it does not hold")
+    todo = [c for c in chunks for arm in arms if not os.path.isfile(study.folder("more_seeds", f"{arm}_s{c[0]}-{c[-1]}",
+                                                                                  "report.json"))]
+    # a worker's seconds per step (measured with two at once); other scenes scale by the bench's channel ratio
+    step = UNIT_SECONDS["more_seeds_step_59"] * (UNIT_SECONDS["downstream_step_205"] / UNIT_SECONDS["downstream_step_59"]
+                                                 if BAND_COUNTS.get(scene, 59) > 100 else 1.0)
+    compute = sum(len(c) * (budget.downstream_steps / len(arms) + budget.downstream_steps + budget.pretrain_steps)
+                  * step + UNIT_SECONDS["arm_overhead"] for c in todo)
+    print(f"[study] more seeds {first}-{last} of {scene} {task} ({args.profile} profile, budget {budget.name}): real "
+          f"only + {', '.join(arms)}; {len(chunks)} run(s) of seeds, {len(todo)} of {len(chunks) * len(arms)} arm "
+          f"runs to do, about {compute / len(chunks) / 60:.0f} min wall with {len(chunks)} worker(s) on idle cores; "
+          f"output {os.path.join(out, 'more_seeds')}", flush=True)
+    if args.plan:
+        return {"estimate": {"total": compute}}
+    jobs = Jobs(study, args.jobs)
+    for chunk in chunks:
+        tag, first_label = f"s{chunk[0]}-{chunk[-1]}", None
+        for arm, (kind, folder, _) in arms.items():
+            label = os.path.join("more_seeds", f"{arm}_{tag}")
+
+            def work(kind=kind, folder=folder, label=label, first_label=first_label, chunk=chunk):
+                report_dir = study.folder(label)
+                report_path = os.path.join(report_dir, "report.json")
+                if os.path.isfile(report_path) and \
+                        set(pool.seed_values(load_json(report_path), "real_plus_synthetic")) == set(chunk):
+                    return {"reused": report_path}  # written by an earlier run of these seeds
+                reuse = os.path.join(study.folder(first_label), "report.json") if first_label else None
+                run_cli(downstream_argv(budget, folders, arm_source(kind, folder, ckpt), task, info["bands"], chunk,
+                                        report_dir, reuse, args), args.threads)
+                return {"seeds": chunk}
+            jobs.add(label, work, [first_label] if first_label else [])
+            first_label = first_label or label
+    jobs.run()
+    result = pool.pooled(out, list(arms), scene)
+    folder = study.folder("more_seeds")
+    pool.write_report(folder, result)
+    pool.plot(os.path.join(folder, "seeds.png"), result)
+    print(f"[study] pooled seeds: {os.path.join(folder, 'report.md')}, report.json and seeds.png", flush=True)
+    return result
+
+
 @cli_main
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.more_seeds:
+        run_more_seeds(args, *args.more_seeds)
+        return
+    if args.data is None:
+        parser.error("--data is required (the data folder, e.g. ../shared/data)")
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: data folder not found")
     run_study(args)

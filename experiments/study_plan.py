@@ -75,6 +75,10 @@ UNIT_SECONDS = {
     "stage1": 240.0,               # one near-data stage-1 training (16 x 50 whole-file steps, greedy endmembers)
     "infer_image": 0.05,           # one 150 x 150 image through a per-pixel stage 1
     "arm_overhead": 10.0,          # loading a set, testing, writing a report
+    # what the study's denoising arms took per step in the run of --more-seeds 13 22 (2026-12-04, two
+    # workers at once, nothing else running): 5 seeds x 1200 steps per arm run in 6.2-6.3 min, the
+    # real-only arm's 5 x 800 in 4.1 min; lower than the bench figure above, which includes no eval cadence
+    "more_seeds_step_59": 0.063,
 }
 
 

@@ -254,6 +254,32 @@ def test_a_size_numpy_cannot_allocate_is_one_line(monkeypatch, capsys):
     assert line == "error: not enough memory (Unable to allocate 2.15 TiB for an array with shape (100000, 100000, 59))"
 
 
+def test_a_missing_dependency_is_one_line_naming_what_to_install(capsys):
+    """A fresh environment without requirements.txt: Pillow imports as PIL but installs as pillow."""
+    from ubf.core.errors import cli_main
+
+    @cli_main
+    def main():
+        import PIL_not_installed_here  # noqa: F401
+    line = one_line_error(capsys, main)
+    assert line.startswith("error: Python package 'PIL_not_installed_here' is not installed")
+
+    @cli_main
+    def needs_pillow():
+        raise ModuleNotFoundError("No module named 'PIL'", name="PIL")
+    assert "pip install pillow" in one_line_error(capsys, needs_pillow)
+
+
+def test_a_broken_import_inside_the_project_is_not_hidden():
+    from ubf.core.errors import cli_main
+
+    @cli_main
+    def main():
+        import ubf.no_such_module  # noqa: F401
+    with pytest.raises(ModuleNotFoundError):
+        main()
+
+
 def test_demo_overwrite_never_removes_through_a_link(tmp_path):
     from ubf.cli.demo import OWNED, prepare_output
     from ubf.core.errors import UserError

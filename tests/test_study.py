@@ -226,3 +226,132 @@ def test_more_seeds_pool_the_studys_seeds_with_the_extra_ones(tmp_path):
         json.dumps({"real_plus_synthetic.seed3.psnr": 36.0}))
     with pytest.raises(SystemExit, match="seed 3"):
         pool.pooled(str(tmp_path))
+
+
+def fake_study_folder(study_module, root):
+    """A finished default-budget study as far as --more-seeds reads it: the data record, stage 1 (this
+    version's key), the two controls and the sets step, and the study's own seeds 0-2 of each arm."""
+    import json
+    study = study_module.Study(str(root))
+    train, test = root / "block_118.mat", root / "block_282.mat"
+    study.step("data", lambda: {"scenes": {"chikusei": {"train": [str(train)], "test": [str(test)],
+                                                        "bands": [53, 33, 14]}},
+                                "sets": {"aid-50": ["aid__a.jpg"]}, "images": {"aid__a.jpg": str(root / "a.jpg")}})
+    study.step("stage1_chikusei", lambda: {}, key=study_module.STAGE1_KEY)
+    for step in ("control_dirichlet_chikusei", "control_structure_chikusei", "sets_chikusei"):
+        study.step(step, lambda: {})
+    for arm in ("control_dirichlet", "control_structure", "inferred_aid-50"):
+        folder = root / f"downstream_chikusei_denoise_{arm}"
+        folder.mkdir()
+        report = {f"real_plus_synthetic.seed{s}.psnr": 30.0 for s in (0, 1, 2)}
+        report.update({"settings.steps": 800, "settings.pretrain_steps": 400, "settings.crop": 48})
+        (folder / "report.json").write_text(json.dumps(report))
+    return study
+
+
+def recording_cli(calls):
+    """Stands in for run_cli: keeps the command line, writes the report Evaluate.py would (seed s scores
+    30 + s/10, real only 30) into its --out folder."""
+    import json
+
+    def run(argv, threads):
+        calls.append(list(argv))
+        out, seeds = argv[argv.index("--out") + 1], []
+        for value in argv[argv.index("--seeds") + 1:]:
+            if value.startswith("--"):
+                break
+            seeds.append(int(value))
+        os.makedirs(out, exist_ok=True)
+        report = {f"real_plus_synthetic.seed{s}.psnr": 30.0 + s / 10 for s in seeds}
+        report.update({f"real_only.seed{s}.psnr": 30.0 for s in seeds})
+        with open(os.path.join(out, "report.json"), "w") as handle:
+            json.dump(report, handle)
+    return run
+
+
+def option(argv, name, count=1):
+    at = argv.index(name)
+    return argv[at + 1:at + 1 + count]
+
+
+def test_more_seeds_run_the_studys_own_command_line_on_other_seeds(tmp_path, monkeypatch):
+    """`--more-seeds 3 6 --jobs 2` on a default study: two runs of seeds (3-4, 5-6), each the real-only
+    arm with the first control and the other two arms reusing it; every command line is the study's own
+    for that arm (the default budget's 400 + 800 steps at crop 48, fine-tuning at 0.3 x, evaluation every
+    100 steps, Chikusei's bands 53/33/14) but for its seeds, output folder and reused report; a second
+    run finds every folder done and runs nothing."""
+    study_module = load_study()
+    fake_study_folder(study_module, tmp_path)
+    calls = []
+    monkeypatch.setattr(study_module, "run_cli", recording_cli(calls))
+    args = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "6", "--jobs", "2"])
+    result = study_module.run_more_seeds(args, 3, 6)
+    assert len(calls) == 6
+    structure = [c for c in calls if "--abundances" in c and option(c, "--abundances")[0].endswith(
+        "control_structure_chikusei") and option(c, "--seeds", 2) == ["3", "4"]]
+    assert len(structure) == 1
+    line = structure[0]
+    assert option(line, "--pretrain-steps") == ["400"] and option(line, "--steps") == ["800"]
+    assert option(line, "--crop") == ["48"] and option(line, "--finetune-lr-scale") == ["0.3"]
+    assert option(line, "--eval-every") == ["100"] and option(line, "--rgb-bands", 3) == ["53", "33", "14"]
+    assert option(line, "--reuse-real-only")[0] == str(tmp_path / "more_seeds" / "control_dirichlet_s3-4" / "report.json")
+    assert option(line, "--out")[0] == str(tmp_path / "more_seeds" / "control_structure_s3-4")
+
+    # pooled: seeds 0-2 score 30 in the study's folders, seed s of the extra runs 30 + s/10 over real only 30
+    assert result["control_dirichlet"]["seeds"] == [3, 4, 5, 6]
+    assert result["inferred_aid-50-control_dirichlet"]["n"] == 7
+    assert result["control_structure"]["mean"] == pytest.approx(0.45)
+    assert (tmp_path / "more_seeds" / "seeds.png").stat().st_size > 0
+    calls.clear()  # a second run finds every folder done
+    study_module.run_more_seeds(args, 3, 6)
+    assert calls == []
+
+    # the study's own command line for the same arm, from the steps it would add
+    class Capture:
+        def __init__(self):
+            self.work = {}
+
+        def add(self, name, work, deps=(), key=None):
+            self.work[name] = work
+            return name
+    data = study_module.Study(str(tmp_path)).finished("data")
+    plan = study_module.AbundanceSets(dict(data["sets"]))
+    jobs = Capture()
+    study_module.scene_jobs(args, study_module.Study(str(tmp_path)), study_module.BUDGETS["default"], data,
+                            "chikusei", True, plan, jobs)
+    calls.clear()
+    jobs.work["downstream_chikusei_denoise_control_structure"]()  # (overwrites the fake study's report)
+    study_line = calls[0]
+    for name, count in (("--seeds", 3), ("--out", 1), ("--reuse-real-only", 1)):
+        at_mine, at_study = line.index(name), study_line.index(name)
+        line[at_mine + 1:at_mine + 1 + (2 if name == "--seeds" else 1)] = ["X"]
+        study_line[at_study + 1:at_study + 1 + count] = ["X"]
+    assert line == study_line
+
+
+def test_more_seeds_refuse_seeds_another_report_holds_and_a_missing_study(tmp_path, monkeypatch):
+    study_module = load_study()
+    args = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "2", "4"])
+    with pytest.raises(study_module.UserError, match="data: no finished study"):
+        study_module.run_more_seeds(args, 2, 4)
+    fake_study_folder(study_module, tmp_path)
+    calls = []
+    monkeypatch.setattr(study_module, "run_cli", recording_cli(calls))
+    with pytest.raises(study_module.UserError, match="downstream_chikusei_denoise_control_dirichlet/report.json: "
+                                                     "already holds seed 2"):
+        study_module.run_more_seeds(args, 2, 4)
+    with pytest.raises(study_module.UserError, match="the last seed is before the first"):
+        study_module.run_more_seeds(args, 5, 4)
+    small = study_module.build_parser().parse_args(["--out", str(tmp_path), "--budget", "small"])
+    with pytest.raises(study_module.UserError, match="control_copies_chikusei: not finished"):
+        study_module.run_more_seeds(small, 3, 4)  # the small budget's arms are not this study's
+    study_module.Study(str(tmp_path)).step("control_copies_chikusei", lambda: {})
+    (tmp_path / "downstream_chikusei_denoise_control_copies").mkdir()
+    (tmp_path / "downstream_chikusei_denoise_control_copies" / "report.json").write_text(
+        '{"settings.steps": 800, "settings.pretrain_steps": 400, "settings.crop": 48}')  # as the default budget's
+    with pytest.raises(study_module.UserError, match="control_copies/report.json: made with other downstream "
+                                                     "settings than --budget small's"):
+        study_module.run_more_seeds(small, 3, 4)
+    assert calls == []
+    assert study_module.more_seeds_chunks(3, 12, 2) == [[3, 4, 5, 6, 7], [8, 9, 10, 11, 12]]
+    assert study_module.more_seeds_chunks(3, 3, 2) == [[3]]

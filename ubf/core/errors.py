@@ -8,6 +8,9 @@ import functools
 import logging
 import sys
 
+# Import names whose pip distribution is named differently (the rest install under their import name).
+PIP_NAMES = {"PIL": "pillow", "skimage": "scikit-image", "yaml": "pyyaml"}
+
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
@@ -29,6 +32,14 @@ def cli_main(func):
             sys.exit(130)
         except MemoryError as err:  # numpy's "Unable to allocate 2.15 TiB ...": a size this machine cannot hold
             print(f"error: not enough memory ({str(err).splitlines()[0][:160] if str(err) else 'MemoryError'})",
+                  file=sys.stderr)
+            sys.exit(2)
+        except ModuleNotFoundError as err:  # a fresh environment without requirements.txt installed
+            missing = (err.name or "").split(".")[0]
+            if not missing or missing in ("ubf", "experiments", "bench", "tools"):
+                raise  # a broken import inside this project is a bug, not a setup step
+            print(f"error: Python package '{missing}' is not installed "
+                  f"(pip install {PIP_NAMES.get(missing, missing)}, or pip install -r requirements.txt)",
                   file=sys.stderr)
             sys.exit(2)
 
