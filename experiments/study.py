@@ -10,8 +10,9 @@ stage 1 on the scene's training files (`Unmixing.py train --method`), runs it ov
 abundance sets: the *tiles axis* (aid-5, aid-50, ... the first N of one seeded order of AID) and the *sources
 axis* (mix2/mix3-N: N maps from AID + RSSCN7, or all three, in equal shares; aid-N is the one-source point).
 A 64 x 64 DDPM (config/cpu_DDPM_64.json) learns one set and its samples are one more arm. The controls separate
-"structure" from "RGB-derived structure": per-pixel Dirichlet mixtures (no structure) and dead-leaves maps
-whose shares, sharpness and blob size match the inferred maps (structure no RGB image gave); Gaussian-field
+"structure" from "RGB-derived structure": per-pixel Dirichlet mixtures (no structure), the inferred maps
+with their pixels shuffled (their very values, no arrangement), and dead-leaves maps whose shares, sharpness
+and blob size match the inferred maps (structure no RGB image gave); Gaussian-field
 maps and noisy copies of the real training files are budget options. Each arm pre-trains a downstream UNet
 (receptive field >= 32 px) on HSIs rendered on the fly from its maps and the scene's endmembers, then
 fine-tunes on the real training files (`Evaluate.py downstream --protocol pretrain --real-test`); tasks: x4
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in the finished study at --out (same --budget), run seeds FIRST..LAST of the main "
                              "scene's denoising arms with the study's settings (--jobs workers) and pool them "
                              "with the study's seeds into <out>/more_seeds/report.md")
+    parser.add_argument("--adam-eps", type=float, default=None, metavar="EPS",
+                        help="with --more-seeds: train every arm with Adam's epsilon EPS (Evaluate.py downstream "
+                             "--adam-eps) into <out>/more_seeds_adam-eps-EPS/, pooled on their own (the study's "
+                             "seeds ran with torch's 1e-8)")
     return parser
 
 
@@ -197,6 +202,27 @@ def write_dirichlet_abundances(folder: str, count: int, size: int, k: int, seed:
         write_mat(os.path.join(folder, f"dirichlet_{i:04d}.mat"), variables)
 
 
+def write_shuffled_abundances(reference: str, folder: str, seed: int) -> dict:
+    """Every map of the reference set with its pixels moved to random places (one permutation per map,
+    abundances and brightness together): each map keeps exactly its own pixels, and only their spatial
+    arrangement, the structure the RGB image gave, is gone. Against the inferred set itself this control
+    measures what that arrangement is worth downstream."""
+    from ubf.data.matio import write_mat
+    from ubf.evaluation.structure_controls import read_abundance_maps
+    maps, brightness = read_abundance_maps(reference)
+    rng = np.random.default_rng([seed, 29])
+    os.makedirs(folder, exist_ok=True)
+    for i, abundance in enumerate(maps):
+        h, w, k = abundance.shape
+        order = rng.permutation(h * w)
+        shuffled = abundance.reshape(h * w, k)[order].reshape(h, w, k)
+        variables = {"Abu": shuffled, "SR": shuffled * 2 - 1}
+        if brightness is not None:
+            variables["Bright"] = brightness[i].reshape(h * w)[order].reshape(h, w)
+        write_mat(os.path.join(folder, f"shuffled_{i:04d}.mat"), variables)
+    return {"count": len(maps), "brightness": brightness is not None}
+
+
 def write_noisy_copies(train_files, folder: str, sigma: float, copies: int, seed: int) -> None:
     """Min-max normalised real training files plus Gaussian noise, `copies` per file, as synthetic HSIs."""
     from ubf.data.matio import read_hsi, write_mat
@@ -286,7 +312,8 @@ def downstream_argv(budget, folders: dict, source: list[str], task: str, bands, 
             "--finetune-lr-scale", str(FINETUNE_LR_SCALE), "--rgb-bands", *map(str, bands), "--out", out,
             "--overwrite", "--no-progress", *(["--eval-every", str(budget.eval_every)] if budget.eval_every else []),
             *(["--reuse-real-only", reuse_real_only] if reuse_real_only else []),
-            "--device", args.device, "--threads", str(args.threads), "--profile", args.profile]
+            "--device", args.device, "--threads", str(args.threads), "--profile", args.profile,
+            *(["--adam-eps", f"{args.adam_eps:g}"] if getattr(args, "adam_eps", None) is not None else [])]
 
 
 def scene_jobs(args, study: Study, budget, data: dict, scene: str, main: bool, plan, jobs: "Jobs") -> dict:
@@ -441,13 +468,16 @@ CONTROL_KINDS = {"structure": "dead_leaves", "gaussian": "gaussian_field"}  # st
 
 
 def write_control(kind: str, reference: str, folder: str, count: int, seed: int) -> dict:
-    """Abundance maps of a control: per-pixel Dirichlet (no structure), or dead-leaves ("structure") /
+    """Abundance maps of a control: per-pixel Dirichlet (no structure), the reference's maps with their pixels
+    shuffled ("shuffled": its values, no arrangement), or dead-leaves ("structure") /
     Gaussian-field maps with the statistics of the reference set's maps (ubf/evaluation/structure_controls.py),
     at the reference's size, with a matched brightness where the reference has one."""
     from ubf.evaluation.structure_controls import read_abundance_maps, write_control_set
     reference_maps, brightness = read_abundance_maps(reference)
     size = int(np.median([m.shape[0] for m in reference_maps]))
     k = reference_maps[0].shape[2]
+    if kind == "shuffled":  # the reference's own maps, every one (count does not apply)
+        return {"size": size, **write_shuffled_abundances(reference, folder, seed)}
     if kind == "dirichlet":
         pool = None if brightness is None else np.concatenate([b.ravel() for b in brightness])
         write_dirichlet_abundances(folder, count, size, k, seed, brightness_pool=pool)
@@ -611,10 +641,13 @@ def run_more_seeds(args, first: int, last: int) -> dict:
     control and the inferred set the controls match, with the study's own downstream command line
     (downstream_argv), each (arm, run of seeds) into `<out>/more_seeds/<arm>_s<a>-<b>`, then all seeds pooled
     (study_more_seeds_report.py: gains and paired differences with standard errors). Resumable: a folder
-    with its report is kept; seeds another report of the arm already holds are refused, not run twice."""
+    with its report is kept; seeds another report of the arm already holds are refused, not run twice.
+    With `args.adam_eps` every arm trains with that Adam epsilon into `<out>/more_seeds_adam-eps-<EPS>/`,
+    pooled only with each other: any seed may run there, the study's own included."""
     import study_more_seeds_report as pool
     budget = BUDGETS[args.budget]
     out = os.path.abspath(args.out)
+    more = pool.variant_folder(args.adam_eps)
     study = Study(out)
     scene, task = budget.scenes[0], pool.TASK
     data = study.finished("data")
@@ -645,11 +678,11 @@ def run_more_seeds(args, first: int, last: int) -> dict:
     chunks = more_seeds_chunks(first, last, args.jobs)
     planned = {f"{arm}_s{c[0]}-{c[-1]}" for c in chunks for arm in arms}
     for arm in arms:
-        for seed, where in pool.seed_owners(out, arm, scene).items():
+        for seed, where in pool.seed_owners(out, arm, scene, more).items():
             label = os.path.basename(os.path.dirname(where))
             if first <= seed <= last and label not in planned:
                 raise UserError(f"{where}: already holds seed {seed} of {arm}; ask for seeds it does not hold")
-    todo = [c for c in chunks for arm in arms if not os.path.isfile(study.folder("more_seeds", f"{arm}_s{c[0]}-{c[-1]}",
+    todo = [c for c in chunks for arm in arms if not os.path.isfile(study.folder(more, f"{arm}_s{c[0]}-{c[-1]}",
                                                                                   "report.json"))]
     # a worker's seconds per step (measured with two at once); other scenes scale by the bench's channel ratio
     step = UNIT_SECONDS["more_seeds_step_59"] * (UNIT_SECONDS["downstream_step_205"] / UNIT_SECONDS["downstream_step_59"]
@@ -659,14 +692,14 @@ def run_more_seeds(args, first: int, last: int) -> dict:
     print(f"[study] more seeds {first}-{last} of {scene} {task} ({args.profile} profile, budget {budget.name}): real "
           f"only + {', '.join(arms)}; {len(chunks)} run(s) of seeds, {len(todo)} of {len(chunks) * len(arms)} arm "
           f"runs to do, about {compute / len(chunks) / 60:.0f} min wall with {len(chunks)} worker(s) on idle cores; "
-          f"output {os.path.join(out, 'more_seeds')}", flush=True)
+          f"output {os.path.join(out, more)}", flush=True)
     if args.plan:
         return {"estimate": {"total": compute}}
     jobs = Jobs(study, args.jobs)
     for chunk in chunks:
         tag, first_label = f"s{chunk[0]}-{chunk[-1]}", None
         for arm, (kind, folder, _) in arms.items():
-            label = os.path.join("more_seeds", f"{arm}_{tag}")
+            label = os.path.join(more, f"{arm}_{tag}")
 
             def work(kind=kind, folder=folder, label=label, first_label=first_label, chunk=chunk):
                 report_dir = study.folder(label)
@@ -681,8 +714,8 @@ def run_more_seeds(args, first: int, last: int) -> dict:
             jobs.add(label, work, [first_label] if first_label else [])
             first_label = first_label or label
     jobs.run()
-    result = pool.pooled(out, list(arms), scene)
-    folder = study.folder("more_seeds")
+    result = pool.pooled(out, list(arms), scene, more)
+    folder = study.folder(more)
     pool.write_report(folder, result)
     pool.plot(os.path.join(folder, "seeds.png"), result)
     print(f"[study] pooled seeds: {os.path.join(folder, 'report.md')}, report.json and seeds.png", flush=True)
@@ -693,6 +726,10 @@ def run_more_seeds(args, first: int, last: int) -> dict:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.adam_eps is not None and not args.more_seeds:
+        raise UserError("--adam-eps is an option of --more-seeds (the study's own arms run with torch's default)")
+    if args.adam_eps is not None and not args.adam_eps > 0:
+        raise UserError(f"--adam-eps {args.adam_eps}: expected a positive number")
     if args.more_seeds:
         run_more_seeds(args, *args.more_seeds)
         return

@@ -32,7 +32,8 @@ from ubf.core.fs import atomic_output  # noqa: E402
 LABELS = {"scene": "the scene's own maps (stage 1 on its real HSI)",
           "control_dirichlet": "Dirichlet mixtures (no structure)",
           "control_structure": "dead-leaves maps (structure no RGB gave)",
-          "control_gaussian": "Gaussian-field maps"}
+          "control_gaussian": "Gaussian-field maps",
+          "control_shuffled": "the inferred maps, pixels shuffled"}
 
 
 def label(name: str) -> str:
@@ -83,7 +84,17 @@ def gains(study: str, arms, scene: str) -> dict:
     if not with_reports:
         return {}
     result = pool.pooled(study, with_reports, scene)
-    return {arm: {k: result[arm][k] for k in ("mean", "std", "stderr", "n")} for arm in with_reports}
+    return {arm: {k: result[arm][k] for k in ("mean", "std", "stderr", "n", "median", "failed_seeds")}
+            for arm in with_reports}
+
+
+def gain_cell(gain: dict | None) -> str:
+    """Mean +/- SE (seeds) and the median; failed runs (`study_more_seeds_report.failed_runs`) named."""
+    if not gain:
+        return "-"
+    failed = gain.get("failed_seeds") or []
+    return (f"{gain['mean']:+.2f} +/- {gain['stderr']:.2f} ({gain['n']}); median {gain['median']:+.2f}"
+            + (f"; failed: seed {', '.join(map(str, failed))}" if failed else ""))
 
 
 def format_report(result: dict) -> str:
@@ -95,7 +106,7 @@ def format_report(result: dict) -> str:
              f"(how far the reference's second half is, another region of the same scene): abundance energy {floor['abundance_energy']:.4f}"
              + (f", brightness Wasserstein {floor['brightness_wasserstein']:.4f}" if bright else "") + ".", "",
              "| source | maps | mean largest abundance | correlation length (px) | brightness mean +/- std "
-             "| abundance energy distance | brightness Wasserstein | denoising gain (dB, mean +/- SE, seeds) |",
+             "| abundance energy distance | brightness Wasserstein | denoising gain (dB, mean +/- SE (seeds); median) |",
              "|---|---|---|---|---|---|---|---|"]
     for name in ["reference"] + result["sets"]:
         row = result[name]
@@ -105,7 +116,7 @@ def format_report(result: dict) -> str:
                  f"{row['bright_mean']:.3f} +/- {row['bright_std']:.3f}" if "bright_mean" in row else "-",
                  "-" if name == "reference" else f"{row['abundance_energy']:.4f}",
                  f"{row['brightness_wasserstein']:.4f}" if "brightness_wasserstein" in row else "-",
-                 f"{gain['mean']:+.2f} +/- {gain['stderr']:.2f} ({gain['n']})" if gain else "-"]
+                 gain_cell(gain)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

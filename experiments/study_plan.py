@@ -39,7 +39,7 @@ class Budget:
     pretrain_steps: int                      # on the synthetic set first
     seeds: tuple[int, ...]
     crop: int = 64
-    controls: tuple[str, ...] = ("copies", "dirichlet", "structure")
+    controls: tuple[str, ...] = ("copies", "dirichlet", "structure", "shuffled")
     other_scene_arms: tuple[str, ...] = ()   # arms of the other scenes (the main scene gets every arm)
     other_scene_tasks: tuple[str, ...] = ()
     rgb2hsi_arms: tuple[str, ...] = ()       # the RGB-to-HSI task (kept as it was) gets these arms only
@@ -55,9 +55,10 @@ BUDGETS = {
     "small": Budget("small", ("chikusei",), ("denoise", "sr4"), (5,), None, ("aid-5",), 200, 8, 30, 30, (0, 1),
                     crop=32, control_maps=8, eval_every=10),
     "default": Budget("default", ("chikusei",), ("denoise", "sr4"), (50,), None, ("aid-50",), 3000, 64, 800, 400,
-                      (0, 1, 2), crop=48, controls=("dirichlet", "structure"), control_maps=64, eval_every=100),
+                      (0, 1, 2), crop=48, controls=("dirichlet", "structure", "shuffled"), control_maps=64,
+                      eval_every=100),
     "large": Budget("large", ("chikusei", "abu-airport"), ("denoise", "sr4"), (5, 50, 500, 1500), 500,
-                    ("aid-50",), 3000, 64, 800, 400, (0, 1, 2), crop=48, controls=("dirichlet", "structure"),
+                    ("aid-50",), 3000, 64, 800, 400, (0, 1, 2), crop=48, controls=("dirichlet", "structure", "shuffled"),
                     control_maps=64, eval_every=100, sweep_tasks=("denoise",),
                     other_scene_arms=("control_dirichlet", "control_structure", "inferred_mix3-500"),
                     other_scene_tasks=("denoise",)),

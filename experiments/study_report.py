@@ -7,9 +7,11 @@ import numpy as np
 CONTROL_LABELS = {"control_copies": "noisy copies of the real training files",
                   "control_dirichlet": "Dirichlet mixtures (no structure)",
                   "control_structure": "dead-leaves maps (structure no RGB gave)",
-                  "control_gaussian": "Gaussian-field maps (smooth structure no RGB gave)"}
+                  "control_gaussian": "Gaussian-field maps (smooth structure no RGB gave)",
+                  "control_shuffled": "the inferred maps, pixels shuffled (their values, no arrangement)"}
 CONTROL_STYLES = {"control_copies": ("grey", ":"), "control_dirichlet": ("tab:red", "--"),
-                  "control_structure": ("tab:purple", "-."), "control_gaussian": ("tab:brown", "--")}
+                  "control_structure": ("tab:purple", "-."), "control_gaussian": ("tab:brown", "--"),
+                  "control_shuffled": ("tab:olive", ":")}
 TASK_LABELS = {"sr4": "x4 super-resolution", "denoise": "denoising", "rgb2hsi": "RGB-to-HSI"}
 
 

@@ -159,6 +159,10 @@ def test_real_only_arm_is_reused_only_when_it_would_be_the_same(tmp_path):
     assert Evaluate.main(["downstream", "--synthetic", str(syn_b), "--out", str(tmp_path / "other"), "--steps", "4",
                           *common, "--reuse-real-only", str(tmp_path / "first" / "report.json")]) == 0
     assert "real_only_from" not in json.load(open(tmp_path / "other" / "report.json"))
+    assert run(syn_b, "other_eps", "--adam-eps", "1e-5", "--reuse-real-only", str(tmp_path / "first" / "report.json"))
+    other_eps = json.load(open(tmp_path / "other_eps" / "report.json"))
+    assert "real_only_from" not in other_eps and other_eps["settings.adam_eps"] == 1e-5
+    assert other_eps["real_only.seed0.psnr"] != first["real_only.seed0.psnr"]  # another optimiser, another model
 
 
 def test_real_test_folder_tests_on_another_scene_and_trains_on_every_real_file(tmp_path, capsys):
@@ -191,12 +195,13 @@ def test_fine_tuning_learning_rate_scale_and_gradient_clipping(monkeypatch):
     phase and a real-only arm at lr); grad_clip: every step clips the gradient's norm to the given value."""
     import torch
     from ubf.evaluation import downstream
-    started, clipped = [], []
+    started, clipped, epsilons = [], [], []
 
     class RecordingAdam(torch.optim.Adam):
-        def __init__(self, params, lr):
+        def __init__(self, params, lr, eps):
             started.append(lr)
-            super().__init__(params, lr=lr)
+            epsilons.append(eps)
+            super().__init__(params, lr=lr, eps=eps)
 
     real_clip = torch.nn.utils.clip_grad_norm_
 
@@ -212,3 +217,7 @@ def test_fine_tuning_learning_rate_scale_and_gradient_clipping(monkeypatch):
     downstream.train_arm(pairs[:1], pairs[1:], settings, 0, torch.device("cpu"), False)
     downstream.train_arm(pairs[:1], None, settings, 0, torch.device("cpu"), False)
     assert started == pytest.approx([1e-3, 3e-4, 1e-3]) and clipped == [0.5] * (2 + 3 + 3)
+    assert epsilons == [1e-8] * 3  # torch's default unless asked
+    settings.adam_eps = 1e-5
+    downstream.train_arm(pairs[:1], None, settings, 0, torch.device("cpu"), False)
+    assert epsilons[-1] == 1e-5

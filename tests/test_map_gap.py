@@ -116,7 +116,7 @@ def test_the_study_script_compares_every_map_source_with_the_scenes_maps_and_poo
     assert report["gains"]["inferred_aid-50"]["mean"] == pytest.approx(-0.25)  # (30.5 - 31 + 31 - 31) / 2
     assert report["gains"]["control_structure"]["mean"] == pytest.approx(0.5)
     text = (root / "map_gap_chikusei" / "report.md").read_text()
-    assert "maps inferred from RGB, aid-50" in text and "-0.25 +/- 0.25 (2)" in text
+    assert "maps inferred from RGB, aid-50" in text and "-0.25 +/- 0.25 (2); median -0.25" in text
     assert (root / "map_gap_chikusei" / "map_gap.png").read_bytes()[:4] == b"\x89PNG"
     study_map_gap.main([str(root), "--pixels", "800"])  # the scene's maps are there: not inferred again
     assert len(calls) == 1

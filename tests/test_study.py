@@ -104,6 +104,34 @@ def test_large_budget_reuses_every_step_of_the_default_one():
     assert set(default.ddpm_sets) <= set(large.ddpm_sets) and set(default.tasks) <= set(large.tasks)
 
 
+def test_the_shuffled_control_keeps_every_pixel_of_each_map_and_loses_its_arrangement(tmp_path):
+    """Two smooth 40 x 48 maps (neighbouring pixels correlate > 0.9) with a brightness: each shuffled map
+    holds exactly its source's (abundance, brightness) pixels, still paired, but neighbours no longer
+    correlate (|r| < 0.1); every source map is used once, whatever count the budget asks for."""
+    from scipy.ndimage import gaussian_filter
+    from ubf.data.matio import read_mat, write_mat
+    study_module = load_study()
+    rng = np.random.default_rng(0)
+    source = tmp_path / "inferred"
+    for i in range(2):
+        logits = np.stack([gaussian_filter(rng.normal(size=(40, 48)), 4) * 30 for _ in range(4)], axis=2)
+        abundance = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+        write_mat(str(source / f"m{i}.mat"), {"Abu": abundance.astype(np.float32),
+                                               "Bright": (0.8 + 0.1 * logits[..., 0]).astype(np.float32)})
+    record = study_module.write_control("shuffled", str(source), str(tmp_path / "shuffled"), 64, 0)
+    assert record["count"] == 2 and record["brightness"]
+
+    def neighbour_correlation(channel):
+        return np.corrcoef(channel[:, :-1].ravel(), channel[:, 1:].ravel())[0, 1]
+    for i in range(2):
+        before = read_mat(str(source / f"m{i}.mat"), ["Abu", "Bright"])
+        after = read_mat(str(tmp_path / "shuffled" / f"shuffled_{i:04d}.mat"), ["Abu", "Bright"])
+        rows = lambda d: np.column_stack([d["Abu"].reshape(-1, 4), d["Bright"].reshape(-1, 1)])
+        assert np.array_equal(np.unique(rows(before), axis=0), np.unique(rows(after), axis=0))
+        assert neighbour_correlation(before["Abu"][..., 0]) > 0.9
+        assert abs(neighbour_correlation(after["Abu"][..., 0])) < 0.1
+
+
 def test_other_images_are_cut_into_whole_tiles(tmp_path):
     from PIL import Image
     study = load_study()
@@ -121,7 +149,7 @@ def test_estimate_counts_every_training(tmp_path):
     plan = plan_module.AbundanceSets({"aid-50": [f"{i}" for i in range(50)]})
     parts = plan_module.estimate_seconds(budget, plan, {}, {})
     arms = plan_module.arm_names(budget, plan, True, "denoise")
-    assert arms == ["control_dirichlet", "control_structure", "inferred_aid-50", "ddpm_aid-50"]
+    assert arms == ["control_dirichlet", "control_structure", "control_shuffled", "inferred_aid-50", "ddpm_aid-50"]
     u = plan_module.UNIT_SECONDS
     per_task = u["downstream_step_59"] * len(budget.seeds) * (budget.downstream_steps + len(arms) * (
         budget.downstream_steps + budget.pretrain_steps)) + u["arm_overhead"] * (len(arms) + 1)
@@ -228,6 +256,53 @@ def test_more_seeds_pool_the_studys_seeds_with_the_extra_ones(tmp_path):
         pool.pooled(str(tmp_path))
 
 
+def test_more_seeds_pool_sets_a_run_below_the_tasks_input_apart(tmp_path):
+    """The noisy input scores 20 dB; inferred seed 3 ends at 10 dB (worse than handing the input back):
+    it is named as failed, the mean keeps it (gain -26 among 0, 0, 0.4 -> -6.4), the median is 0.0 and
+    the mean without it 0.4 / 3; the structure-control run of seed 3 at 35 dB is no failure, so the
+    paired row leaves seed 3 out for inferred - structure and keeps all four for structure - Dirichlet."""
+    import json
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import study_more_seeds_report as pool
+    scores = {"control_dirichlet": (36.0, 36.0, 36.0, 36.0), "control_structure": (37.0, 35.0, 37.0, 35.0),
+              "inferred_aid-50": (36.0, 36.4, 36.0, 10.0)}
+    for arm, values in scores.items():
+        folder = tmp_path / f"downstream_chikusei_denoise_{arm}"
+        folder.mkdir(parents=True)
+        report = {f"real_plus_synthetic.seed{s}.psnr": values[s] for s in range(4)}
+        report.update({f"real_only.seed{s}.psnr": 36.0 for s in range(4)}, **{"input.psnr": 20.0})
+        report.update({f"curve.real_only.seed{s}": [[0, 17.0], [2, 30.0], [4, 36.0]] for s in range(4)})
+        report.update({f"curve.real_plus_synthetic.seed{s}": [[0, 17.0], [2, 30.0], [4, 28.0], [6, values[s]]]
+                       for s in range(4)})  # a 2 dB dip on every seed: under DIP_DB
+        if arm == "inferred_aid-50":  # seed 2 falls 5 dB, then recovers; seed 3 falls 20 dB and stays there
+            report["curve.real_plus_synthetic.seed2"] = [[0, 17.0], [2, 30.0], [4, 25.0], [6, 36.0]]
+        (folder / "report.json").write_text(json.dumps(report))
+    result = pool.pooled(str(tmp_path))
+    assert result["inferred_aid-50"]["unstable_seeds"] == [2, 3] and result["inferred_aid-50"]["curves"] == 4
+    assert result["control_structure"]["unstable_seeds"] == [] and result["real_only"]["unstable_seeds"] == []
+    inferred = result["inferred_aid-50"]
+    assert inferred["failed_seeds"] == [3] and inferred["mean"] == pytest.approx(-6.4)
+    assert inferred["median"] == pytest.approx(0.0) and inferred["without_failed"]["mean"] == pytest.approx(0.4 / 3)
+    assert inferred["without_failed"]["n"] == 3 and result["control_structure"]["failed_seeds"] == []
+    assert result["inferred_aid-50-control_structure"]["without_failed"]["n"] == 3
+    assert result["control_structure-control_dirichlet"]["without_failed"]["n"] == 4
+    assert result["real_only"]["failed_seeds"] == [] and result["input_psnr"] == 20.0
+    folder = tmp_path / "more_seeds"
+    folder.mkdir()
+    pool.write_report(str(folder), result)
+    text = (folder / "report.md").read_text()
+    assert "| HSIs from the inferred maps, aid-50 | 4 | -6.40" in text and "| seed 3 | +0.13 +/- " in text
+    assert "aid-50 2 of 4 (seed 2, 3)" in text and "real only 0 of 4" in text
+    pool.plot(str(folder / "seeds.png"), result)  # the failed run is drawn on the axis' bottom edge
+    assert (folder / "seeds.png").stat().st_size > 0
+    other = tmp_path / "more_seeds" / "inferred_aid-50_s4-4"
+    other.mkdir()
+    (other / "report.json").write_text(json.dumps({"real_plus_synthetic.seed4.psnr": 36.0, "input.psnr": 25.0}))
+    with pytest.raises(SystemExit, match="other test data"):
+        pool.pooled(str(tmp_path))
+
+
 def fake_study_folder(study_module, root):
     """A finished default-budget study as far as --more-seeds reads it: the data record, stage 1 (this
     version's key), the two controls and the sets step, and the study's own seeds 0-2 of each arm."""
@@ -238,9 +313,10 @@ def fake_study_folder(study_module, root):
                                                         "bands": [53, 33, 14]}},
                                 "sets": {"aid-50": ["aid__a.jpg"]}, "images": {"aid__a.jpg": str(root / "a.jpg")}})
     study.step("stage1_chikusei", lambda: {}, key=study_module.STAGE1_KEY)
-    for step in ("control_dirichlet_chikusei", "control_structure_chikusei", "sets_chikusei"):
+    for step in ("control_dirichlet_chikusei", "control_structure_chikusei", "control_shuffled_chikusei",
+                 "sets_chikusei"):
         study.step(step, lambda: {})
-    for arm in ("control_dirichlet", "control_structure", "inferred_aid-50"):
+    for arm in ("control_dirichlet", "control_structure", "control_shuffled", "inferred_aid-50"):
         folder = root / f"downstream_chikusei_denoise_{arm}"
         folder.mkdir()
         report = {f"real_plus_synthetic.seed{s}.psnr": 30.0 for s in (0, 1, 2)}
@@ -286,7 +362,7 @@ def test_more_seeds_run_the_studys_own_command_line_on_other_seeds(tmp_path, mon
     monkeypatch.setattr(study_module, "run_cli", recording_cli(calls))
     args = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "6", "--jobs", "2"])
     result = study_module.run_more_seeds(args, 3, 6)
-    assert len(calls) == 6
+    assert len(calls) == 8  # 2 runs of seeds x (three controls + the inferred set)
     structure = [c for c in calls if "--abundances" in c and option(c, "--abundances")[0].endswith(
         "control_structure_chikusei") and option(c, "--seeds", 2) == ["3", "4"]]
     assert len(structure) == 1
@@ -327,6 +403,27 @@ def test_more_seeds_run_the_studys_own_command_line_on_other_seeds(tmp_path, mon
         line[at_mine + 1:at_mine + 1 + (2 if name == "--seeds" else 1)] = ["X"]
         study_line[at_study + 1:at_study + 1 + count] = ["X"]
     assert line == study_line
+
+
+def test_more_seeds_with_another_adam_epsilon_pool_apart_from_the_studys_seeds(tmp_path, monkeypatch, capsys):
+    """`--more-seeds 0 1 --adam-eps 1e-5`: the study's own seeds 0-2 ran with torch's epsilon, so seeds 0-1
+    run again (not refused) with --adam-eps on every command line, into more_seeds_adam-eps-1e-05/, and
+    pool on their own (2 seeds, not 5); --adam-eps without --more-seeds is refused in one line."""
+    study_module = load_study()
+    fake_study_folder(study_module, tmp_path)
+    calls = []
+    monkeypatch.setattr(study_module, "run_cli", recording_cli(calls))
+    args = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "0", "1", "--jobs", "1",
+                                                   "--adam-eps", "1e-5"])
+    result = study_module.run_more_seeds(args, 0, 1)
+    assert len(calls) == 4 and all(option(c, "--adam-eps") == ["1e-05"] for c in calls)
+    assert all(option(c, "--out")[0].startswith(str(tmp_path / "more_seeds_adam-eps-1e-05")) for c in calls)
+    assert result["control_structure"]["n"] == 2 and result["control_structure"]["mean"] == pytest.approx(0.05)
+    report = (tmp_path / "more_seeds_adam-eps-1e-05" / "report.md").read_text()
+    assert report.startswith("# Chikusei denoising (adam-eps-1e-05)") and not (tmp_path / "more_seeds").exists()
+    with pytest.raises(SystemExit) as stop:
+        study_module.main(["--out", str(tmp_path), "--adam-eps", "1e-5"])
+    assert stop.value.code == 2 and "--adam-eps is an option of --more-seeds" in capsys.readouterr().err
 
 
 def test_more_seeds_refuse_seeds_another_report_holds_and_a_missing_study(tmp_path, monkeypatch):

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="learning rate (default: 2e-3 for cnn and pixel, 1e-3 for unet)")
     down.add_argument("--grad-clip", type=flag(FLOAT_POSITIVE), default=None, metavar="NORM",
                       help="clip the gradient's global norm to NORM every step (default: no clipping)")
+    down.add_argument("--adam-eps", type=flag(FLOAT_POSITIVE), default=1e-8, metavar="EPS",
+                      help="Adam's epsilon (default 1e-8, torch's); 1e-5 kept the study's fine-tuning from blowing up "
+                           "on the test image (docs/evaluation.md)")
     down.add_argument("--finetune-lr-scale", type=flag(FLOAT_POSITIVE), default=1.0, metavar="X",
                       help="--protocol pretrain: fine-tune on the real files at the learning rate x X (default 1)")
     down.add_argument("--synthetic-fraction", type=flag(PROBABILITY), default=0.5,
@@ -194,7 +197,7 @@ def run_downstream_command(args, device) -> None:
         synthetic_cap=args.synthetic_cap, bands=args.rgb_bands, key=args.key, task=args.task,
         noise_sigma=args.noise_sigma, synthetic_norm=args.synthetic_norm, protocol=args.protocol,
         pretrain_steps=args.pretrain_steps, blur_sigma=args.blur_sigma, model=args.model, width=args.width,
-        skip=args.skip, grad_clip=args.grad_clip, finetune_lr_scale=args.finetune_lr_scale,
+        skip=args.skip, grad_clip=args.grad_clip, finetune_lr_scale=args.finetune_lr_scale, adam_eps=args.adam_eps,
         eval_every=args.eval_every, endmember_mode=rendering["endmembers"], simplex=rendering["simplex"])
     run_downstream(args.real, args.synthetic, args.out, settings, device, args.overwrite, not args.no_progress,
                    args.reuse_real_only, abundance_dir=args.abundances, endmembers=args.endmembers,

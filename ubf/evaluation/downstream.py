@@ -81,6 +81,8 @@ class DownstreamSettings:
     pretrain_steps: int | None = None  # None: the same as steps
     grad_clip: float | None = None  # clip the gradient's global norm to this (None: no clipping)
     finetune_lr_scale: float = 1.0  # protocol pretrain: the fine-tuning learning rate is lr x this
+    adam_eps: float = 1e-8          # Adam's epsilon (torch's default); larger damps the steps of parameters
+                                    # whose gradients are tiny (docs/evaluation.md, "Protocols")
     endmember_mode: str = "minmax"  # abundance sets: Synthesis.py --endmembers (minmax, the reference, or raw)
     simplex: bool = False           # abundance sets: Synthesis.py --simplex
 
@@ -221,7 +223,8 @@ def _fit(model, task, train_pairs, synthetic_pairs, synthetic_fraction: float, s
          progress: bool, curve: Curve | None = None, last: bool = True, lr_scale: float = 1.0) -> None:
     """`steps` Adam steps with a cosine schedule of their own (from lr x `lr_scale`); each crop from
     `synthetic_pairs` with probability `synthetic_fraction`, else from `train_pairs` (crop sources)."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=(settings.lr or default_lr(settings.model)) * lr_scale)
+    optimiser = torch.optim.Adam(model.parameters(), lr=(settings.lr or default_lr(settings.model)) * lr_scale,
+                                 eps=settings.adam_eps)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
     model.train()
     bar = tqdm(range(steps), desc=label, disable=not progress, dynamic_ncols=True, leave=False)
@@ -295,14 +298,14 @@ def input_scores(test_pairs, settings: DownstreamSettings) -> dict[str, float] |
 
 # settings that decide the real-only arm: equal in two runs, equal real-only models (same seed, same data)
 REAL_ONLY_SETTINGS = ("steps", "batch", "crop", "lr", "width", "blocks", "test_fraction", "bands", "key", "task",
-                      "noise_sigma", "model", "blur_sigma", "skip", "grad_clip")
+                      "noise_sigma", "model", "blur_sigma", "skip", "grad_clip", "adam_eps")
 
 
 def earlier_default(earlier: dict, key: str):
     """What a report written before a setting existed did (every such model was trained so)."""
     if key == "settings.skip":  # the cnn: a residual (identity) path for denoise, linear for rgb2hsi
         return "identity" if earlier.get("settings.task") == "denoise" else "linear"
-    return {"settings.model": "cnn", "settings.blur_sigma": 2.0}.get(key)
+    return {"settings.model": "cnn", "settings.blur_sigma": 2.0, "settings.adam_eps": 1e-8}.get(key)
 
 
 def reusable_real_only(path: str, report: dict, seeds: list[int]) -> dict | None:
