@@ -202,14 +202,13 @@ def write_dirichlet_abundances(folder: str, count: int, size: int, k: int, seed:
         write_mat(os.path.join(folder, f"dirichlet_{i:04d}.mat"), variables)
 
 
-def write_shuffled_abundances(reference: str, folder: str, seed: int) -> dict:
+def write_shuffled_abundances(maps, brightness, folder: str, seed: int) -> dict:
     """Every map of the reference set with its pixels moved to random places (one permutation per map,
     abundances and brightness together): each map keeps exactly its own pixels, and only their spatial
     arrangement, the structure the RGB image gave, is gone. Against the inferred set itself this control
-    measures what that arrangement is worth downstream."""
+    measures what that arrangement is worth downstream. `maps`, `brightness`: `read_abundance_maps` of the
+    reference folder."""
     from ubf.data.matio import write_mat
-    from ubf.evaluation.structure_controls import read_abundance_maps
-    maps, brightness = read_abundance_maps(reference)
     rng = np.random.default_rng([seed, 29])
     os.makedirs(folder, exist_ok=True)
     for i, abundance in enumerate(maps):
@@ -477,7 +476,7 @@ def write_control(kind: str, reference: str, folder: str, count: int, seed: int)
     size = int(np.median([m.shape[0] for m in reference_maps]))
     k = reference_maps[0].shape[2]
     if kind == "shuffled":  # the reference's own maps, every one (count does not apply)
-        return {"size": size, **write_shuffled_abundances(reference, folder, seed)}
+        return {"size": size, **write_shuffled_abundances(reference_maps, brightness, folder, seed)}
     if kind == "dirichlet":
         pool = None if brightness is None else np.concatenate([b.ravel() for b in brightness])
         write_dirichlet_abundances(folder, count, size, k, seed, brightness_pool=pool)

@@ -75,8 +75,9 @@ def retrain(report_path: str, seed: int, device) -> dict:
     tests = D.hsi_files(report["real_test_dir"], "real test") if report.get("real_test_dir") else None
     train_pairs, test_pairs, _ = D.split_real(real, settings, test_files=tests)
     bands = train_pairs[0][1].shape[2]
-    synthetic, _, _ = D.load_synthetic(None if "endmembers" in report else report["synthetic_dir"],
-                                       report["synthetic_dir"] if "endmembers" in report else None,
+    rendered = "endmembers" in report  # an abundance set rendered on the fly, else synthetic HSI files
+    synthetic, _, _ = D.load_synthetic(None if rendered else report["synthetic_dir"],
+                                       report["synthetic_dir"] if rendered else None,
                                        report.get("endmembers"), settings, bands)
     curve = D.Curve(settings.eval_every or 100, test_pairs, device, settings)
     started = time.time()

@@ -22,7 +22,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 
 from ubf.core.errors import UserError
-from ubf.evaluation.structure_controls import correlation_profile, e_folding_lag, map_statistics
+from ubf.evaluation.structure_controls import correlation_profile, map_statistics
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -83,11 +83,8 @@ def map_gap(reference: tuple, sets: dict, pixels: int = 2000, seed: int = 0, max
     second, second_b = sample_pixels(second_maps, second_bright, half, seed + 1)
 
     def describe(maps, bright) -> dict:
-        stats = map_statistics(maps, bright, seed=seed)
-        profile = correlation_profile(maps)
-        stats["profile"] = profile[:max_lag + 1].tolist()
-        stats["correlation_length"] = e_folding_lag(profile)
-        return stats
+        profile = correlation_profile(maps)  # over every map, computed once for the length and the curve
+        return map_statistics(maps, bright, seed=seed, profile=profile) | {"profile": profile[:max_lag + 1].tolist()}
 
     out = {"reference": describe(ref_maps, ref_bright), "pixels": half, "seed": seed,
            "floor": pixel_distances(first, first_b, second, second_b)}

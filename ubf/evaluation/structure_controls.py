@@ -104,17 +104,22 @@ def _check_maps(maps) -> list[np.ndarray]:
     return maps
 
 
-def map_statistics(maps, brightness=None, max_maps: int = 64, seed: int = 0) -> dict:
-    """Shares, mean largest abundance, correlation length (on at most `max_maps` maps drawn with `seed`)
-    and, with `brightness` (one (H, W) map per abundance map), the brightness mean and std."""
+def map_statistics(maps, brightness=None, max_maps: int = 64, seed: int = 0, profile=None) -> dict:
+    """Shares, mean largest abundance, correlation length (on at most `max_maps` maps drawn with `seed`, or
+    from `profile` when the caller already has the maps' `correlation_profile`) and, with `brightness` (one
+    (H, W) map per abundance map), the brightness mean and std."""
     maps = _check_maps(maps)
     pixels = sum(m.shape[0] * m.shape[1] for m in maps)
     shares = sum(m.reshape(-1, m.shape[2]).sum(0, dtype=np.float64) for m in maps) / pixels
     mean_max = sum(float(m.max(axis=2).sum(dtype=np.float64)) for m in maps) / pixels
-    picked = maps if len(maps) <= max_maps else \
-        [maps[i] for i in sorted(np.random.default_rng(seed).choice(len(maps), max_maps, replace=False))]
+    if profile is None:
+        picked = maps if len(maps) <= max_maps else \
+            [maps[i] for i in sorted(np.random.default_rng(seed).choice(len(maps), max_maps, replace=False))]
+        length = correlation_length(picked)
+    else:
+        length = e_folding_lag(np.asarray(profile))
     stats = {"k": int(maps[0].shape[2]), "n_maps": len(maps), "shares": shares.tolist(), "mean_max": mean_max,
-             "correlation_length": correlation_length(picked)}
+             "correlation_length": length}
     if brightness is not None:
         values = np.concatenate([np.asarray(b, dtype=np.float64).ravel() for b in brightness])
         stats.update(bright_mean=float(values.mean()), bright_std=float(values.std()))
