@@ -3,6 +3,7 @@
     python experiments/study.py --data ../shared/data [--budget small|default|large] [--out experiments/study]
                                 [--profile improved|faithful] [--stage1-method near_data] [--jobs 2] [--plan]
     python experiments/study.py --out STUDY --more-seeds FIRST LAST [--jobs 2]   # more seeds of a finished study
+    python experiments/study.py --out STUDY --more-seeds FIRST LAST --task sr4 --arms control_shuffled inferred_aid-50
 
 For every scene (Chikusei; with --budget large also the ABU airport scenes, another sensor) the study trains
 stage 1 on the scene's training files (`Unmixing.py train --method`), runs it over the RGB sources of --data
@@ -80,12 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true", help="print the plan and the estimate, run nothing")
     parser.add_argument("--more-seeds", type=int, nargs=2, metavar=("FIRST", "LAST"),
                         help="in the finished study at --out (same --budget), run seeds FIRST..LAST of the main "
-                             "scene's denoising arms with the study's settings (--jobs workers) and pool them "
-                             "with the study's seeds into <out>/more_seeds/report.md")
+                             "scene's arms on one task (--task; denoising by default) with the study's settings "
+                             "(--jobs workers) and pool them with the study's seeds into <out>/more_seeds/report.md "
+                             "(<out>/more_seeds_TASK/ for another task)")
     parser.add_argument("--adam-eps", type=float, default=None, metavar="EPS",
                         help="with --more-seeds: train every arm with Adam's epsilon EPS (Evaluate.py downstream "
                              "--adam-eps) into <out>/more_seeds_adam-eps-EPS/, pooled on their own (the study's "
                              "seeds ran with torch's 1e-8)")
+    parser.add_argument("--task", default=None, metavar="TASK",
+                        help="with --more-seeds: the main scene's task to run (default denoise; one of the budget's "
+                             "tasks), into <out>/more_seeds_TASK/ for a task other than denoise")
+    parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                        help="with --more-seeds: only these arms (default every control and the inferred set; the "
+                             "real-only arm always runs, with the first of them)")
     return parser
 
 
@@ -636,19 +644,23 @@ def more_seeds_chunks(first: int, last: int, jobs: int) -> list[list[int]]:
 
 
 def run_more_seeds(args, first: int, last: int) -> dict:
-    """More seeds of the main scene's denoising arms in a finished study folder: the real-only arm, every
-    control and the inferred set the controls match, with the study's own downstream command line
-    (downstream_argv), each (arm, run of seeds) into `<out>/more_seeds/<arm>_s<a>-<b>`, then all seeds pooled
-    (study_more_seeds_report.py: gains and paired differences with standard errors). Resumable: a folder
-    with its report is kept; seeds another report of the arm already holds are refused, not run twice.
-    With `args.adam_eps` every arm trains with that Adam epsilon into `<out>/more_seeds_adam-eps-<EPS>/`,
+    """More seeds of one task's arms of the main scene (denoising unless `args.task`) in a finished study
+    folder: the real-only arm, every control and the inferred set the controls match (or the `args.arms`
+    among them), with the study's own downstream command line (downstream_argv), each (arm, run of seeds)
+    into `<out>/more_seeds[_<task>]/<arm>_s<a>-<b>`, then all seeds pooled (study_more_seeds_report.py: gains
+    and paired differences with standard errors). Resumable: a folder with its report is kept; seeds another
+    report of the arm already holds are refused, not run twice.
+    With `args.adam_eps` every arm trains with that Adam epsilon into `<out>/more_seeds[_<task>]_adam-eps-<EPS>/`,
     pooled only with each other: any seed may run there, the study's own included."""
     import study_more_seeds_report as pool
     budget = BUDGETS[args.budget]
     out = os.path.abspath(args.out)
-    more = pool.variant_folder(args.adam_eps)
+    scene, task = budget.scenes[0], args.task or pool.TASK
+    if task not in scene_tasks(budget, True):
+        raise UserError(f"--task {task}: the {budget.name} budget's tasks on {scene} are "
+                        f"{', '.join(scene_tasks(budget, True))}")
+    more = pool.variant_folder(args.adam_eps, task)
     study = Study(out)
-    scene, task = budget.scenes[0], pool.TASK
     data = study.finished("data")
     if data is None or scene not in data.get("scenes", {}):
         raise UserError(f"{study.folder('data')}: no finished study with scene {scene} here (run "
@@ -659,6 +671,12 @@ def run_more_seeds(args, first: int, last: int) -> dict:
     arms = {f"control_{c}": ("hsi" if c == "copies" else "abundances", study.folder(f"control_{c}_{scene}"),
                              f"control_{c}_{scene}") for c in budget.controls}
     arms[f"inferred_{reference_set}"] = ("abundances", study.folder(f"sets_{scene}", reference_set), f"sets_{scene}")
+    if args.arms:
+        unknown = [a for a in args.arms if a not in arms]
+        if unknown:
+            raise UserError(f"--arms {' '.join(unknown)}: not an arm of the {budget.name} budget's more seeds "
+                            f"(its arms: {', '.join(arms)})")
+        arms = {name: arms[name] for name in arms if name in args.arms}  # the budget's order: controls first
     for made_by in [f"stage1_{scene}"] + [step for _, _, step in arms.values()]:
         if study.finished(made_by) is None:
             raise UserError(f"{study.folder(made_by)}: not finished; finish the study (--budget {budget.name}) first")
@@ -677,7 +695,7 @@ def run_more_seeds(args, first: int, last: int) -> dict:
     chunks = more_seeds_chunks(first, last, args.jobs)
     planned = {f"{arm}_s{c[0]}-{c[-1]}" for c in chunks for arm in arms}
     for arm in arms:
-        for seed, where in pool.seed_owners(out, arm, scene, more).items():
+        for seed, where in pool.seed_owners(out, arm, scene, more, task).items():
             label = os.path.basename(os.path.dirname(where))
             if first <= seed <= last and label not in planned:
                 raise UserError(f"{where}: already holds seed {seed} of {arm}; ask for seeds it does not hold")
@@ -713,7 +731,7 @@ def run_more_seeds(args, first: int, last: int) -> dict:
             jobs.add(label, work, [first_label] if first_label else [])
             first_label = first_label or label
     jobs.run()
-    result = pool.pooled(out, list(arms), scene, more)
+    result = pool.pooled(out, list(arms), scene, more, task)
     folder = study.folder(more)
     pool.write_report(folder, result)
     pool.plot(os.path.join(folder, "seeds.png"), result)
@@ -727,6 +745,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.adam_eps is not None and not args.more_seeds:
         raise UserError("--adam-eps is an option of --more-seeds (the study's own arms run with torch's default)")
+    for name, value in (("--task", args.task), ("--arms", args.arms)):
+        if value is not None and not args.more_seeds:
+            raise UserError(f"{name} is an option of --more-seeds (the study runs every task and arm of its budget)")
     if args.adam_eps is not None and not args.adam_eps > 0:
         raise UserError(f"--adam-eps {args.adam_eps}: expected a positive number")
     if args.more_seeds:

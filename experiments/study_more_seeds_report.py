@@ -1,4 +1,4 @@
-"""Pool the study's denoising seeds with those of `experiments/study.py --more-seeds FIRST LAST`.
+"""Pool the study's seeds of one task with those of `experiments/study.py --more-seeds FIRST LAST [--task T]`.
 
 With three seeds the arms' differences are inside the seed-to-seed spread; pooled over more seeds, the
 paired difference (same seed, same real data) gets a standard error std / sqrt(n) that can separate them.
@@ -11,6 +11,7 @@ checkpoint are counted as unstable, whether or not they recover by the end.
 arm) when its runs end; this script writes them again from the folders alone:
 
     python experiments/study_more_seeds_report.py STUDY_DIR      # the --out folder of experiments/study.py
+    python experiments/study_more_seeds_report.py STUDY_DIR --task sr4   # the seeds of --more-seeds ... --task sr4
 """
 import argparse
 import glob
@@ -20,7 +21,8 @@ import re
 
 import numpy as np
 
-TASK = "denoise"  # the task whose arms get more seeds (the one the study's sweep runs on)
+TASK = "denoise"  # the task whose arms get more seeds by default (the one the study's sweep runs on)
+TASK_NAMES = {"denoise": "denoising", "sr4": "4x super-resolution", "rgb2hsi": "RGB-to-HSI"}
 DIP_DB = 3.0  # several times the seed-to-seed spread of the final PSNR (0.6-0.9 dB)
 ARMS = ("control_dirichlet", "control_structure", "inferred_aid-50")  # the default budget's arms
 LABELS = {"control_dirichlet": "Dirichlet mixtures (no structure)",
@@ -63,24 +65,28 @@ def largest_dips(report: dict, kind: str) -> dict[int, float]:
 MORE = "more_seeds"  # the folder of the extra seeds trained with the study's own settings
 
 
-def variant_folder(adam_eps: float | None) -> str:
-    """Where `study.py --more-seeds` puts its runs: MORE, or for another optimiser setting a folder of its own
-    (whose seeds pool only with each other, never with the study's)."""
-    return MORE if adam_eps is None else f"{MORE}_adam-eps-{adam_eps:g}"
+def variant_folder(adam_eps: float | None, task: str = TASK) -> str:
+    """Where `study.py --more-seeds` puts its runs: MORE for denoising with the study's settings, MORE_<task>
+    for another task, and for another optimiser setting a folder of its own (`_adam-eps-<EPS>` after the
+    task's name), whose seeds pool only with each other, never with the study's."""
+    return (MORE + ("" if task == TASK else f"_{task}")
+            + ("" if adam_eps is None else f"_adam-eps-{adam_eps:g}"))
 
 
-def arm_reports(study: str, arm: str, scene: str, more: str = MORE) -> list[str]:
-    """The finished report.json files of one arm: the study's own folder (only for MORE), then
-    <more>/<arm>_s*."""
-    folders = [os.path.join(study, f"downstream_{scene}_{TASK}_{arm}")] if more == MORE else []
+def arm_reports(study: str, arm: str, scene: str, more: str = MORE, task: str = TASK) -> list[str]:
+    """The finished report.json files of one arm on `task`: the study's own folder (only when `more` holds
+    the study's own settings), then <more>/<arm>_s*."""
+    own = more == variant_folder(None, task)
+    folders = [os.path.join(study, f"downstream_{scene}_{task}_{arm}")] if own else []
     folders += sorted(glob.glob(os.path.join(study, more, f"{arm}_s*")))
     return [p for p in (os.path.join(f, "report.json") for f in folders) if os.path.isfile(p)]
 
 
-def seed_owners(study: str, arm: str, scene: str = "chikusei", more: str = MORE) -> dict[int, str]:
+def seed_owners(study: str, arm: str, scene: str = "chikusei", more: str = MORE, task: str = TASK
+                ) -> dict[int, str]:
     """{seed: the report that holds its pre-trained score}; a seed in two reports of one arm is refused."""
     owners = {}
-    for path in arm_reports(study, arm, scene, more):
+    for path in arm_reports(study, arm, scene, more, task):
         with open(path) as handle:
             for seed in seed_values(json.load(handle), "real_plus_synthetic"):
                 if seed in owners:
@@ -89,14 +95,14 @@ def seed_owners(study: str, arm: str, scene: str = "chikusei", more: str = MORE)
     return owners
 
 
-def collect(study: str, arm: str, scene: str = "chikusei", dips: dict | None = None, more: str = MORE
-            ) -> tuple[dict[int, float], dict[int, float], float | None]:
+def collect(study: str, arm: str, scene: str = "chikusei", dips: dict | None = None, more: str = MORE,
+            task: str = TASK) -> tuple[dict[int, float], dict[int, float], float | None]:
     """(real only, pre-trained) PSNR per seed of one arm, from the study's folder and more_seeds/, and the
     PSNR of the task's input taken as the answer (`input.psnr`; None when no report has it). `dips`, when
     given, gets {"real_only": {seed: dB}, "real_plus_synthetic": {seed: dB}} (`largest_dips`)."""
-    seed_owners(study, arm, scene, more)  # refuses a seed run twice
+    seed_owners(study, arm, scene, more, task)  # refuses a seed run twice
     real, synthetic, floor = {}, {}, None
-    for path in arm_reports(study, arm, scene, more):
+    for path in arm_reports(study, arm, scene, more, task):
         with open(path) as handle:
             report = json.load(handle)
         synthetic.update(seed_values(report, "real_plus_synthetic"))
@@ -126,18 +132,18 @@ def robust(values: list[float], seeds: list[int], failed: set[int]) -> dict:
             "without_failed": summarise(kept) if kept else None}
 
 
-def pooled(study: str, arms=ARMS, scene: str = "chikusei", more: str = MORE) -> dict:
+def pooled(study: str, arms=ARMS, scene: str = "chikusei", more: str = MORE, task: str = TASK) -> dict:
     """Per arm the gain over real only per seed, and the paired differences between arms on the seeds
     that both have; each with its median and its summary without the failed runs (`failed_runs`)."""
     real, found, floor, dips = {}, {}, None, {}
     for arm in arms:
         dips[arm] = {}
-        arm_real, arm_synthetic, arm_floor = collect(study, arm, scene, dips[arm], more)
+        arm_real, arm_synthetic, arm_floor = collect(study, arm, scene, dips[arm], more, task)
         real.update(arm_real)
         found[arm] = arm_synthetic
         floor = arm_floor if arm_floor is not None else floor
     failed = {"real_only": failed_runs(real, floor), **{arm: failed_runs(found[arm], floor) for arm in arms}}
-    out = {"scene": scene, "task": TASK, "arms": list(arms), "input_psnr": floor, "folder": more,
+    out = {"scene": scene, "task": task, "arms": list(arms), "input_psnr": floor, "folder": more,
            "dip_db": DIP_DB,
            "real_only": summarise(list(real.values())) | {"seeds": sorted(real),
                                                           "failed_seeds": sorted(failed["real_only"]),
@@ -176,10 +182,13 @@ def arms_in(folder: str) -> list[str]:
 
 
 def title(result: dict) -> str:
-    """The scene and task, and the variant's folder when it is not the study's own settings."""
-    variant = result.get("folder", MORE)
-    return (f"{result['scene'].capitalize()} {'denoising' if result['task'] == 'denoise' else result['task']}"
-            + ("" if variant == MORE else f" ({variant[len(MORE) + 1:]})"))
+    """The scene and task, and the variant (what the folder's name adds to the task's) when it is not the
+    study's own settings."""
+    task = result.get("task", TASK)
+    own = variant_folder(None, task)
+    variant = result.get("folder", own)
+    return (f"{result['scene'].capitalize()} {TASK_NAMES.get(task, task)}"
+            + ("" if variant == own else f" ({variant[len(own):].lstrip('_')})"))
 
 
 def plot(path: str, result: dict) -> None:
@@ -285,16 +294,21 @@ def write_report(folder: str, result: dict) -> None:
         json.dump(result, handle, indent=1)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="a study folder with more_seeds/ from experiments/study.py --more-seeds")
-    parser.add_argument("--folder", default=MORE, help=f"the study's folder of extra seeds (default {MORE}; "
-                        f"{MORE}_adam-eps-<EPS> for --more-seeds ... --adam-eps EPS)")
-    args = parser.parse_args()
-    folder = os.path.join(args.study, args.folder)
+    parser.add_argument("--task", default=TASK, help=f"the task the extra seeds ran (default {TASK}; "
+                        "study.py --more-seeds ... --task)")
+    parser.add_argument("--folder", default=None, help=f"the study's folder of extra seeds (default {MORE} for "
+                        f"denoising, {MORE}_<task> for another task; {MORE}[_<task>]_adam-eps-<EPS> for "
+                        "--more-seeds ... --adam-eps EPS)")
+    args = parser.parse_args(argv)
+    name = args.folder or variant_folder(None, args.task)
+    folder = os.path.join(args.study, name)
     if not os.path.isdir(folder):
-        raise SystemExit(f"{folder}: not found (run experiments/study.py --out STUDY_DIR --more-seeds FIRST LAST first)")
-    result = pooled(args.study, arms_in(folder), more=args.folder)
+        raise SystemExit(f"{folder}: not found (run experiments/study.py --out STUDY_DIR --more-seeds FIRST LAST "
+                         f"--task {args.task} first)")
+    result = pooled(args.study, arms_in(folder), more=name, task=args.task)
     write_report(folder, result)
     plot(os.path.join(folder, "seeds.png"), result)
     print(open(os.path.join(folder, "report.md")).read())

@@ -303,9 +303,10 @@ def test_more_seeds_pool_sets_a_run_below_the_tasks_input_apart(tmp_path):
         pool.pooled(str(tmp_path))
 
 
-def fake_study_folder(study_module, root):
+def fake_study_folder(study_module, root, tasks=("denoise",)):
     """A finished default-budget study as far as --more-seeds reads it: the data record, stage 1 (this
-    version's key), the two controls and the sets step, and the study's own seeds 0-2 of each arm."""
+    version's key), the three controls and the sets step, and the study's own seeds 0-2 of each arm on
+    each of `tasks`."""
     import json
     study = study_module.Study(str(root))
     train, test = root / "block_118.mat", root / "block_282.mat"
@@ -316,12 +317,14 @@ def fake_study_folder(study_module, root):
     for step in ("control_dirichlet_chikusei", "control_structure_chikusei", "control_shuffled_chikusei",
                  "sets_chikusei"):
         study.step(step, lambda: {})
-    for arm in ("control_dirichlet", "control_structure", "control_shuffled", "inferred_aid-50"):
-        folder = root / f"downstream_chikusei_denoise_{arm}"
-        folder.mkdir()
-        report = {f"real_plus_synthetic.seed{s}.psnr": 30.0 for s in (0, 1, 2)}
-        report.update({"settings.steps": 800, "settings.pretrain_steps": 400, "settings.crop": 48})
-        (folder / "report.json").write_text(json.dumps(report))
+    for task in tasks:
+        for arm in ("control_dirichlet", "control_structure", "control_shuffled", "inferred_aid-50"):
+            folder = root / f"downstream_chikusei_{task}_{arm}"
+            folder.mkdir()
+            report = {f"real_plus_synthetic.seed{s}.psnr": 30.0 for s in (0, 1, 2)}
+            report.update({f"real_only.seed{s}.psnr": 30.0 for s in (0, 1, 2)})
+            report.update({"settings.steps": 800, "settings.pretrain_steps": 400, "settings.crop": 48})
+            (folder / "report.json").write_text(json.dumps(report))
     return study
 
 
@@ -373,10 +376,10 @@ def test_more_seeds_run_the_studys_own_command_line_on_other_seeds(tmp_path, mon
     assert option(line, "--reuse-real-only")[0] == str(tmp_path / "more_seeds" / "control_dirichlet_s3-4" / "report.json")
     assert option(line, "--out")[0] == str(tmp_path / "more_seeds" / "control_structure_s3-4")
 
-    # pooled: seeds 0-2 score 30 in the study's folders, seed s of the extra runs 30 + s/10 over real only 30
-    assert result["control_dirichlet"]["seeds"] == [3, 4, 5, 6]
+    # pooled: seeds 0-2 score 30 in the study's folders, seed s of the extra runs 30 + s/10, real only 30
+    assert result["control_dirichlet"]["seeds"] == [0, 1, 2, 3, 4, 5, 6]
     assert result["inferred_aid-50-control_dirichlet"]["n"] == 7
-    assert result["control_structure"]["mean"] == pytest.approx(0.45)
+    assert result["control_structure"]["mean"] == pytest.approx((0.3 + 0.4 + 0.5 + 0.6) / 7)
     assert (tmp_path / "more_seeds" / "seeds.png").stat().st_size > 0
     calls.clear()  # a second run finds every folder done
     study_module.run_more_seeds(args, 3, 6)
@@ -424,6 +427,56 @@ def test_more_seeds_with_another_adam_epsilon_pool_apart_from_the_studys_seeds(t
     with pytest.raises(SystemExit) as stop:
         study_module.main(["--out", str(tmp_path), "--adam-eps", "1e-5"])
     assert stop.value.code == 2 and "--adam-eps is an option of --more-seeds" in capsys.readouterr().err
+
+
+def test_more_seeds_of_another_task_and_chosen_arms_pool_with_that_tasks_own_seeds(tmp_path, monkeypatch, capsys):
+    """`--more-seeds 3 4 --task sr4 --arms inferred_aid-50 control_shuffled`: two command lines (the shuffled
+    control first, training real only, the inferred set reusing it), both `--task sr4`, into more_seeds_sr4/;
+    pooled with the study's own sr4 seeds 0-2 (real only 30, pre-trained 30) and not its denoising ones
+    (the denoising folders hold seed 3, which would be refused as run twice): 5 seeds, seed s of the new runs
+    gains s/10 -> mean (0.3 + 0.4) / 5 = 0.14. An arm the budget has not, a task it has not, and --task
+    without --more-seeds are refused in one line."""
+    import json
+    study_module = load_study()
+    fake_study_folder(study_module, tmp_path, tasks=("denoise", "sr4"))
+    held = tmp_path / "more_seeds" / "inferred_aid-50_s3-3"
+    held.mkdir(parents=True)
+    (held / "report.json").write_text(json.dumps({"real_plus_synthetic.seed3.psnr": 31.0}))
+    calls = []
+    monkeypatch.setattr(study_module, "run_cli", recording_cli(calls))
+    args = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "4", "--jobs", "1",
+                                                   "--task", "sr4", "--arms", "inferred_aid-50", "control_shuffled"])
+    result = study_module.run_more_seeds(args, 3, 4)
+    assert len(calls) == 2 and all(option(c, "--task") == ["sr4"] for c in calls)
+    assert option(calls[0], "--out")[0] == str(tmp_path / "more_seeds_sr4" / "control_shuffled_s3-4")
+    assert "--reuse-real-only" not in calls[0]
+    assert option(calls[1], "--reuse-real-only")[0] == str(tmp_path / "more_seeds_sr4" / "control_shuffled_s3-4"
+                                                            / "report.json")
+    assert result["arms"] == ["control_shuffled", "inferred_aid-50"] and result["task"] == "sr4"
+    assert result["inferred_aid-50"]["seeds"] == [0, 1, 2, 3, 4]
+    assert result["inferred_aid-50"]["mean"] == pytest.approx(0.14)
+    assert result["inferred_aid-50-control_shuffled"]["n"] == 5
+    report = (tmp_path / "more_seeds_sr4" / "report.md").read_text()
+    assert report.startswith("# Chikusei 4x super-resolution, pooled seeds")
+    import study_more_seeds_report as pool  # the report script finds the same folder from --task alone
+    pool.main([str(tmp_path), "--task", "sr4"])
+    assert json.loads((tmp_path / "more_seeds_sr4" / "report.json").read_text())["inferred_aid-50"]["n"] == 5
+    capsys.readouterr()
+    wrong = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "4",
+                                                    "--arms", "ddpm_aid-50"])
+    with pytest.raises(study_module.UserError, match="--arms ddpm_aid-50: not an arm of the default budget's more "
+                                                     "seeds .its arms: control_dirichlet, control_structure, "
+                                                     "control_shuffled, inferred_aid-50"):
+        study_module.run_more_seeds(wrong, 3, 4)
+    wrong = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "4",
+                                                    "--task", "rgb2hsi"])
+    with pytest.raises(study_module.UserError, match="--task rgb2hsi: the default budget's tasks on chikusei are "
+                                                     "denoise, sr4"):
+        study_module.run_more_seeds(wrong, 3, 4)
+    with pytest.raises(SystemExit) as stop:
+        study_module.main(["--out", str(tmp_path), "--task", "sr4"])
+    assert stop.value.code == 2 and "--task is an option of --more-seeds" in capsys.readouterr().err
+    assert len(calls) == 2
 
 
 def test_more_seeds_refuse_seeds_another_report_holds_and_a_missing_study(tmp_path, monkeypatch):
