@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import re
+import textwrap
 
 import numpy as np
 
@@ -201,7 +202,8 @@ def plot(path: str, result: dict) -> None:
                    if s not in result[arm].get("failed_seeds", [])]
     low, high = (min(kept_values), max(kept_values)) if kept_values else (-1.0, 1.0)
     margin = 0.1 * (high - low) + 0.1
-    bottom = low - 2 * margin  # failed runs sit on this line, their value written beside them
+    any_failed = any(result[arm].get("failed_seeds") for arm in arms)
+    bottom = low - (2 if any_failed else 1) * margin  # failed runs sit on this line, their value beside them
     labelled = False
     for index, arm in enumerate(arms):
         gains = np.asarray(result[arm]["gain_per_seed"])
@@ -222,9 +224,9 @@ def plot(path: str, result: dict) -> None:
             labelled = True
     ax.set_ylim(bottom, high + margin)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    if any(result[arm].get("failed_seeds") for arm in arms):
+    if any_failed:
         ax.legend(fontsize=7, loc="upper right")
-    ax.set_xticks(range(len(arms)), [LABELS.get(a, a) for a in arms], fontsize=8)
+    ax.set_xticks(range(len(arms)), [textwrap.fill(LABELS.get(a, a), 24) for a in arms], fontsize=8)
     ax.set_ylabel("PSNR gain over real only (dB)")
     ax.set_title(f"{title(result)}, {result[arms[0]]['n']} seeds: every seed, mean +/- 2 standard errors",
                  fontsize=10)
