@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --more-seeds: the main scene's task to run (default denoise; one of the budget's "
                              "tasks), into <out>/more_seeds_TASK/ for a task other than denoise")
     parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
-                        help="with --more-seeds: only these arms (default every control and the inferred set; the "
-                             "real-only arm always runs, with the first of them)")
+                        help="with --more-seeds: only these arms (default every control and the inferred set; "
+                             "ddpm_<set> adds the DDPM samples; the real-only arm always runs, with the first of them)")
     return parser
 
 
@@ -671,12 +671,16 @@ def run_more_seeds(args, first: int, last: int) -> dict:
     arms = {f"control_{c}": ("hsi" if c == "copies" else "abundances", study.folder(f"control_{c}_{scene}"),
                              f"control_{c}_{scene}") for c in budget.controls}
     arms[f"inferred_{reference_set}"] = ("abundances", study.folder(f"sets_{scene}", reference_set), f"sets_{scene}")
+    # the DDPM samples run only when named: the default arms stay those the recorded more-seeds runs had
+    named_only = {f"ddpm_{s}": ("abundances", study.folder(f"ddpm_{scene}_{s}", "run", "mat_results"),
+                                f"samples_{scene}_{s}") for s in budget.ddpm_sets}
+    offered = arms | named_only
     if args.arms:
-        unknown = [a for a in args.arms if a not in arms]
+        unknown = [a for a in args.arms if a not in offered]
         if unknown:
             raise UserError(f"--arms {' '.join(unknown)}: not an arm of the {budget.name} budget's more seeds "
-                            f"(its arms: {', '.join(arms)})")
-        arms = {name: arms[name] for name in arms if name in args.arms}  # the budget's order: controls first
+                            f"(its arms: {', '.join(offered)})")
+        arms = {name: offered[name] for name in offered if name in args.arms}  # the budget's order: controls first
     for made_by in [f"stage1_{scene}"] + [step for _, _, step in arms.values()]:
         if study.finished(made_by) is None:
             raise UserError(f"{study.folder(made_by)}: not finished; finish the study (--budget {budget.name}) first")
@@ -731,8 +735,10 @@ def run_more_seeds(args, first: int, last: int) -> dict:
             jobs.add(label, work, [first_label] if first_label else [])
             first_label = first_label or label
     jobs.run()
-    result = pool.pooled(out, list(arms), scene, more, task)
     folder = study.folder(more)
+    # the pooled report keeps every arm the folder holds, not only those this run was asked for
+    held = set(pool.arms_in(folder))
+    result = pool.pooled(out, [a for a in offered if a in arms or a in held], scene, more, task)
     pool.write_report(folder, result)
     pool.plot(os.path.join(folder, "seeds.png"), result)
     print(f"[study] pooled seeds: {os.path.join(folder, 'report.md')}, report.json and seeds.png", flush=True)

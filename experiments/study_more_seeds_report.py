@@ -30,7 +30,8 @@ LABELS = {"control_dirichlet": "Dirichlet mixtures (no structure)",
           "control_structure": "dead-leaves maps (structure no RGB gave)",
           "control_copies": "noisy copies of the real files",
           "control_shuffled": "the inferred maps, pixels shuffled",
-          "inferred_aid-50": "HSIs from the inferred maps, aid-50"}
+          "inferred_aid-50": "HSIs from the inferred maps, aid-50",
+          "ddpm_aid-50": "DDPM samples trained on aid-50"}
 
 
 def arm_pairs(arms) -> list[tuple[str, str]]:

@@ -434,8 +434,9 @@ def test_more_seeds_of_another_task_and_chosen_arms_pool_with_that_tasks_own_see
     control first, training real only, the inferred set reusing it), both `--task sr4`, into more_seeds_sr4/;
     pooled with the study's own sr4 seeds 0-2 (real only 30, pre-trained 30) and not its denoising ones
     (the denoising folders hold seed 3, which would be refused as run twice): 5 seeds, seed s of the new runs
-    gains s/10 -> mean (0.3 + 0.4) / 5 = 0.14. An arm the budget has not, a task it has not, and --task
-    without --more-seeds are refused in one line."""
+    gains s/10 -> mean (0.3 + 0.4) / 5 = 0.14. `--arms ddpm_aid-50` (never a default arm) trains on the
+    study's DDPM samples. An arm the budget has not, a task it has not, and --task without --more-seeds are
+    refused in one line."""
     import json
     study_module = load_study()
     fake_study_folder(study_module, tmp_path, tasks=("denoise", "sr4"))
@@ -462,11 +463,23 @@ def test_more_seeds_of_another_task_and_chosen_arms_pool_with_that_tasks_own_see
     pool.main([str(tmp_path), "--task", "sr4"])
     assert json.loads((tmp_path / "more_seeds_sr4" / "report.json").read_text())["inferred_aid-50"]["n"] == 5
     capsys.readouterr()
+    # the DDPM samples run when named, from the study's samples folder
+    study_module.Study(str(tmp_path)).step("samples_chikusei_aid-50", lambda: {})
+    (tmp_path / "downstream_chikusei_sr4_ddpm_aid-50").mkdir()
+    (tmp_path / "downstream_chikusei_sr4_ddpm_aid-50" / "report.json").write_text(
+        (tmp_path / "downstream_chikusei_sr4_control_dirichlet" / "report.json").read_text())
+    ddpm = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "4", "--jobs", "1",
+                                                   "--task", "sr4", "--arms", "ddpm_aid-50"])
+    result = study_module.run_more_seeds(ddpm, 3, 4)
+    assert len(calls) == 3 and "--reuse-real-only" not in calls[2]
+    assert option(calls[2], "--abundances")[0] == str(tmp_path / "ddpm_chikusei_aid-50" / "run" / "mat_results")
+    assert result["arms"] == ["control_shuffled", "inferred_aid-50", "ddpm_aid-50"]  # the report keeps the others
+    assert result["ddpm_aid-50"]["n"] == 5 and result["ddpm_aid-50-control_shuffled"]["n"] == 5
     wrong = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "4",
-                                                    "--arms", "ddpm_aid-50"])
-    with pytest.raises(study_module.UserError, match="--arms ddpm_aid-50: not an arm of the default budget's more "
-                                                     "seeds .its arms: control_dirichlet, control_structure, "
-                                                     "control_shuffled, inferred_aid-50"):
+                                                    "--arms", "control_copies"])
+    with pytest.raises(study_module.UserError, match="--arms control_copies: not an arm of the default budget's "
+                                                     "more seeds .its arms: control_dirichlet, control_structure, "
+                                                     "control_shuffled, inferred_aid-50, ddpm_aid-50"):
         study_module.run_more_seeds(wrong, 3, 4)
     wrong = study_module.build_parser().parse_args(["--out", str(tmp_path), "--more-seeds", "3", "4",
                                                     "--task", "rgb2hsi"])
@@ -476,7 +489,7 @@ def test_more_seeds_of_another_task_and_chosen_arms_pool_with_that_tasks_own_see
     with pytest.raises(SystemExit) as stop:
         study_module.main(["--out", str(tmp_path), "--task", "sr4"])
     assert stop.value.code == 2 and "--task is an option of --more-seeds" in capsys.readouterr().err
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_more_seeds_refuse_seeds_another_report_holds_and_a_missing_study(tmp_path, monkeypatch):
