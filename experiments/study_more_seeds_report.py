@@ -22,8 +22,9 @@ import textwrap
 
 import numpy as np
 
+from study_report import TASK_LABELS  # the study report's names of the tasks
+
 TASK = "denoise"  # the task whose arms get more seeds by default (the one the study's sweep runs on)
-TASK_NAMES = {"denoise": "denoising", "sr4": "4x super-resolution", "rgb2hsi": "RGB-to-HSI"}
 DIP_DB = 3.0  # several times the seed-to-seed spread of the final PSNR (0.6-0.9 dB)
 ARMS = ("control_dirichlet", "control_structure", "inferred_aid-50")  # the default budget's arms
 LABELS = {"control_dirichlet": "Dirichlet mixtures (no structure)",
@@ -189,7 +190,7 @@ def title(result: dict) -> str:
     task = result.get("task", TASK)
     own = variant_folder(None, task)
     variant = result.get("folder", own)
-    return (f"{result['scene'].capitalize()} {TASK_NAMES.get(task, task)}"
+    return (f"{result['scene'].capitalize()} {TASK_LABELS.get(task, task)}"
             + ("" if variant == own else f" ({variant[len(own):].lstrip('_')})"))
 
 

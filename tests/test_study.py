@@ -458,7 +458,7 @@ def test_more_seeds_of_another_task_and_chosen_arms_pool_with_that_tasks_own_see
     assert result["inferred_aid-50"]["mean"] == pytest.approx(0.14)
     assert result["inferred_aid-50-control_shuffled"]["n"] == 5
     report = (tmp_path / "more_seeds_sr4" / "report.md").read_text()
-    assert report.startswith("# Chikusei 4x super-resolution, pooled seeds")
+    assert report.startswith("# Chikusei x4 super-resolution, pooled seeds")
     import study_more_seeds_report as pool  # the report script finds the same folder from --task alone
     pool.main([str(tmp_path), "--task", "sr4"])
     assert json.loads((tmp_path / "more_seeds_sr4" / "report.json").read_text())["inferred_aid-50"]["n"] == 5
